@@ -1,0 +1,675 @@
+"""Load generator: drives a chat server (ours or the baseline) over loopback.
+
+Workloads (each bounded in count and in time by ``--timeout``):
+
+- ``fanout``: R receivers, all members of one conversation, each holding one
+  WebSocket; K messages sent over HTTP with C requests in flight by senders
+  that are members too. Measures send throughput, deliveries per second and
+  delivery latency (send start → frame received), and checks that every
+  receiver got every message exactly once, in ascending id order, in the same
+  order as every other receiver.
+- ``global``: the same through the global chat (conversation 0); receivers
+  subscribe with ``GET /v1/messages/get?chat=0``.
+- ``idle``: N authenticated sockets that just stay open; measures the server
+  process's RSS growth per socket (``/proc/<pid>/status`` VmRSS). The client
+  side can be split over ``--procs`` processes for large N.
+
+Only Tornado's own clients are used (``websocket_connect``, ``AsyncHTTPClient``)
+so the suite needs nothing beyond what the server already depends on.
+
+Each message's text carries a random run tag and a sequence number
+(``bm<tag>:<seq>``) so the receiver side can match frames to sends without
+trusting anything the server adds. Send times live in this process
+(``time.perf_counter``), so the delivery workloads run in one process.
+
+Usable as a library (``run_delivery``, ``run_idle``) — ``bench/run.py`` does
+that — or from the command line::
+
+    python -m bench.loadgen fanout --url http://127.0.0.1:8080 --secret S -R 50 -K 1000 -C 10
+    python -m bench.loadgen idle --url http://127.0.0.1:8080 --secret S --pid 1234 --sockets 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import resource
+import secrets
+import sys
+import time
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from bench.launch import sign_launch_params
+
+T = TypeVar("T")
+
+NEW_MESSAGE = "new_message"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the server under test listens, and how to sign users for it."""
+
+    base_url: str  # e.g. http://127.0.0.1:8080
+    secret: str
+    pid: int | None = None  # the server process, for RSS and CPU readings
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.base_url.removeprefix("http") + "/v1/ws"
+
+
+class ApiError(Exception):
+    """An HTTP call that did not answer 200 with ``"response": true``."""
+
+
+# --- small helpers ---------------------------------------------------------
+
+
+def raise_nofile_limit() -> int:
+    """Lift this process's soft open-files limit to the hard one; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def read_rss_kib(pid: int) -> int:
+    """The resident set size of ``pid`` in KiB, from /proc/<pid>/status."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def read_cpu_seconds(pid: int | None) -> float | None:
+    """User+system CPU time of ``pid`` so far, from /proc/<pid>/stat."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The command name may contain spaces; fields after ')' are fixed.
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
+def percentiles_ms(samples: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99/max of durations given in seconds, in milliseconds (nearest rank)."""
+    if not samples:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(samples)
+
+    def rank(p: float) -> float:
+        index = max(0, min(len(ordered) - 1, int(-(-p * len(ordered) // 100)) - 1))
+        return round(ordered[index] * 1000, 3)
+
+    return {"p50": rank(50), "p95": rank(95), "p99": rank(99), "max": round(ordered[-1] * 1000, 3)}
+
+
+async def gather_limited(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:
+    """Run coroutine factories with at most ``limit`` at a time; keep exceptions as results."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(job: Callable[[], Awaitable[T]]) -> T:
+        async with semaphore:
+            return await job()
+
+    return await asyncio.gather(*(run(job) for job in jobs), return_exceptions=True)
+
+
+# --- clients ---------------------------------------------------------------
+
+
+class Users:
+    """Signed launch parameters per user id, signed once and reused."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._launch: dict[int, str] = {}
+
+    def launch(self, user_id: int) -> str:
+        if user_id not in self._launch:
+            self._launch[user_id] = sign_launch_params(self.target.secret, user_id)
+        return self._launch[user_id]
+
+
+class SocketClient:
+    """One user's WebSocket. Frames containing ``marker`` are kept with their receipt time.
+
+    The message callback does as little as possible (a substring test and an
+    append) because on this 2-core machine the client competes with the
+    server for CPU; frames are parsed only after the run.
+    """
+
+    def __init__(self, users: Users, user_id: int, marker: str | None = None, on_frame: Callable[[], None] | None = None) -> None:
+        self.users = users
+        self.user_id = user_id
+        self.marker = marker
+        self.on_frame = on_frame
+        self.frames: list[tuple[float, str]] = []
+        self.conn: WebSocketClientConnection | None = None
+        self.closed_by_server = False
+        self.close_code: int | None = None
+        self._connected: asyncio.Future[dict[str, Any]] | None = None
+        self._closing = False
+
+    async def connect(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Open the socket and wait for the server's ``connected`` frame."""
+        self._connected = asyncio.get_running_loop().create_future()
+        url = f"{self.users.target.ws_url}?{self.users.launch(self.user_id)}&name=bench{self.user_id}"
+        request = HTTPRequest(url, connect_timeout=timeout, request_timeout=timeout)
+        self.conn = await websocket_connect(request, on_message_callback=self._on_message)
+        frame = await asyncio.wait_for(self._connected, timeout)
+        if frame.get("event") != "connected":
+            raise ApiError(f"user {self.user_id}: first frame was {frame!r}, not connected")
+        return frame
+
+    def _on_message(self, message: str | bytes | None) -> None:
+        if message is None:  # the connection is gone
+            if not self._closing:
+                self.closed_by_server = True
+                self.close_code = self.conn.close_code if self.conn else None
+            if self._connected is not None and not self._connected.done():
+                self._connected.set_exception(ApiError(f"user {self.user_id}: socket closed before connected"))
+            return
+        if isinstance(message, bytes):
+            message = message.decode()
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_result(json.loads(message))
+            return
+        if self.marker is not None and self.marker in message:
+            self.frames.append((time.perf_counter(), message))
+            if self.on_frame is not None:
+                self.on_frame()
+
+    def close(self) -> None:
+        self._closing = True
+        if self.conn is not None:
+            self.conn.close()
+
+
+class Api:
+    """JSON calls to ``/v1`` as a given user."""
+
+    def __init__(self, users: Users, max_clients: int, timeout: float = 30.0) -> None:
+        self.users = users
+        self.timeout = timeout
+        # force_instance: our own pool size, not the shared per-loop client's 10.
+        self.http = AsyncHTTPClient(force_instance=True, max_clients=max_clients)
+
+    async def call(self, user_id: int, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        headers = {"Authorization": "VK " + self.users.launch(user_id)}
+        payload = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            payload = json.dumps(body)
+        response = await self.http.fetch(
+            self.users.target.base_url + path,
+            method=method,
+            headers=headers,
+            body=payload,
+            raise_error=False,
+            connect_timeout=self.timeout,
+            request_timeout=self.timeout,
+        )
+        try:
+            data = json.loads(response.body) if response.body else {}
+        except ValueError:
+            data = {}
+        if response.code != 200 or not isinstance(data, dict) or data.get("response") is not True:
+            detail = data.get("error") if isinstance(data, dict) and data.get("error") else (response.body or b"")[:200]
+            raise ApiError(f"{method} {path} as {user_id}: HTTP {response.code} {detail!r}")
+        return data
+
+    def close(self) -> None:
+        self.http.close()
+
+
+# --- delivery workloads (fanout, global) -------------------------------------
+
+
+@dataclasses.dataclass
+class DeliveryConfig:
+    workload: str = "fanout"  # or "global"
+    receivers: int = 50
+    messages: int = 1000
+    concurrency: int = 10
+    senders: int = 0  # 0: min(concurrency, receivers)
+    first_user: int = 1_000_000
+    timeout: float = 300.0  # the whole workload, setup included
+    connect_concurrency: int = 50
+
+
+async def run_delivery(target: Target, config: DeliveryConfig) -> dict[str, Any]:
+    """Run ``fanout`` or ``global``; return the measurements and check results."""
+    users = Users(target)
+    api = Api(users, max_clients=max(config.concurrency, config.connect_concurrency, 10))
+    clients: list[SocketClient] = []
+    state = _DeliveryState(config)
+    try:
+        return await asyncio.wait_for(_delivery(target, config, users, api, clients, state), config.timeout)
+    except asyncio.TimeoutError:
+        return state.failed(f"timed out after {config.timeout:g} s (during {state.phase})")
+    except (ApiError, OSError) as error:
+        return state.failed(f"{type(error).__name__}: {error} (during {state.phase})")
+    finally:
+        for client in clients:
+            client.close()
+        api.close()
+        await asyncio.sleep(0.2)  # let the close frames go out before the next workload
+
+
+class _DeliveryState:
+    """What a delivery run has learned so far, so a timeout can still report it."""
+
+    def __init__(self, config: DeliveryConfig) -> None:
+        self.config = config
+        self.phase = "connect"
+        self.received = 0
+        self.expected = config.receivers * config.messages
+        self.all_received = asyncio.Event()
+
+    def count_frame(self) -> None:
+        self.received += 1
+        if self.received >= self.expected:
+            self.all_received.set()
+
+    def failed(self, error: str) -> dict[str, Any]:
+        return {
+            "workload": self.config.workload,
+            "receivers": self.config.receivers,
+            "messages": self.config.messages,
+            "concurrency": self.config.concurrency,
+            "ok": False,
+            "error": error,
+            "deliveries": self.received,
+            "expected_deliveries": self.expected,
+        }
+
+
+async def _delivery(
+    target: Target, config: DeliveryConfig, users: Users, api: Api, clients: list[SocketClient], state: _DeliveryState
+) -> dict[str, Any]:
+    tag = secrets.token_hex(4)
+    marker = f"bm{tag}:"  # in message texts only, so other events never match
+    user_ids = list(range(config.first_user, config.first_user + config.receivers))
+    clients.extend(SocketClient(users, uid, marker, state.count_frame) for uid in user_ids)
+
+    # Connect every receiver before any HTTP call: the server answers 428 to
+    # a user without an open socket.
+    results = await gather_limited(config.connect_concurrency, (client.connect for client in clients))
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise ApiError(f"{len(errors)} of {len(clients)} sockets failed to connect, first: {errors[0]!r}")
+
+    state.phase = "setup"
+    conversation_id = 0
+    if config.workload == "fanout":
+        created = await api.call(user_ids[0], "POST", "/v1/conversations/new", {"name": f"bench {tag}"})
+        conversation_id = int(created["conversation_id"])
+        join_path = f"/v1/conversations/join/{conversation_id}"
+        results = await gather_limited(10, (lambda uid=uid: api.call(uid, "GET", join_path) for uid in user_ids[1:]))
+    elif config.workload == "global":
+        results = await gather_limited(10, (lambda uid=uid: api.call(uid, "GET", "/v1/messages/get?chat=0") for uid in user_ids))
+    else:
+        raise ValueError(f"unknown delivery workload {config.workload!r}")
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise ApiError(f"{len(errors)} of {len(results)} setup calls failed, first: {errors[0]}")
+
+    # Send K messages with C in flight. Senders are receivers too, so every
+    # sender holds the open socket the server requires.
+    state.phase = "send"
+    k = config.messages
+    send_start = [0.0] * k
+    send_end = [0.0] * k
+    sent_ids: list[int | None] = [None] * k
+    send_errors: list[str] = []
+    senders = user_ids[: config.senders or min(config.concurrency, len(user_ids))]
+    sequence = iter(range(k))  # shared by all workers: each seq is sent once
+
+    async def worker(index: int) -> None:
+        sender = senders[index % len(senders)]
+        for seq in sequence:
+            body: dict[str, Any] = {"text": f"{marker}{seq}"}
+            if conversation_id:
+                body["conversation_id"] = conversation_id
+            send_start[seq] = time.perf_counter()
+            try:
+                reply = await api.call(sender, "POST", "/v1/messages/send", body)
+                sent_ids[seq] = int(reply["id"])
+            except (ApiError, OSError, KeyError, ValueError) as error:
+                send_errors.append(f"seq {seq}: {error}")
+            send_end[seq] = time.perf_counter()
+
+    server_cpu_before = read_cpu_seconds(target.pid)
+    client_cpu_before = time.process_time()
+    await asyncio.gather(*(worker(i) for i in range(config.concurrency)))
+    sends_done = max(send_end) if k else time.perf_counter()
+
+    # Wait for the last deliveries; whatever has not arrived by the workload
+    # timeout is reported as missing.
+    state.phase = "drain"
+    expected_deliveries = config.receivers * sum(1 for i in sent_ids if i is not None)
+    state.expected = expected_deliveries
+    if state.received >= expected_deliveries:
+        state.all_received.set()
+    await state.all_received.wait()
+    await asyncio.sleep(0.2)  # a short grace so duplicates, if any, are seen
+    server_cpu = read_cpu_seconds(target.pid)
+    client_cpu = time.process_time() - client_cpu_before
+
+    state.phase = "verify"
+    result = verify_deliveries(config, clients, marker, conversation_id, send_start, send_end, sent_ids)
+    result["send_errors"] = len(send_errors)
+    if send_errors:
+        result["ok"] = False
+        result["first_send_errors"] = send_errors[:3]
+    first_send = min(send_start) if k else 0.0
+    send_window = sends_done - first_send
+    result["send_seconds"] = round(send_window, 3)
+    result["sends_per_s"] = round(k / send_window, 1) if send_window > 0 else None
+    if server_cpu_before is not None and server_cpu is not None:
+        result["server_cpu_s"] = round(server_cpu - server_cpu_before, 2)
+    result["client_cpu_s"] = round(client_cpu, 2)
+    return result
+
+
+def verify_deliveries(
+    config: DeliveryConfig,
+    clients: list[SocketClient],
+    marker: str,
+    conversation_id: int,
+    send_start: list[float],
+    send_end: list[float],
+    sent_ids: list[int | None],
+) -> dict[str, Any]:
+    """Parse what each receiver got and check exactly-once, ascending, same order."""
+    k = len(sent_ids)
+    sent = {seq for seq, message_id in enumerate(sent_ids) if message_id is not None}
+    latencies: list[float] = []
+    last_receipt = 0.0
+    missing = duplicates = unexpected = out_of_order = wrong_id = wrong_conversation = 0
+    reference_order: list[int] | None = None
+    order_mismatch = 0
+    closed = [c for c in clients if c.closed_by_server]
+
+    for client in clients:
+        seen: set[int] = set()
+        order: list[int] = []
+        for received_at, raw in client.frames:
+            frame = json.loads(raw)
+            data = frame.get("data") or {}
+            text = data.get("message", "")
+            if frame.get("event") != NEW_MESSAGE or not isinstance(text, str) or not text.startswith(marker):
+                continue  # the marker appeared elsewhere; not one of our deliveries
+            if data.get("conversation_id") != conversation_id:
+                wrong_conversation += 1
+            seq = int(text[len(marker):])
+            if seq in seen:
+                duplicates += 1
+                continue
+            seen.add(seq)
+            if seq not in sent:
+                unexpected += 1  # delivered although its send failed
+                continue
+            if data.get("id") != sent_ids[seq]:
+                wrong_id += 1
+            if order and data.get("id", 0) <= order[-1]:
+                out_of_order += 1
+            order.append(data.get("id", 0))
+            latencies.append(received_at - send_start[seq])
+            last_receipt = max(last_receipt, received_at)
+        missing += len(sent - seen)
+        if reference_order is None:
+            reference_order = order
+        elif order != reference_order:
+            order_mismatch += 1
+
+    checks = {
+        "missing": missing,
+        "duplicates": duplicates,
+        "unexpected": unexpected,
+        "out_of_order": out_of_order,
+        "order_mismatch_receivers": order_mismatch,
+        "wrong_id": wrong_id,
+        "wrong_conversation": wrong_conversation,
+        "sockets_closed_by_server": len(closed),
+    }
+    if closed:
+        checks["close_codes"] = sorted({c.close_code for c in closed if c.close_code is not None})
+    ok = all(value == 0 for key, value in checks.items() if key != "close_codes")
+    first_send = min(send_start) if k else 0.0
+    window = last_receipt - first_send
+    delivered = len(latencies)
+    http_latencies = [end - start for start, end in zip(send_start, send_end)]
+    return {
+        "workload": config.workload,
+        "receivers": config.receivers,
+        "messages": k,
+        "concurrency": config.concurrency,
+        "ok": ok,
+        "checks": checks,
+        "deliveries": delivered,
+        "expected_deliveries": len(clients) * len(sent),
+        "delivery_seconds": round(window, 3),
+        "deliveries_per_s": round(delivered / window, 1) if window > 0 else None,
+        "latency_ms": percentiles_ms(latencies),
+        "http_latency_ms": percentiles_ms(http_latencies),
+    }
+
+
+# --- idle workload -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class IdleConfig:
+    sockets: int = 2000
+    procs: int = 1
+    first_user: int = 3_000_000
+    connect_concurrency: int = 100  # handshakes in flight per client process
+    settle_seconds: float = 2.0  # after the last connect, before reading RSS
+    timeout: float = 300.0
+
+
+async def hold_sockets(target: Target, first_user: int, count: int, concurrency: int) -> tuple[list[SocketClient], int, str | None]:
+    """Open ``count`` sockets of distinct users; return (clients, failures, first error)."""
+    users = Users(target)
+    clients = [SocketClient(users, uid) for uid in range(first_user, first_user + count)]
+    results = await gather_limited(concurrency, (client.connect for client in clients))
+    failures = [r for r in results if isinstance(r, BaseException)]
+    opened = [c for c, r in zip(clients, results) if not isinstance(r, BaseException)]
+    return opened, len(failures), (repr(failures[0]) if failures else None)
+
+
+async def run_idle(target: Target, config: IdleConfig) -> dict[str, Any]:
+    """Open N idle sockets and report the server's RSS growth per socket."""
+    if target.pid is None:
+        raise ValueError("the idle workload needs the server's pid to read its RSS")
+    raise_nofile_limit()
+    result: dict[str, Any] = {"workload": "idle", "sockets": config.sockets, "procs": config.procs, "ok": False}
+    holders: list[asyncio.subprocess.Process] = []
+    local: list[SocketClient] = []
+    try:
+        async with asyncio.timeout(config.timeout):
+            # Warm up first so lazily created server state (imports, caches,
+            # pools) is not charged to the measured sockets.
+            warm, _, _ = await hold_sockets(target, config.first_user + config.sockets + 10, 20, 20)
+            for client in warm:
+                client.close()
+            await asyncio.sleep(config.settle_seconds)
+            rss_before = read_rss_kib(target.pid)
+            started = time.perf_counter()
+            if config.procs <= 1:
+                local, failures, first_error = await hold_sockets(target, config.first_user, config.sockets, config.connect_concurrency)
+                opened = len(local)
+            else:
+                opened, failures, first_error = await _spawn_holders(target, config, holders)
+            connect_seconds = time.perf_counter() - started
+            await asyncio.sleep(config.settle_seconds)
+            rss_after = read_rss_kib(target.pid)
+            dropped = sum(1 for c in local if c.closed_by_server)
+            result.update(
+                opened=opened,
+                failed=failures,
+                connect_seconds=round(connect_seconds, 2),
+                connects_per_s=round(opened / connect_seconds, 1) if connect_seconds > 0 else None,
+                rss_before_kib=rss_before,
+                rss_after_kib=rss_after,
+                rss_per_socket_kib=round((rss_after - rss_before) / opened, 2) if opened else None,
+            )
+            if first_error:
+                result["first_error"] = first_error
+            # Release and see how much the server gives back.
+            for client in local:
+                client.close()
+            dropped += await _release_holders(holders)
+            await asyncio.sleep(config.settle_seconds)
+            result["rss_after_close_kib"] = read_rss_kib(target.pid)
+            result["dropped_while_idle"] = dropped
+            result["ok"] = failures == 0 and dropped == 0
+    except TimeoutError:
+        result["error"] = f"timed out after {config.timeout:g} s"
+    finally:
+        for client in local:
+            client.close()
+        for holder in holders:
+            if holder.returncode is None:
+                holder.kill()
+                await holder.wait()
+    return result
+
+
+async def _spawn_holders(target: Target, config: IdleConfig, holders: list[asyncio.subprocess.Process]) -> tuple[int, int, str | None]:
+    """Split the sockets over ``procs`` child processes; wait until all report READY."""
+    per_proc, extra = divmod(config.sockets, config.procs)
+    first = config.first_user
+    for index in range(config.procs):
+        count = per_proc + (1 if index < extra else 0)
+        holders.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.loadgen", "idle-hold",
+                "--url", target.base_url, "--secret", target.secret,
+                "--first-user", str(first), "--count", str(count),
+                "--concurrency", str(config.connect_concurrency), "--timeout", str(config.timeout),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+        )  # fmt: skip
+        first += count
+    opened = failures = 0
+    first_error = None
+    for holder in holders:
+        assert holder.stdout is not None
+        line = (await holder.stdout.readline()).decode()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"socket holder process failed: {line!r}")
+        report = json.loads(line[len("READY "):])
+        opened += report["opened"]
+        failures += report["failed"]
+        first_error = first_error or report.get("first_error")
+    return opened, failures, first_error
+
+
+async def _release_holders(holders: list[asyncio.subprocess.Process]) -> int:
+    """Tell holder processes to close their sockets; return how many the server dropped."""
+    dropped = 0
+    for holder in holders:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        line = (await holder.stdout.readline()).decode()
+        if line.startswith("CLOSED "):
+            dropped += json.loads(line[len("CLOSED "):])["dropped"]
+        await holder.wait()
+    return dropped
+
+
+async def _idle_hold_main(args: argparse.Namespace) -> None:
+    """Child process of a split idle run: open sockets, report, hold until stdin closes."""
+    raise_nofile_limit()
+    target = Target(args.url, args.secret)
+    clients, failures, first_error = await hold_sockets(target, args.first_user, args.count, args.concurrency)
+    print("READY " + json.dumps({"opened": len(clients), "failed": failures, "first_error": first_error}), flush=True)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(args.timeout):
+            await loop.run_in_executor(None, sys.stdin.read)  # returns at EOF
+    except TimeoutError:
+        pass
+    dropped = sum(1 for c in clients if c.closed_by_server)
+    for client in clients:
+        client.close()
+    await asyncio.sleep(0.5)
+    print("CLOSED " + json.dumps({"dropped": dropped}), flush=True)
+
+
+# --- command line ----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Chat server load generator (loopback only).")
+    sub = parser.add_subparsers(dest="workload", required=True)
+    for name in ("fanout", "global"):
+        p = sub.add_parser(name, help=f"{name} delivery workload")
+        p.add_argument("-R", "--receivers", type=int, default=50)
+        p.add_argument("-K", "--messages", type=int, default=1000)
+        p.add_argument("-C", "--concurrency", type=int, default=10)
+        p.add_argument("--senders", type=int, default=0, help="distinct sending users (default: min(C, R))")
+        p.add_argument("--first-user", type=int, default=1_000_000 if name == "fanout" else 2_000_000)
+    idle = sub.add_parser("idle", help="idle sockets, server RSS per socket")
+    idle.add_argument("-N", "--sockets", type=int, default=2000)
+    idle.add_argument("--procs", type=int, default=1)
+    idle.add_argument("--first-user", type=int, default=3_000_000)
+    hold = sub.add_parser("idle-hold", help=argparse.SUPPRESS)  # internal: child of a split idle run
+    hold.add_argument("--first-user", type=int, required=True)
+    hold.add_argument("--count", type=int, required=True)
+    hold.add_argument("--concurrency", type=int, default=100)
+    for p in (*sub.choices.values(),):
+        p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080 (loopback only)")
+        p.add_argument("--secret", required=True, help="the server's CHAT_VK_SECRET")
+        p.add_argument("--pid", type=int, help="server pid, for RSS/CPU readings")
+        p.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole workload")
+    return parser
+
+
+def check_loopback(url: str) -> None:
+    """Refuse any target that is not on this machine's loopback interface."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if not (host == "localhost" or host.startswith("127.") or host == "::1"):
+        raise SystemExit(f"refusing non-loopback target {url!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_loopback(args.url)
+    if args.workload == "idle-hold":
+        asyncio.run(_idle_hold_main(args))
+        return 0
+    target = Target(args.url.rstrip("/"), args.secret, args.pid)
+    if args.workload == "idle":
+        config = IdleConfig(sockets=args.sockets, procs=args.procs, first_user=args.first_user, timeout=args.timeout)
+        result = asyncio.run(run_idle(target, config))
+    else:
+        delivery = DeliveryConfig(
+            workload=args.workload, receivers=args.receivers, messages=args.messages,
+            concurrency=args.concurrency, senders=args.senders, first_user=args.first_user, timeout=args.timeout,
+        )  # fmt: skip
+        raise_nofile_limit()
+        result = asyncio.run(run_delivery(target, delivery))
+    print(json.dumps(result, indent=2))
+    return 0 if result.get("ok") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

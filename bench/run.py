@@ -1,0 +1,542 @@
+"""Benchmark runner: the same workloads against the baseline and our server, in one run.
+
+    python -m bench.run                      # all targets, default sizes
+    python -m bench.run --smoke              # seconds; exit status 1 if a delivery check fails
+    python -m bench.run --targets baseline,embedded --workloads fanout -R 200 -K 2000
+
+Targets (each started here as a subprocess on a free loopback port):
+
+- ``baseline``: ``bench/baseline_server.py``, a bare Tornado broadcast server;
+- ``embedded``: our ``run.py`` with SQLite and the in-process cache;
+- ``mariadb``: our ``run.py`` with MariaDB + Redis (a throwaway database and a
+  unique Redis key prefix, both removed afterwards).
+
+Every workload gets a fresh server process: RSS readings then start from a
+clean heap instead of memory a previous workload freed and left in the
+allocator. Results go to ``bench/results/`` as JSON and Markdown (not in
+``--smoke``, which only prints). Tests call :func:`main` with an argv list;
+it returns the exit status instead of exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterator
+
+if __package__ in (None, ""):  # run as ``python bench/run.py``: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.launch import self_check  # noqa: E402
+from bench.loadgen import DeliveryConfig, IdleConfig, Target, raise_nofile_limit, run_delivery, run_idle  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+ALL_TARGETS = ("baseline", "embedded", "mariadb")
+ALL_WORKLOADS = ("fanout", "global", "idle")
+READY_TIMEOUT = 60.0  # seconds for a server to start listening (migrations included)
+
+# User id ranges per workload, far apart, so workloads never share users even
+# when they run against one database.
+FIRST_USER = {"fanout": 1_000_000, "global": 2_000_000, "idle": 3_000_000}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- starting and stopping servers ------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _raise_nofile_in_child() -> None:
+    """preexec_fn for servers: lift the soft open-files limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@dataclasses.dataclass
+class ServerSpec:
+    """How to start one target: argv and the CHAT_* environment."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+class ServerProcess:
+    """A target server running as a child process, logging to a file."""
+
+    def __init__(self, spec: ServerSpec, log_path: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        # Inherit nothing CHAT_*-shaped from the caller: the spec is the whole config.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        env.update(self.spec.env)
+        env.update(CHAT_HOST="127.0.0.1", CHAT_PORT=str(self.port), PYTHONUNBUFFERED="1")
+        argv = [a.replace("{port}", str(self.port)) for a in self.spec.argv]
+        with open(self.log_path, "ab") as log_file:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, preexec_fn=_raise_nofile_in_child,
+            )  # fmt: skip
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode} at start; see {self.log_path}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.spec.name} did not listen within {READY_TIMEOUT:g} s; see {self.log_path}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        for _ in range(100):
+            if self.proc.poll() is not None:
+                return
+            await asyncio.sleep(0.1)
+        self.proc.kill()
+        self.proc.wait()
+
+
+# --- per-target resources (temp dirs, MariaDB database, Redis prefix) ----------------
+
+
+@contextlib.contextmanager
+def provision(name: str, run_id: str, args: argparse.Namespace, max_members: int) -> Iterator[ServerSpec]:
+    """Yield a target's start spec; remove whatever it created afterwards."""
+    python = sys.executable
+    if name == "baseline":
+        yield ServerSpec(name, [python, str(REPO / "bench" / "baseline_server.py"), "--port", "{port}"], {})
+        return
+    data_dir = tempfile.mkdtemp(prefix=f"chatbench-{name}-")
+    env = {"CHAT_VK_SECRET": args.secret, "CHAT_DATA_DIR": data_dir, "CHAT_MAX_MEMBERS": str(max_members)}
+    try:
+        if name == "embedded":
+            yield ServerSpec(name, [python, "run.py"], env)
+        elif name == "mariadb":
+            database = f"chatbench_{run_id}"
+            prefix = f"chatbench:{run_id}:"
+            _mysql_execute(args.mysql_url, f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
+            try:
+                env.update(
+                    CHAT_DATABASE_URL=f"{args.mysql_url.rstrip('/')}/{database}",
+                    CHAT_REDIS_URL=args.redis_url,
+                    CHAT_REDIS_PREFIX=prefix,
+                )
+                yield ServerSpec(name, [python, "run.py"], env)
+            finally:
+                _mysql_execute(args.mysql_url, f"DROP DATABASE IF EXISTS `{database}`")
+                _redis_delete_prefix(args.redis_url, prefix)
+        else:
+            raise ValueError(f"unknown target {name!r}")
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _mysql_execute(url: str, statement: str) -> None:
+    """Run one statement as the URL's user (PyMySQL, which aiomysql already brings)."""
+    import pymysql
+
+    parts = urllib.parse.urlsplit(url)
+    connection = pymysql.connect(
+        host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+        user=urllib.parse.unquote(parts.username or "root"), password=urllib.parse.unquote(parts.password or ""),
+        connect_timeout=5,
+    )  # fmt: skip
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def _redis_delete_prefix(url: str, prefix: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        return len(keys)
+    finally:
+        client.close()
+
+
+def mariadb_available(args: argparse.Namespace) -> str | None:
+    """None if MariaDB and Redis answer, else why not."""
+    try:
+        _mysql_execute(args.mysql_url, "SELECT 1")
+    except Exception as error:  # noqa: BLE001 - any failure means "not available"
+        return f"MariaDB at {args.mysql_url}: {error}"
+    try:
+        import redis
+
+        redis.Redis.from_url(args.redis_url, socket_timeout=5).ping()
+    except Exception as error:  # noqa: BLE001
+        return f"Redis at {args.redis_url}: {error}"
+    return None
+
+
+# --- running workloads -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    workload: str  # fanout, global, idle
+    sockets: int = 0  # idle only
+
+    @property
+    def label(self) -> str:
+        return f"idle-{self.sockets}" if self.workload == "idle" else self.workload
+
+
+async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace) -> dict[str, Any]:
+    assert server.proc is not None
+    target = Target(server.base_url, args.secret, server.proc.pid)
+    if job.workload == "idle":
+        procs = args.idle_procs or max(1, math.ceil(job.sockets / 5000))
+        config = IdleConfig(
+            sockets=job.sockets, procs=procs, first_user=FIRST_USER["idle"],
+            settle_seconds=args.idle_settle, timeout=args.timeout,
+        )  # fmt: skip
+        return await run_idle(target, config)
+    config = DeliveryConfig(
+        workload=job.workload, receivers=args.receivers, messages=args.messages, concurrency=args.concurrency,
+        senders=args.senders, first_user=FIRST_USER[job.workload], timeout=args.timeout,
+    )  # fmt: skip
+    result = await run_delivery(target, config)
+    if result.get("server_cpu_s") is not None and result.get("deliveries"):
+        # CPU per delivery depends less on what else the machine runs than wall-clock rates.
+        result["server_cpu_us_per_delivery"] = round(result["server_cpu_s"] * 1e6 / result["deliveries"], 1)
+    return result
+
+
+async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job], run_id: str, log_dir: Path) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    deadline = time.monotonic() + args.total_timeout
+    max_members = max(100, args.receivers + 10)
+    for name in targets:
+        with provision(name, run_id, args, max_members) as spec:
+            for job in jobs:
+                row: dict[str, Any] = {"target": name, "label": job.label}
+                if time.monotonic() > deadline:
+                    row.update(ok=False, error=f"skipped: --total-timeout {args.total_timeout:g} s reached")
+                    results.append(row)
+                    continue
+                server = ServerProcess(spec, log_dir / f"{name}-{job.label}.log")
+                # Another busy process on this 2-core machine skews every figure: record it.
+                load_before = round(os.getloadavg()[0], 2)
+                if load_before > 1.5:
+                    log(f"[bench] warning: 1-minute load average is {load_before} before {name} {job.label}")
+                log(f"[bench] {name}: {job.label} ...")
+                try:
+                    await server.start()
+                    row.update(await run_job(server, job, args))
+                    if not server.alive():
+                        row.update(ok=False, error=f"server exited with {server.proc.returncode if server.proc else '?'}")
+                except Exception as error:  # noqa: BLE001 - one broken target must not hide the others
+                    row.update(ok=False, error=f"{type(error).__name__}: {error}")
+                finally:
+                    await server.stop()
+                row["server_log"] = str(server.log_path)
+                row.update(scan_log(server.log_path))
+                row["load_avg_1m_before"] = load_before
+                log(f"[bench] {name}: {job.label} {'ok' if row.get('ok') else 'FAILED'} {summary_line(row)}")
+                results.append(row)
+    add_ratios(results)
+    return results
+
+
+def scan_log(path: Path) -> dict[str, Any]:
+    """Count ERROR lines and tracebacks in a server log; keep the distinct exception lines.
+
+    Not a pass/fail check (a log line is not a broken delivery), but an error
+    under load is worth seeing next to the figures.
+    """
+    errors = 0
+    exceptions: dict[str, int] = {}
+    in_traceback = False
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        if " ERROR " in line or " CRITICAL " in line:
+            errors += 1
+        if line.startswith("Traceback"):
+            in_traceback = True
+        elif in_traceback and line and not line[0].isspace():
+            # The first unindented line after a traceback names the exception.
+            exceptions[line[:200]] = exceptions.get(line[:200], 0) + 1
+            in_traceback = False
+    return {"server_log_errors": errors, "server_exceptions": exceptions} if errors or exceptions else {"server_log_errors": 0}
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    if row.get("error"):
+        return row["error"]
+    if row.get("workload") == "idle":
+        return f"rss/socket={row.get('rss_per_socket_kib')} KiB opened={row.get('opened')}"
+    latency = row.get("latency_ms") or {}
+    return f"deliveries/s={row.get('deliveries_per_s')} p99={latency.get('p99')} ms checks={row.get('checks')}"
+
+
+def add_ratios(results: list[dict[str, Any]]) -> None:
+    """Each row's deliveries/s, p99 and RSS/socket divided by the baseline's for the same workload."""
+    baseline = {row["label"]: row for row in results if row["target"] == "baseline" and row.get("ok")}
+    for row in results:
+        base = baseline.get(row["label"])
+        if base is None or row["target"] == "baseline":
+            continue
+        ratios = {}
+        for key, path in (("deliveries_per_s", ("deliveries_per_s",)), ("p99", ("latency_ms", "p99")),
+                           ("cpu_per_delivery", ("server_cpu_us_per_delivery",)), ("rss_per_socket", ("rss_per_socket_kib",))):
+            mine, theirs = _dig(row, path), _dig(base, path)
+            if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0:
+                ratios[key] = round(mine / theirs, 2)
+        row["vs_baseline"] = ratios
+
+
+def _dig(row: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = row
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+# --- reporting ------------------------------------------------------------------------
+
+
+COLUMNS = [
+    ("target", ("target",)),
+    ("workload", ("label",)),
+    ("ok", ("ok",)),
+    ("sends/s", ("sends_per_s",)),
+    ("deliveries/s", ("deliveries_per_s",)),
+    ("p50 ms", ("latency_ms", "p50")),
+    ("p95 ms", ("latency_ms", "p95")),
+    ("p99 ms", ("latency_ms", "p99")),
+    ("max ms", ("latency_ms", "max")),
+    ("CPU µs/deliv", ("server_cpu_us_per_delivery",)),
+    ("RSS/socket KiB", ("rss_per_socket_kib",)),
+    ("deliv/s ÷ base", ("vs_baseline", "deliveries_per_s")),
+    ("p99 ÷ base", ("vs_baseline", "p99")),
+    ("CPU/deliv ÷ base", ("vs_baseline", "cpu_per_delivery")),
+    ("RSS/sock ÷ base", ("vs_baseline", "rss_per_socket")),
+    ("log errors", ("server_log_errors",)),
+]
+
+
+def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for result in results:
+        cells = []
+        for _, path in COLUMNS:
+            value = _dig(result, path)
+            if value is None:
+                cells.append("")
+            elif isinstance(value, bool):
+                cells.append("yes" if value else "NO")
+            elif isinstance(value, float):
+                cells.append(f"{value:,.2f}" if value < 100 else f"{value:,.0f}")
+            else:
+                cells.append(str(value))
+        rows.append(cells)
+    return rows
+
+
+def text_table(results: list[dict[str, Any]]) -> str:
+    header = [name for name, _ in COLUMNS]
+    rows = table_rows(results)
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    failures = [f"  {r['target']} {r['label']}: {r.get('error') or r.get('checks')}" for r in results if not r.get("ok")]
+    if failures:
+        lines += ["", "FAILED:"] + failures
+    lines += log_error_lines(results)
+    return "\n".join(lines)
+
+
+def log_error_lines(results: list[dict[str, Any]]) -> list[str]:
+    noisy = [r for r in results if r.get("server_log_errors")]
+    if not noisy:
+        return []
+    lines = ["", "Server log errors (see the logs):"]
+    for r in noisy:
+        lines.append(f"  {r['target']} {r['label']}: {r['server_log_errors']} ERROR lines in {r.get('server_log')}")
+        lines += [f"    {count} × {exception}" for exception, count in (r.get("server_exceptions") or {}).items()]
+    return lines
+
+
+def markdown_table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    header = [name for name, _ in COLUMNS]
+    lines = [
+        f"# Benchmark run {meta['run_id']}",
+        "",
+        f"{meta['started']} · commit `{meta['commit']}` · {meta['cpus']} CPUs · Python {meta['python']} · "
+        f"R={meta['sizes']['receivers']} K={meta['sizes']['messages']} C={meta['sizes']['concurrency']} "
+        f"idle N={','.join(map(str, meta['sizes']['idle_sockets']))}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    failures = [r for r in results if not r.get("ok")]
+    if failures:
+        lines += ["", "## Failures", ""]
+        lines += [f"- {r['target']} {r['label']}: {r.get('error') or json.dumps(r.get('checks'))}" for r in failures]
+    lines += [line if not line.startswith(" ") else "-" + line for line in log_error_lines(results)]
+    lines += ["", "Ratios divide by the baseline's figure for the same workload (deliveries/s: higher is better; p99, CPU and RSS: lower is better)."]
+    return "\n".join(lines) + "\n"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# --- command line --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list of: " + ", ".join(ALL_TARGETS))
+    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma list of: " + ", ".join(ALL_WORKLOADS))
+    parser.add_argument("-R", "--receivers", type=int, default=50, help="receivers for fanout/global (default 50)")
+    parser.add_argument("-K", "--messages", type=int, default=1000, help="messages for fanout/global (default 1000)")
+    parser.add_argument("-C", "--concurrency", type=int, default=10, help="HTTP sends in flight (default 10)")
+    parser.add_argument("--senders", type=int, default=0, help="distinct sending users (default min(C, R))")
+    parser.add_argument("--idle-sockets", default="2000", help="comma list of idle socket counts (default 2000)")
+    parser.add_argument("--idle-procs", type=int, default=0, help="client processes for idle (default: one per 5000 sockets)")
+    parser.add_argument("--idle-settle", type=float, default=2.0, help="seconds to wait before each RSS reading (default 2)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per workload (default 300)")
+    parser.add_argument("--total-timeout", type=float, default=3600.0, help="seconds for the whole run; later workloads are skipped")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (R=3 K=20 C=2 N=20), print only, seconds")
+    parser.add_argument("--results-dir", type=Path, default=None, help=f"where to write results (default {RESULTS_DIR}; smoke: none)")
+    parser.add_argument("--mysql-url", default="mysql+aiomysql://root@127.0.0.1:3306", help="server URL without database")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--secret", default=None, help="CHAT_VK_SECRET for our server (default: random per run)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return 0 if every check passed, 1 if not, 2 on bad usage."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    explicit_targets = any(a == "--targets" or a.startswith("--targets=") for a in (argv if argv is not None else sys.argv[1:]))
+    if args.smoke:
+        args.receivers, args.messages, args.concurrency = 3, 20, 2
+        args.idle_sockets = "20"
+        args.idle_settle = 0.3
+        args.timeout = min(args.timeout, 60.0)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = sorted(set(targets) - set(ALL_TARGETS)) + sorted(set(workloads) - set(ALL_WORKLOADS))
+    if unknown or not targets or not workloads:
+        log(f"unknown or empty targets/workloads: {unknown}")
+        return 2
+    idle_sizes = [int(n) for n in args.idle_sockets.split(",") if n.strip()]
+    args.secret = args.secret or secrets.token_urlsafe(24)
+    self_check()
+    raise_nofile_limit()
+
+    if "mariadb" in targets:
+        why = mariadb_available(args)
+        if why:
+            if explicit_targets:
+                log(f"[bench] mariadb target requested but not available: {why}")
+                return 2
+            log(f"[bench] skipping mariadb target: {why}")
+            targets.remove("mariadb")
+    if any(t != "baseline" for t in targets) and not (REPO / "run.py").exists():
+        log("[bench] our server (run.py) is not in the repository yet")
+        return 2
+
+    jobs = [Job(w) for w in workloads if w != "idle"]
+    if "idle" in workloads:
+        jobs += [Job("idle", n) for n in idle_sizes]
+
+    started = datetime.datetime.now().astimezone()
+    run_id = started.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    save_dir = args.results_dir or (None if args.smoke else RESULTS_DIR)
+    log_dir = (save_dir / f"logs-{run_id}") if save_dir else Path(tempfile.mkdtemp(prefix="chatbench-logs-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    results = asyncio.run(run_all(args, targets, jobs, run_id.replace("-", "_"), log_dir))
+    all_ok = all(r.get("ok") for r in results)
+    meta = {
+        "run_id": run_id,
+        "started": started.isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "targets": targets,
+        "sizes": {
+            "receivers": args.receivers, "messages": args.messages, "concurrency": args.concurrency,
+            "senders": args.senders, "idle_sockets": idle_sizes,
+        },
+    }  # fmt: skip
+    print(text_table(results))
+    if save_dir:
+        json_path = save_dir / f"bench-{run_id}.json"
+        md_path = save_dir / f"bench-{run_id}.md"
+        json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=2, ensure_ascii=False))
+        md_path.write_text(markdown_table(results, meta))
+        log(f"[bench] wrote {json_path} and {md_path}; server logs in {log_dir}")
+    elif all_ok:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    else:
+        log(f"[bench] server logs kept in {log_dir}")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

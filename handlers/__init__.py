@@ -1,0 +1,1 @@
+"""Tornado handlers: parse the request, call one ChatService method, render JSON."""

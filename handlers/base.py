@@ -1,0 +1,192 @@
+"""What every HTTP route shares: authentication, parameters, CORS, and errors as JSON.
+
+Handlers raise :class:`server.errors.ApiError`; :meth:`ApiHandler.write_error`
+is the one place an exception becomes the JSON error body of docs/API.md §1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+from typing import Any, ClassVar
+
+import redis.exceptions
+import sqlalchemy.exc
+import tornado.web
+import voluptuous as vol
+
+from server.auth import LaunchUser, verify_launch_params
+from server.chat import ChatService
+from server.errors import (
+    ApiError,
+    BodyTooLarge,
+    InternalError,
+    InvalidParameter,
+    MethodError,
+    MethodNotAllowed,
+    NotAuthenticated,
+    RouteNotFound,
+    StorageUnavailable,
+)
+
+log = logging.getLogger("chat.http")
+
+MAX_BODY_BYTES = 64 * 1024
+AUTH_SCHEME = "VK "
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Socket-Id"
+CORS_ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_MAX_AGE_SECS = 600
+
+# Failures of the database or the cache that mean "not reachable now", not a bug.
+STORAGE_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+)
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    return "*" in allowed or origin in allowed
+
+
+def as_api_error(error: BaseException | None) -> ApiError:
+    """Map any exception to the ApiError the client is told about."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, tornado.web.HTTPError):
+        return {404: RouteNotFound, 405: MethodNotAllowed, 413: BodyTooLarge}.get(
+            error.status_code, InternalError
+        )()
+    if isinstance(error, STORAGE_ERRORS):
+        return StorageUnavailable()
+    return InternalError()
+
+
+def error_body(error: ApiError, code: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": error.message}
+    if isinstance(error, InvalidParameter):
+        body["param"] = error.param
+    return {"response": False, "error": body}
+
+
+class JsonErrorsMixin:
+    """Render every error of a handler (even Tornado's own 404/405/500) as API JSON."""
+
+    # The per-route numbering of MethodErrors (docs/API.md §5).
+    error_codes: ClassVar[dict[type[MethodError], int]] = {}
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        error = as_api_error(exc_info[1] if exc_info else None)
+        if not exc_info and status_code in (404, 405):
+            error = RouteNotFound() if status_code == 404 else MethodNotAllowed()
+        code = error.code
+        if isinstance(error, MethodError):
+            if type(error) not in self.error_codes:
+                log.error("%s has no code for %s", type(self).__name__, type(error).__name__)
+                error, code = InternalError(), 500
+            else:
+                code = self.error_codes[type(error)]
+        self.set_status(error.status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(error_body(error, code), ensure_ascii=False))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, (ApiError, tornado.web.HTTPError)):
+            return  # expected outcomes, already answered; the access log has them
+        if isinstance(value, STORAGE_ERRORS):
+            log.error("storage unavailable: %s", value)
+            return
+        super().log_exception(typ, value, tb)  # type: ignore[misc]
+
+
+class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
+    """Base of the /v1 routes: the caller is authenticated in ``prepare``."""
+
+    user: LaunchUser
+
+    def initialize(self, chat: ChatService) -> None:
+        self.chat = chat
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        origin = self.request.headers.get("Origin")
+        if origin and origin_allowed(origin, self.chat.settings.cors_origins):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+
+    async def options(self, *args: str) -> None:
+        """Answer a CORS preflight."""
+        self.set_header("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS)
+        self.set_header("Access-Control-Allow-Methods", CORS_ALLOW_METHODS)
+        self.set_header("Access-Control-Max-Age", str(CORS_MAX_AGE_SECS))
+        self.set_status(204)
+        self.clear_header("Content-Type")
+        self.finish()
+
+    def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        self.user = self.authenticate(self.request.headers.get("Authorization", ""))
+        if len(self.request.body) > MAX_BODY_BYTES:
+            raise BodyTooLarge()
+
+    def authenticate(self, header: str) -> LaunchUser:
+        if not header.startswith(AUTH_SCHEME):
+            raise NotAuthenticated()
+        settings = self.chat.settings
+        return verify_launch_params(header[len(AUTH_SCHEME):].strip(), settings.vk_secret, settings.auth_max_age)
+
+    @property
+    def socket_id(self) -> str | None:
+        return self.request.headers.get("X-Socket-Id") or None
+
+    def arguments(self) -> dict[str, Any]:
+        """The request's parameters: the query string, merged with a JSON or form body."""
+        values: dict[str, Any] = {
+            name: self.decode_argument(raw[-1], name) for name, raw in self.request.query_arguments.items()
+        }
+        body = self.request.body
+        if not body.strip():
+            return values
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        # A form body, unless it is plainly JSON: some clients send JSON with
+        # the form content type (their default).
+        if content_type == "application/x-www-form-urlencoded" and not body.lstrip().startswith(b"{"):
+            try:
+                form = urllib.parse.parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+            except (UnicodeDecodeError, ValueError):
+                raise InvalidParameter("body", "Malformed form body") from None
+            values.update({name: raw[-1] for name, raw in form.items()})
+            return values
+        try:
+            parsed = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidParameter("body", "Malformed JSON body") from None
+        if not isinstance(parsed, dict):
+            raise InvalidParameter("body", "The JSON body must be an object")
+        values.update(parsed)
+        return values
+
+    def parse(self, schema: vol.Schema, values: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Validate parameters with a schema; a failure is a 400 naming the parameter."""
+        try:
+            return schema(self.arguments() if values is None else values)
+        except vol.MultipleInvalid as errors:
+            error = errors.errors[0]
+            param = str(error.path[0]) if error.path else "body"
+            raise InvalidParameter(param, f"Invalid parameter {param}: {error.msg}") from None
+
+    def reply(self, **fields: Any) -> None:
+        self.finish(json.dumps({"response": True, **fields}, ensure_ascii=False))
+
+
+class NotFoundHandler(ApiHandler):
+    """Any unknown route: a JSON 404, whatever the method."""
+
+    def prepare(self) -> None:
+        raise RouteNotFound()

@@ -1,0 +1,128 @@
+"""/v1/conversations/*: list, create, join, leave, delete, read, view, info."""
+
+from __future__ import annotations
+
+import voluptuous as vol
+
+from handlers.base import ApiHandler
+from handlers.validators import Integer, Text, conversation_id_from_path
+from server.errors import (
+    AlreadyMember,
+    DuplicateName,
+    InvalidParameter,
+    NoRights,
+    NoSuchConversation,
+    NotAMember,
+    SocketRequired,
+    TooManyMembers,
+)
+
+LIST_SCHEMA = vol.Schema(
+    {
+        vol.Optional("mode", default="joined"): vol.In(["joined", "new"], msg="expected joined or new"),
+        vol.Optional("offset", default=0): Integer(0),
+    },
+    extra=vol.REMOVE_EXTRA,
+)
+
+NEW_SCHEMA = vol.Schema({vol.Required("name"): Text(3, 50, strip=True)}, extra=vol.REMOVE_EXTRA)
+
+
+class ListConversationsHandler(ApiHandler):
+    error_codes = {SocketRequired: 1}
+
+    async def get(self) -> None:
+        params = self.parse(LIST_SCHEMA)
+        conversations = await self.chat.list_conversations(
+            self.user.user_id, self.socket_id, params["mode"], params["offset"]
+        )
+        self.reply(conversations=conversations)
+
+    post = get
+
+
+class NewConversationHandler(ApiHandler):
+    error_codes = {DuplicateName: 1, SocketRequired: 2}
+
+    async def post(self) -> None:
+        params = self.parse(NEW_SCHEMA)
+        conversation_id = await self.chat.create_conversation(self.user.user_id, self.socket_id, params["name"])
+        self.reply(conversation_id=conversation_id)
+
+
+class ConversationHandler(ApiHandler):
+    """A route acting on the conversation named in its path."""
+
+    def conversation_id(self, raw: str) -> int:
+        try:
+            return conversation_id_from_path(raw)
+        except vol.Invalid:
+            raise InvalidParameter("conversation_id", "conversation_id must be a positive integer") from None
+
+
+class JoinHandler(ConversationHandler):
+    error_codes = {NoSuchConversation: 1, AlreadyMember: 2, TooManyMembers: 3, SocketRequired: 4}
+
+    async def get(self, raw_id: str) -> None:
+        messages = await self.chat.join(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
+        self.reply(messages=messages)
+
+    post = get
+
+
+class LeaveHandler(ConversationHandler):
+    error_codes = {NoSuchConversation: 1, NotAMember: 2, SocketRequired: 3}
+
+    async def get(self, raw_id: str) -> None:
+        await self.chat.leave(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
+        self.reply()
+
+    post = get
+
+
+class DeleteHandler(ConversationHandler):
+    error_codes = {NoSuchConversation: 1, NoRights: 2, SocketRequired: 3}
+
+    async def delete(self, raw_id: str) -> None:
+        await self.chat.delete(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
+        self.reply()
+
+    post = delete
+
+
+class ReadHandler(ConversationHandler):
+    error_codes = {NoSuchConversation: 1, NotAMember: 2, SocketRequired: 3}
+
+    async def get(self, raw_id: str) -> None:
+        await self.chat.read(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
+        self.reply()
+
+    post = get
+
+
+class ViewHandler(ConversationHandler):
+    error_codes = {NoSuchConversation: 1, AlreadyMember: 2, SocketRequired: 3}
+
+    async def get(self, raw_id: str) -> None:
+        messages = await self.chat.view(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
+        self.reply(messages=messages)
+
+    post = get
+
+
+class StopViewHandler(ConversationHandler):
+    error_codes = {NoSuchConversation: 1, AlreadyMember: 2, SocketRequired: 3}
+
+    async def get(self, raw_id: str) -> None:
+        await self.chat.stop_view(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
+        self.reply()
+
+    post = get
+
+
+class InfoHandler(ConversationHandler):
+    error_codes = {NoSuchConversation: 1, SocketRequired: 2}
+
+    async def get(self, raw_id: str) -> None:
+        conversation = await self.chat.info(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
+        self.reply(conversation=conversation)

@@ -1,0 +1,28 @@
+"""/v1/dev/signin: signed launch parameters for local development.
+
+The route is only registered when the server generated its own secret and
+listens on loopback (see ``ChatServer.dev_signin_enabled``): with a real VK
+secret, or reachable from other machines, it does not exist at all.
+"""
+
+from __future__ import annotations
+
+import voluptuous as vol
+
+from handlers.base import ApiHandler
+from handlers.validators import Integer, Text
+from server.auth import sign_launch_params
+
+SIGNIN_SCHEMA = vol.Schema(
+    {vol.Required("user_id"): Integer(1, 2**53), vol.Optional("name"): Text(1, 100, strip=True)},
+    extra=vol.REMOVE_EXTRA,
+)
+
+
+class DevSigninHandler(ApiHandler):
+    def prepare(self) -> None:
+        """No authentication: this route is how a developer gets some."""
+
+    async def post(self) -> None:
+        params = self.parse(SIGNIN_SCHEMA)
+        self.reply(launch_params=sign_launch_params(self.chat.settings.vk_secret, params["user_id"]))

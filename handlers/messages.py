@@ -1,0 +1,50 @@
+"""/v1/messages/*: read and send messages, in conversations and the global chat."""
+
+from __future__ import annotations
+
+import voluptuous as vol
+
+from handlers.base import ApiHandler
+from handlers.validators import Integer, Text
+from server.errors import ChatIdRequired, NoSuchConversation, NotAMember, SocketRequired
+
+MAX_CONVERSATION_ID = 99_999_999
+
+GET_MESSAGES_SCHEMA = vol.Schema(
+    {
+        vol.Required("chat"): Integer(0),
+        vol.Optional("offset", default=0): Integer(0),
+    },
+    extra=vol.REMOVE_EXTRA,
+)
+
+SEND_MESSAGE_SCHEMA = vol.Schema(
+    {
+        vol.Required("text"): Text(1, 1000),
+        vol.Optional("conversation_id", default=0): Integer(0, MAX_CONVERSATION_ID),
+    },
+    extra=vol.REMOVE_EXTRA,
+)
+
+
+class GetMessagesHandler(ApiHandler):
+    error_codes = {ChatIdRequired: 1, NoSuchConversation: 2, NotAMember: 3, SocketRequired: 4}
+
+    async def get(self) -> None:
+        arguments = self.arguments()
+        if arguments.get("chat") in (None, ""):
+            raise ChatIdRequired()
+        params = self.parse(GET_MESSAGES_SCHEMA, arguments)
+        messages = await self.chat.get_messages(self.user.user_id, self.socket_id, params["chat"], params["offset"])
+        self.reply(messages=messages)
+
+
+class SendMessageHandler(ApiHandler):
+    error_codes = {NoSuchConversation: 1, NotAMember: 2, SocketRequired: 3}
+
+    async def post(self) -> None:
+        params = self.parse(SEND_MESSAGE_SCHEMA)
+        message_id = await self.chat.send_message(
+            self.user.user_id, self.socket_id, params["conversation_id"], params["text"]
+        )
+        self.reply(id=message_id)

@@ -1,0 +1,164 @@
+"""/v1/ws: the WebSocket every client holds open (docs/API.md §3).
+
+The handler authenticates the handshake, then only talks to the chat service
+from ``open`` and ``on_close``. Outgoing frames go through a bounded queue
+per socket: a frame is written at once when the socket keeps up; while a
+write is still being flushed, later frames wait in the queue, and a socket
+whose queue overflows is closed with 1013 so a stalled reader never holds
+memory or time that belongs to the others.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import secrets
+from asyncio import Future
+from typing import Any, Iterable
+
+import tornado.ioloop
+import tornado.web
+import tornado.websocket
+import voluptuous as vol
+from tornado.iostream import StreamClosedError
+
+from handlers.base import JsonErrorsMixin, origin_allowed
+from handlers.validators import Text
+from server import events
+from server.auth import verify_launch_params
+from server.chat import ChatService
+from server.errors import InvalidParameter, NotAuthenticated
+from storage.database import Profile
+
+log = logging.getLogger("chat.ws")
+
+CLOSE_TRY_AGAIN_LATER = 1013
+TEXT_OPCODE = 0x1
+
+
+def avatar_url(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 500 or not value.startswith(("http://", "https://")):
+        raise vol.Invalid("expected an http(s) URL of at most 500 characters")
+    return value
+
+
+PROFILE_SCHEMA = vol.Schema(
+    {vol.Optional("name"): Text(1, 100, strip=True), vol.Optional("avatar"): avatar_url},
+    extra=vol.REMOVE_EXTRA,
+)
+
+
+class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
+    """One client connection; also the registry's ``Connection``."""
+
+    socket_id: str
+    user_id: int
+
+    def initialize(self, chat: ChatService, queue_limit: int) -> None:
+        self.chat = chat
+        self.queue_limit = queue_limit
+        self._profile: Profile | None = None
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._flushing = False
+        self._registered = False
+
+    def check_origin(self, origin: str) -> bool:
+        """Allow configured origins and the page this server serves itself."""
+        if origin_allowed(origin, self.chat.settings.cors_origins):
+            return True
+        return super().check_origin(origin)
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Authenticate and store the profile before upgrading, so errors are JSON."""
+        settings = self.chat.settings
+        header = self.request.headers.get("Authorization", "")
+        launch = header[3:].strip() if header.startswith("VK ") else self.request.query
+        if not launch:
+            raise NotAuthenticated()
+        user = verify_launch_params(launch, settings.vk_secret, settings.auth_max_age)
+        query = {name: self.get_query_argument(name) for name in ("name", "avatar") if self.get_query_argument(name, "")}
+        try:
+            profile = PROFILE_SCHEMA(query)
+        except vol.MultipleInvalid as errors:
+            param = str(errors.errors[0].path[0])
+            raise InvalidParameter(param, f"Invalid parameter {param}: {errors.errors[0].msg}") from None
+        self.user_id = user.user_id
+        self.socket_id = secrets.token_urlsafe(12)
+        self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
+        await super().get(*args, **kwargs)
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        """Invoked when the handshake completes: register, then say ``connected``."""
+        assert self._profile is not None
+        self._registered = True
+        await self.chat.open_connection(self, self._profile)
+        self.send(events.connected(self.socket_id, self.user_id))
+
+    def on_message(self, message: str | bytes) -> None:
+        """Invoked for each client frame: answer pings, ignore the rest."""
+        try:
+            frame = json.loads(message)
+        except ValueError:
+            return
+        if isinstance(frame, dict) and frame.get("event") == "ping":
+            self.send(events.PONG)
+
+    def on_close(self) -> None:
+        """Invoked when the connection is gone, whoever closed it."""
+        self._queue.clear()
+        if self._registered:
+            self._registered = False
+            tornado.ioloop.IOLoop.current().add_callback(self._forget)
+
+    async def _forget(self) -> None:
+        try:
+            await self.chat.close_connection(self)
+        except Exception:
+            log.exception("cleanup of socket %s failed", self.socket_id)
+
+    # Outgoing frames
+
+    def send(self, frame: bytes) -> None:
+        """Queue a pre-encoded text frame; never blocks on the client."""
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        if not self._flushing:
+            self._write_batch((frame,))
+        elif len(self._queue) < self.queue_limit:
+            self._queue.append(frame)
+        else:
+            log.warning("socket %s of user %s is too slow, closing it", self.socket_id, self.user_id)
+            self._queue.clear()
+            self.close(CLOSE_TRY_AGAIN_LATER, "Too slow: reconnect and refetch")
+
+    def _write_batch(self, frames: Iterable[bytes]) -> None:
+        """Hand frames to the stream; if it could not flush them at once, wait for it."""
+        protocol = self.ws_connection
+        flushed = None
+        try:
+            for frame in frames:
+                # The protocol's own frame writer, not write_message(): that
+                # wraps every write in a new Task, which for one event sent to
+                # thousands of sockets is most of the cost. Opcode 0x1 is a
+                # text frame; the payload is already UTF-8 JSON.
+                flushed = protocol._write_frame(True, TEXT_OPCODE, frame)  # type: ignore[union-attr]
+        except StreamClosedError:
+            return
+        if flushed is not None and not flushed.done():
+            self._flushing = True
+            flushed.add_done_callback(self._on_flushed)
+
+    def _on_flushed(self, flushed: Future[None]) -> None:
+        """Invoked when the stream's buffer has drained: send what piled up meanwhile."""
+        self._flushing = False
+        if flushed.exception() is not None or not self._queue:
+            self._queue.clear()
+            return
+        frames = list(self._queue)
+        self._queue.clear()
+        self._write_batch(frames)
+
+
+class StaticHandler(JsonErrorsMixin, tornado.web.StaticFileHandler):
+    """The web client's files; a missing file is a JSON 404 like any other."""

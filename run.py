@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Start the chat server, or print signed launch parameters for trying it.
+
+    python run.py                      serve (settings: config/chat.toml + CHAT_* env)
+    python run.py sign --user-id 5     print launch parameters signed for user 5
+    python run.py migrate              create or upgrade the database schema and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from server.app import ChatServer
+from server.auth import load_or_create_secret, sign_launch_params
+from server.settings import load_settings
+
+log = logging.getLogger("chat")
+
+
+async def serve() -> None:
+    server = ChatServer(load_settings())
+    if server.dev_secret:
+        log.warning(
+            "CHAT_VK_SECRET is not set: using a generated development secret from %s "
+            "(for local use only; set the VK app's secret key in production)",
+            server.settings.data_dir,
+        )
+    port = await server.start()
+    log.info("chat server %s", server.describe(port))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+async def migrate() -> None:
+    server = ChatServer(load_settings())
+    await server.database.migrate()
+    await server.database.close()
+    await server.cache.close()
+
+
+def sign(user_id: int) -> None:
+    settings = load_settings()
+    secret = settings.vk_secret or load_or_create_secret(settings.data_dir)
+    print(sign_launch_params(secret, user_id))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the server (the default)")
+    commands.add_parser("migrate", help="create or upgrade the schema and exit")
+    sign_parser = commands.add_parser("sign", help="print signed launch parameters")
+    sign_parser.add_argument("--user-id", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "sign":
+        if args.user_id <= 0:
+            parser.error("--user-id must be positive")
+        sign(args.user_id)
+    elif args.command == "migrate":
+        asyncio.run(migrate())
+    else:
+        asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Realtime chat server for VK Mini Apps: application, domain rules and registry."""

@@ -1,0 +1,255 @@
+"""The chat's domain rules, knowing nothing of HTTP.
+
+:class:`ChatService` is what every handler calls: one method per API route
+plus the WebSocket open/close hooks. Each method checks the socket
+precondition, runs its transaction in the database, updates the cache and the
+registry, and only then sends events, so an event never announces anything
+that is not committed.
+
+Everything that touches one conversation (sending, joining, leaving, reading,
+viewing, deleting, rebuilding its unread counters) runs under that
+conversation's in-process lock, from the transaction to the last event. That
+is what keeps events in commit order (every socket sees a conversation's
+messages in id order, and none after its ``delete_conversation``) and keeps
+the cached unread counters equal to what the database says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from server import events
+from server.errors import AlreadyMember, NotAMember, SocketRequired
+from server.locks import KeyedLocks
+from server.registry import Connection, Registry
+from server.settings import Settings
+from storage.cache import Cache
+from storage.database import Database, Profile, StoredMessage, default_profile
+
+log = logging.getLogger("chat")
+
+PAGE_MESSAGES = 100
+PAGE_VIEW_MESSAGES = 50
+PAGE_CONVERSATIONS = 100
+GLOBAL_CHAT_ID = 0
+
+
+class ChatService:
+    def __init__(self, settings: Settings, database: Database, cache: Cache, registry: Registry) -> None:
+        self.settings = settings
+        self.database = database
+        self.cache = cache
+        self.registry = registry
+        self.locks = KeyedLocks()
+
+    async def _require_socket(self, user_id: int, socket_id: str | None) -> list[str]:
+        """Return the sockets a request acts for, or raise SocketRequired.
+
+        The cache says whether the user has an open socket; the registry
+        holds the live ones. A socket id in the cache that this process does
+        not hold (left by a crashed process) does not count.
+        """
+        sockets = self.registry.user_sockets(user_id, socket_id)
+        if not sockets:
+            raise SocketRequired()
+        if not await self.cache.has_socket(user_id, socket_id):
+            # The cache lost it (Redis restarted): the live connection is the truth.
+            await self.cache.refresh_sockets({user_id: self.registry.user_sockets(user_id)})
+        return sockets
+
+    # WebSocket lifecycle
+
+    async def prepare_connection(self, user_id: int, name: str | None, avatar: str | None) -> Profile:
+        """Store the profile a WebSocket launch carried, before the socket opens."""
+        return await self.database.save_profile(user_id, name, avatar)
+
+    async def open_connection(self, connection: Connection, profile: Profile) -> None:
+        """Register an open socket, its rooms, and its id in the cache."""
+        if self.registry.add(connection, profile):
+            conversation_ids = await self.database.user_conversation_ids(connection.user_id)
+            self.registry.set_rooms(connection.user_id, conversation_ids)
+        await self.cache.add_socket(connection.user_id, connection.socket_id)
+
+    async def close_connection(self, connection: Connection) -> None:
+        """Forget a closed socket everywhere, telling viewers' audiences of changed counts."""
+        for conversation_id in self.registry.remove(connection):
+            self._announce_viewers(conversation_id)
+        await self.cache.remove_socket(connection.user_id, connection.socket_id)
+
+    async def refresh_socket_cache(self) -> None:
+        """Re-add every live socket id to the cache and push back its expiry."""
+        await self.cache.refresh_sockets(self.registry.connected_users())
+
+    # Messages
+
+    async def get_messages(self, user_id: int, socket_id: str | None, chat: int, offset: int) -> list[dict[str, Any]]:
+        sockets = await self._require_socket(user_id, socket_id)
+        if chat == GLOBAL_CHAT_ID:
+            self.registry.subscribe_global(sockets)
+        elif not await self.database.membership(chat, user_id):
+            raise NotAMember()
+        messages = await self.database.list_messages(chat, offset, PAGE_MESSAGES)
+        return [events.message_item(m) for m in messages]
+
+    async def send_message(self, user_id: int, socket_id: str | None, conversation_id: int, text: str) -> int:
+        await self._require_socket(user_id, socket_id)
+        profile = self.registry.profile(user_id) or default_profile(user_id)
+        now = int(time.time())
+        async with self.locks.hold(conversation_id):
+            message_id, others = await self.database.add_message(conversation_id, user_id, text, now)
+            message = StoredMessage(
+                id=message_id, conversation_id=conversation_id, user_id=user_id,
+                name=profile.name, avatar=profile.avatar, text=text, time=now,
+            )
+            frame = events.new_message(message)
+            if conversation_id == GLOBAL_CHAT_ID:
+                self.registry.send_global(frame)
+                return message_id
+            # Counters first: a receiver may ask for its list as soon as the event lands.
+            await self._cache_quietly(
+                self.cache.unread_on_message(conversation_id, user_id, others), conversation_id
+            )
+            self.registry.send(self.registry.audience(conversation_id), frame)
+        return message_id
+
+    async def _cache_quietly(self, operation, conversation_id: int) -> None:
+        """Apply a counter update after commit; if the cache fails, drop the counters instead.
+
+        The database already holds the truth; a counter the cache could not
+        update must not survive, or it would be wrong once the cache is back.
+        """
+        try:
+            await operation
+        except Exception:
+            log.exception("unread counters of conversation %s not updated", conversation_id)
+            try:
+                await self.cache.unread_drop(conversation_id)
+            except Exception:
+                log.warning("could not drop the unread counters of conversation %s", conversation_id)
+
+    # Conversations
+
+    async def list_conversations(self, user_id: int, socket_id: str | None, mode: str, offset: int) -> list[dict[str, Any]]:
+        await self._require_socket(user_id, socket_id)
+        if mode == "new":
+            rows = await self.database.new_conversations(user_id, offset, PAGE_CONVERSATIONS)
+            return [
+                {
+                    "id": row.id, "name": row.name, "members": row.members,
+                    "viewers": self.registry.viewer_count(row.id), "creator_id": row.creator_id,
+                }
+                for row in rows
+            ]
+        rows = await self.database.joined_conversations(user_id, offset, PAGE_CONVERSATIONS)
+        unread = await self._unread_counts([row.id for row in rows], user_id)
+        return [
+            {
+                "id": row.id, "name": row.name, "members": row.members,
+                "unreadCount": unread.get(row.id, 0), "message": row.last_message or "",
+                "senderAvatar": row.last_sender_avatar or "",
+                "viewers": self.registry.viewer_count(row.id), "creator_id": row.creator_id,
+            }
+            for row in rows
+        ]
+
+    async def _unread_counts(self, conversation_ids: list[int], user_id: int) -> dict[int, int]:
+        """The user's cached counters, rebuilding from the database those the cache lost."""
+        counts = await self.cache.unread_get(conversation_ids, user_id)
+        missing = [cid for cid, count in counts.items() if count is None]
+        if missing:
+            async with self.locks.hold(*missing):
+                rebuilt = await self.database.unread_counts(missing)
+                await self.cache.unread_prime(rebuilt)
+            for conversation_id in missing:
+                counts[conversation_id] = rebuilt[conversation_id].get(user_id, 0)
+        return counts  # type: ignore[return-value]
+
+    async def create_conversation(self, user_id: int, socket_id: str | None, name: str) -> int:
+        await self._require_socket(user_id, socket_id)
+        conversation_id, _ = await self.database.create_conversation(user_id, name, int(time.time()))
+        async with self.locks.hold(conversation_id):
+            self.registry.join_room(conversation_id, user_id)
+            profile = self.registry.profile(user_id) or default_profile(user_id)
+            self.registry.send_all(events.new_conversation(conversation_id, name, profile.avatar))
+        return conversation_id
+
+    async def join(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[dict[str, Any]]:
+        await self._require_socket(user_id, socket_id)
+        async with self.locks.hold(conversation_id):
+            await self.database.join(conversation_id, user_id, self.settings.max_members, int(time.time()))
+            await self._cache_quietly(self.cache.unread_set(conversation_id, user_id, 0), conversation_id)
+            self.registry.join_room(conversation_id, user_id)
+            if self.registry.stop_viewing(conversation_id, user_id):
+                self._announce_viewers(conversation_id)
+            profile = self.registry.profile(user_id) or default_profile(user_id)
+            self.registry.send_all(
+                events.joined_conversation(conversation_id, user_id, profile.name, profile.avatar)
+            )
+            messages = await self.database.list_messages(conversation_id, 0, PAGE_MESSAGES)
+        return [events.message_item(m) for m in messages]
+
+    async def leave(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
+        await self._require_socket(user_id, socket_id)
+        async with self.locks.hold(conversation_id):
+            deleted = await self.database.leave(conversation_id, user_id)
+            self.registry.leave_room(conversation_id, user_id)
+            self.registry.send_all(events.leaved_conversation(conversation_id, user_id))
+            if deleted:
+                await self._forget_conversation(conversation_id)
+            else:
+                await self._cache_quietly(self.cache.unread_remove(conversation_id, user_id), conversation_id)
+
+    async def delete(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
+        await self._require_socket(user_id, socket_id)
+        async with self.locks.hold(conversation_id):
+            await self.database.delete_conversation(conversation_id, user_id)
+            await self._forget_conversation(conversation_id)
+
+    async def _forget_conversation(self, conversation_id: int) -> None:
+        """After a committed delete: drop viewers (telling them), the room and counters."""
+        if self.registry.viewer_count(conversation_id):
+            self.registry.send(self.registry.audience(conversation_id), events.viewers_change(conversation_id, 0))
+        self.registry.drop_conversation(conversation_id)
+        self.registry.send_all(events.delete_conversation(conversation_id))
+        await self._cache_quietly(self.cache.unread_drop(conversation_id), conversation_id)
+
+    async def read(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
+        await self._require_socket(user_id, socket_id)
+        async with self.locks.hold(conversation_id):
+            await self.database.mark_read(conversation_id, user_id)
+            await self._cache_quietly(self.cache.unread_set(conversation_id, user_id, 0), conversation_id)
+
+    async def info(self, user_id: int, socket_id: str | None, conversation_id: int) -> dict[str, Any]:
+        await self._require_socket(user_id, socket_id)
+        row, users = await self.database.conversation_info(conversation_id)
+        return {
+            "id": row.id, "name": row.name, "creator_id": row.creator_id, "members": row.members,
+            "viewers": self.registry.viewer_count(row.id),
+            "users": [{"user_id": uid, "name": name, "avatar": avatar} for uid, name, avatar in users],
+        }
+
+    # Viewers
+
+    async def view(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[dict[str, Any]]:
+        sockets = await self._require_socket(user_id, socket_id)
+        async with self.locks.hold(conversation_id):
+            if await self.database.membership(conversation_id, user_id):
+                raise AlreadyMember()
+            if self.registry.start_viewing(conversation_id, user_id, sockets):
+                self._announce_viewers(conversation_id)
+            messages = await self.database.list_messages(conversation_id, 0, PAGE_VIEW_MESSAGES)
+        return [events.message_item(m) for m in messages]
+
+    async def stop_view(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
+        sockets = await self._require_socket(user_id, socket_id)
+        async with self.locks.hold(conversation_id):
+            if await self.database.membership(conversation_id, user_id):
+                raise AlreadyMember()
+            if self.registry.stop_viewing(conversation_id, user_id, sockets if socket_id else None):
+                self._announce_viewers(conversation_id)
+
+    def _announce_viewers(self, conversation_id: int) -> None:
+        frame = events.viewers_change(conversation_id, self.registry.viewer_count(conversation_id))
+        self.registry.send(self.registry.audience(conversation_id), frame)

@@ -1,0 +1,134 @@
+"""The one error type of the API and its subclasses.
+
+Application code raises; ``handlers.base`` (HTTP) turns the error into the
+JSON body of docs/API.md §1. The tree::
+
+    ApiError(status, code, message)
+    ├── InvalidParameter          400  code 400, carries ``param``
+    ├── NotAuthenticated          401
+    ├── RouteNotFound             404
+    ├── MethodNotAllowed          405
+    ├── BodyTooLarge              413
+    ├── TooManyRequests           429
+    ├── InternalError             500
+    ├── StorageUnavailable        503
+    └── MethodError               per-route code (1-4), see below
+        ├── ChatIdRequired            400
+        ├── NoSuchConversation        404
+        ├── NotAMember                403
+        ├── NoRights                  403
+        ├── AlreadyMember             409
+        ├── TooManyMembers            409
+        ├── DuplicateName             409
+        └── SocketRequired            428
+
+Generic errors carry a code equal to their HTTP status. A ``MethodError``
+is the same failure in every route ("no such conversation"), but the
+original API numbers it per route (1 in ``leave``, 2 in ``messages/get``), so
+the service raises it without a code and the route's table supplies one.
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error the API reports to its caller as JSON."""
+
+    status: int = 500
+    message: str = "Internal server error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+
+    @property
+    def code(self) -> int:
+        return self.status
+
+
+class InvalidParameter(ApiError):
+    status = 400
+    message = "Invalid parameter"
+
+    def __init__(self, param: str, message: str | None = None) -> None:
+        super().__init__(message or f"Invalid parameter: {param}")
+        self.param = param
+
+
+class NotAuthenticated(ApiError):
+    status = 401
+    message = "Not authenticated: pass the VK launch parameters"
+
+
+class RouteNotFound(ApiError):
+    status = 404
+    message = "Unknown method"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    message = "HTTP method not allowed here"
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    message = "Request body is too large"
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    message = "Too many requests, slow down"
+
+
+class InternalError(ApiError):
+    status = 500
+    message = "Internal server error"
+
+
+class StorageUnavailable(ApiError):
+    status = 503
+    message = "Storage is unavailable, try again later"
+
+
+class MethodError(ApiError):
+    """A failure the original API numbers per route (codes 1-4)."""
+
+
+class ChatIdRequired(MethodError):
+    status = 400
+    message = "Pass the chat id (?chat=0)"
+
+
+class NoSuchConversation(MethodError):
+    status = 404
+    message = "No such conversation"
+
+
+class NotAMember(MethodError):
+    status = 403
+    message = "You are not a member of this conversation"
+
+
+class NoRights(MethodError):
+    status = 403
+    message = "You have no rights to do this"
+
+
+class AlreadyMember(MethodError):
+    status = 409
+    message = "You are already a member of this conversation"
+
+
+class TooManyMembers(MethodError):
+    status = 409
+    message = "Too many members"
+
+
+class DuplicateName(MethodError):
+    status = 409
+    message = "You already created a conversation with this name"
+
+
+class SocketRequired(MethodError):
+    status = 428
+    message = "Create a websocket connection first"

@@ -1,0 +1,208 @@
+"""The in-process registry of open sockets and the rooms they listen to.
+
+Rooms are kept per *user* for memberships (a member's every socket gets the
+conversation's messages) and per *socket* for subscriptions a request may
+scope with ``X-Socket-Id`` (the global chat, viewing). Everything changes only
+through the named methods below, called from the WebSocket handler's
+open/close and from the chat service; delivery never touches the database or
+the cache. A connection's ``send`` only queues a frame, so sending to many
+sockets never waits on any one of them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+from storage.database import Profile
+
+
+class Connection(Protocol):
+    """What the registry needs from an open socket."""
+
+    socket_id: str
+    user_id: int
+
+    def send(self, frame: bytes) -> None:
+        """Queue a pre-encoded frame; never blocks, never raises."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection."""
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._sockets: dict[str, Connection] = {}  # socket id → open connection
+        self._user_sockets: dict[int, set[str]] = {}  # user id → their open socket ids
+        self._profiles: dict[int, Profile] = {}  # connected user id → name and avatar
+        self._global: set[str] = set()  # sockets subscribed to the global chat
+        self._user_rooms: dict[int, set[int]] = {}  # connected user → conversations they belong to
+        self._room_users: dict[int, set[int]] = {}  # conversation → its connected members
+        self._viewers: dict[int, dict[int, set[str]]] = {}  # conversation → viewing user → sockets
+        self._socket_views: dict[str, set[int]] = {}  # socket → conversations it views
+
+    # Sockets
+
+    def add(self, connection: Connection, profile: Profile) -> bool:
+        """Register an open socket; return True if it is the user's first."""
+        self._sockets[connection.socket_id] = connection
+        sockets = self._user_sockets.setdefault(connection.user_id, set())
+        sockets.add(connection.socket_id)
+        self._profiles[connection.user_id] = profile
+        return len(sockets) == 1
+
+    def remove(self, connection: Connection) -> list[int]:
+        """Forget a closed socket and all it listened to; return conversations whose viewer count fell."""
+        socket_id, user_id = connection.socket_id, connection.user_id
+        if self._sockets.get(socket_id) is not connection:
+            return []
+        del self._sockets[socket_id]
+        self._global.discard(socket_id)
+        changed = [
+            cid
+            for cid in list(self._socket_views.get(socket_id, ()))
+            if self.stop_viewing(cid, user_id, [socket_id])
+        ]
+        sockets = self._user_sockets[user_id]
+        sockets.discard(socket_id)
+        if not sockets:
+            del self._user_sockets[user_id]
+            del self._profiles[user_id]
+            for conversation_id in self._user_rooms.pop(user_id, ()):
+                self._discard_room_user(conversation_id, user_id)
+        return changed
+
+    def is_open(self, user_id: int, socket_id: str | None = None) -> bool:
+        sockets = self._user_sockets.get(user_id, ())
+        return bool(sockets) if socket_id is None else socket_id in sockets
+
+    def user_sockets(self, user_id: int, socket_id: str | None = None) -> list[str]:
+        """The socket a request named, or all the user's open sockets."""
+        sockets = self._user_sockets.get(user_id, set())
+        if socket_id is not None:
+            return [socket_id] if socket_id in sockets else []
+        return list(sockets)
+
+    def connected_users(self) -> dict[int, set[str]]:
+        return {user_id: set(sockets) for user_id, sockets in self._user_sockets.items()}
+
+    def connections(self) -> list[Connection]:
+        return list(self._sockets.values())
+
+    def profile(self, user_id: int) -> Profile | None:
+        return self._profiles.get(user_id)
+
+    # Memberships
+
+    def set_rooms(self, user_id: int, conversation_ids: Iterable[int]) -> None:
+        """Put a newly connected user in the rooms of the conversations they belong to."""
+        if user_id not in self._user_sockets:
+            return  # the socket closed while its rooms were being loaded
+        for conversation_id in conversation_ids:
+            self.join_room(conversation_id, user_id)
+
+    def join_room(self, conversation_id: int, user_id: int) -> None:
+        if user_id in self._user_sockets:
+            self._user_rooms.setdefault(user_id, set()).add(conversation_id)
+            self._room_users.setdefault(conversation_id, set()).add(user_id)
+
+    def leave_room(self, conversation_id: int, user_id: int) -> None:
+        rooms = self._user_rooms.get(user_id)
+        if rooms is not None:
+            rooms.discard(conversation_id)
+        self._discard_room_user(conversation_id, user_id)
+
+    def _discard_room_user(self, conversation_id: int, user_id: int) -> None:
+        users = self._room_users.get(conversation_id)
+        if users is not None:
+            users.discard(user_id)
+            if not users:
+                del self._room_users[conversation_id]
+
+    def drop_conversation(self, conversation_id: int) -> None:
+        """Forget a deleted conversation: its room and its viewers."""
+        for user_id in self._room_users.pop(conversation_id, ()):
+            self._user_rooms.get(user_id, set()).discard(conversation_id)
+        for sockets in self._viewers.pop(conversation_id, {}).values():
+            for socket_id in sockets:
+                self._socket_views.get(socket_id, set()).discard(conversation_id)
+                if not self._socket_views.get(socket_id, True):
+                    del self._socket_views[socket_id]
+
+    # Subscriptions
+
+    def subscribe_global(self, socket_ids: Iterable[str]) -> None:
+        self._global.update(socket_ids)
+
+    def start_viewing(self, conversation_id: int, user_id: int, socket_ids: Iterable[str]) -> bool:
+        """Subscribe sockets to a conversation as a viewer; return True if the count grew."""
+        viewers = self._viewers.setdefault(conversation_id, {})
+        was_viewing = user_id in viewers
+        sockets = viewers.setdefault(user_id, set())
+        for socket_id in socket_ids:
+            sockets.add(socket_id)
+            self._socket_views.setdefault(socket_id, set()).add(conversation_id)
+        if not sockets:
+            del viewers[user_id]
+        if not viewers:
+            del self._viewers[conversation_id]
+        return not was_viewing and user_id in viewers
+
+    def stop_viewing(
+        self, conversation_id: int, user_id: int, socket_ids: Iterable[str] | None = None
+    ) -> bool:
+        """Unsubscribe the sockets (all the user's if None); return True if the count fell."""
+        viewers = self._viewers.get(conversation_id, {})
+        sockets = viewers.get(user_id)
+        if sockets is None:
+            return False
+        for socket_id in list(sockets) if socket_ids is None else socket_ids:
+            sockets.discard(socket_id)
+            views = self._socket_views.get(socket_id)
+            if views is not None:
+                views.discard(conversation_id)
+                if not views:
+                    del self._socket_views[socket_id]
+        if sockets:
+            return False
+        del viewers[user_id]
+        if not viewers:
+            del self._viewers[conversation_id]
+        return True
+
+    def viewer_count(self, conversation_id: int) -> int:
+        return len(self._viewers.get(conversation_id, ()))
+
+    # Delivery
+
+    def audience(self, conversation_id: int) -> list[str]:
+        """Sockets that get a conversation's messages: every member's and every viewing one."""
+        socket_ids = [
+            socket_id
+            for user_id in self._room_users.get(conversation_id, ())
+            for socket_id in self._user_sockets.get(user_id, ())
+        ]
+        for sockets in self._viewers.get(conversation_id, {}).values():
+            socket_ids.extend(sockets)
+        return socket_ids
+
+    def send(self, socket_ids: Iterable[str], frame: bytes) -> None:
+        for socket_id in socket_ids:
+            connection = self._sockets.get(socket_id)
+            if connection is not None:
+                connection.send(frame)
+
+    def send_global(self, frame: bytes) -> None:
+        self.send(list(self._global), frame)
+
+    def send_all(self, frame: bytes) -> None:
+        for connection in list(self._sockets.values()):
+            connection.send(frame)
+
+    def size(self) -> dict[str, int]:
+        """How many entries each table holds (all zero when nobody is connected)."""
+        return {
+            "sockets": len(self._sockets), "users": len(self._user_sockets),
+            "profiles": len(self._profiles), "global": len(self._global),
+            "user_rooms": len(self._user_rooms), "room_users": len(self._room_users),
+            "viewers": len(self._viewers), "socket_views": len(self._socket_views),
+        }

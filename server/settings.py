@@ -1,0 +1,76 @@
+"""Configuration: ``config/chat.toml`` defaults, an optional file, then the environment.
+
+The environment wins, as docs/API.md §7 asks. Settings are read once at
+start-up into a frozen :class:`Settings` that is passed to whatever needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config" / "chat.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = ""
+    redis_url: str = ""
+    redis_prefix: str = "chat:"
+    vk_secret: str = ""
+    cors_origins: tuple[str, ...] = ()
+    max_members: int = 100
+    data_dir: str = "./data"
+    auth_max_age: int = 0
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.data_dir) / "chat.sqlite3"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    field_type = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    if field_type == "int":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"setting {name} must be an integer, got {value!r}") from None
+    if field_type == "tuple[str, ...]":
+        if isinstance(value, (list, tuple)):
+            items = value
+        else:
+            items = str(value).split(",")
+        return tuple(item.strip() for item in items if item.strip())
+    return str(value)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the defaults file, ``CHAT_CONFIG`` if set, the environment, then overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    files = [DEFAULTS_FILE]
+    if environ.get("CHAT_CONFIG"):
+        files.append(Path(environ["CHAT_CONFIG"]))
+    for path in files:
+        with open(path, "rb") as config_file:
+            values.update(tomllib.load(config_file))
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown settings in config: {', '.join(sorted(unknown))}")
+    for name in known:
+        env_value = environ.get(f"CHAT_{name.upper()}")
+        if env_value is not None:
+            values[name] = env_value
+    values.update(overrides)
+    return Settings(**{name: _coerce(name, value) for name, value in values.items()})

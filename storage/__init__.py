@@ -1,0 +1,1 @@
+"""Persistence: the database (system of record) and the cache (rebuildable)."""

@@ -1,0 +1,467 @@
+"""The system of record: one :class:`Database` per process, MySQL or SQLite.
+
+Each public method is one short transaction (or one read) and returns plain
+rows; the rules it enforces inside the transaction are the ones that must hold
+under concurrency (membership, the member limit, deleting exactly once), so
+they are decided by the database: a locked conversation row and conditional
+updates, never a check in Python followed by a write.
+
+SQLite has one writer at a time; rather than letting concurrent writers fail
+with "database is locked", write transactions on SQLite queue on an
+in-process lock (the server is one process). MySQL needs no such lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import delete, event, exists, func, insert, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from server.errors import (
+    AlreadyMember,
+    DuplicateName,
+    NoRights,
+    NoSuchConversation,
+    NotAMember,
+    TooManyMembers,
+)
+from storage.models import Conversation, Member, Message, User
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+CONVERSATION_CREATED_TEXT = "Создана беседа."
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    avatar: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    conversation_id: int  # 0 for the global chat
+    user_id: int
+    name: str
+    avatar: str
+    text: str
+    time: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversationRow:
+    id: int
+    name: str
+    creator_id: int
+    members: int
+    last_message: str | None = None
+    last_sender_avatar: str | None = None
+
+
+def default_profile(user_id: int) -> Profile:
+    return Profile(name=f"id{user_id}", avatar="")
+
+
+class Database:
+    """Engine, sessions and the transactions the chat service runs."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        engine_options: dict = {}
+        if self.is_sqlite:
+            Path(parsed.database or ".").parent.mkdir(parents=True, exist_ok=True)
+        else:
+            # utf8mb4 on the connection too, or emoji are mangled on the way.
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+            # Locking reads below must see the latest committed rows.
+            engine_options.update(
+                isolation_level="READ COMMITTED", pool_recycle=3600, pool_pre_ping=True,
+                pool_size=10, max_overflow=20,
+            )
+        self.url = parsed
+        self.engine = create_async_engine(parsed, **engine_options)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _configure_sqlite)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema to the newest migration."""
+
+        def upgrade(connection) -> None:
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+        async with self.engine.begin() as connection:
+            await connection.run_sync(upgrade)
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        """One write transaction, committed on success."""
+        lock = self._sqlite_write_lock or contextlib.nullcontext()
+        async with lock, self.sessions() as session, session.begin():
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            yield session
+
+    async def _lock_conversation(
+        self, session: AsyncSession, conversation_id: int, user_id: int
+    ) -> tuple[Conversation, bool]:
+        """Lock the conversation row; return it and whether the user is a member."""
+        row = (
+            await session.execute(
+                select(Conversation, Member.user_id)
+                .outerjoin(
+                    Member,
+                    (Member.conversation_id == Conversation.id) & (Member.user_id == user_id),
+                )
+                .where(Conversation.id == conversation_id)
+                .with_for_update(of=Conversation)
+            )
+        ).first()
+        if row is None:
+            raise NoSuchConversation()
+        return row[0], row[1] is not None
+
+    # Users
+
+    async def save_profile(self, user_id: int, name: str | None, avatar: str | None) -> Profile:
+        """Store the profile a launch carried (latest wins) and return the stored one."""
+        default = default_profile(user_id)
+        values = {"id": user_id, "name": name or default.name, "avatar": avatar or default.avatar}
+        # A launch without a profile keeps the stored one.
+        changes = {key: value for key, value in (("name", name), ("avatar", avatar)) if value}
+        # Upsert is spelled differently by each dialect.
+        if self.is_sqlite:
+            statement = sqlite_insert(User).values(values)
+            statement = (
+                statement.on_conflict_do_update(index_elements=[User.id], set_=changes)
+                if changes else statement.on_conflict_do_nothing()
+            )
+        else:
+            statement = mysql_insert(User).values(values)
+            statement = statement.on_duplicate_key_update(changes or {"id": statement.inserted.id})
+        async with self._write() as session:
+            await session.execute(statement)
+            user = await session.get(User, user_id)
+            return Profile(name=user.name, avatar=user.avatar)
+
+    # Messages
+
+    async def list_messages(self, conversation_id: int, offset: int, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` messages after skipping ``offset``, oldest first."""
+        where = (
+            Message.conversation_id.is_(None)
+            if conversation_id == 0
+            else Message.conversation_id == conversation_id
+        )
+        async with self._read() as session:
+            rows = (
+                await session.execute(
+                    select(Message, User.name, User.avatar)
+                    .join(User, User.id == Message.user_id)
+                    .where(where)
+                    .order_by(Message.id.desc())
+                    .offset(offset)
+                    .limit(limit)
+                )
+            ).all()
+        return [
+            StoredMessage(
+                id=m.id, conversation_id=conversation_id, user_id=m.user_id, name=name,
+                avatar=avatar, text=m.text, time=m.created_at,
+            )
+            for m, name, avatar in reversed(rows)
+        ]
+
+    async def add_message(
+        self, conversation_id: int, user_id: int, text: str, now: int
+    ) -> tuple[int, list[int]]:
+        """Store a message from a member; return its id and the other members' ids.
+
+        The conversation row stays locked until commit, so a concurrent delete
+        either sees this message (and deletes it) or makes this send fail.
+        """
+        async with self._write() as session:
+            if conversation_id == 0:
+                result = await session.execute(
+                    insert(Message).values(
+                        conversation_id=None, user_id=user_id, text=text, created_at=now
+                    )
+                )
+                return result.inserted_primary_key[0], []
+            _, is_member = await self._lock_conversation(session, conversation_id, user_id)
+            if not is_member:
+                raise NotAMember()
+            result = await session.execute(
+                insert(Message).values(
+                    conversation_id=conversation_id, user_id=user_id, text=text, created_at=now
+                )
+            )
+            message_id = result.inserted_primary_key[0]
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id)
+                .values(last_message_id=message_id)
+            )
+            # Sending marks the conversation read for the sender.
+            await session.execute(
+                update(Member)
+                .where(Member.conversation_id == conversation_id, Member.user_id == user_id)
+                .values(last_read_message_id=message_id)
+            )
+            others = (
+                await session.scalars(
+                    select(Member.user_id).where(
+                        Member.conversation_id == conversation_id, Member.user_id != user_id
+                    )
+                )
+            ).all()
+            return message_id, list(others)
+
+    # Conversations
+
+    async def create_conversation(self, user_id: int, name: str, now: int) -> tuple[int, int]:
+        """Create a conversation with its creator as member; return (id, first message id)."""
+        try:
+            async with self._write() as session:
+                result = await session.execute(
+                    insert(Conversation).values(
+                        name=name, creator_id=user_id, members_count=1, last_message_id=0,
+                        created_at=now,
+                    )
+                )
+                conversation_id = result.inserted_primary_key[0]
+                result = await session.execute(
+                    insert(Message).values(
+                        conversation_id=conversation_id, user_id=user_id,
+                        text=CONVERSATION_CREATED_TEXT, created_at=now,
+                    )
+                )
+                message_id = result.inserted_primary_key[0]
+                await session.execute(
+                    update(Conversation)
+                    .where(Conversation.id == conversation_id)
+                    .values(last_message_id=message_id)
+                )
+                await session.execute(
+                    insert(Member).values(
+                        conversation_id=conversation_id, user_id=user_id,
+                        last_read_message_id=message_id, joined_at=now,
+                    )
+                )
+        except IntegrityError as error:
+            if "uq_conversations_creator_name" in str(error.orig) or "UNIQUE" in str(error.orig):
+                raise DuplicateName() from None
+            raise
+        return conversation_id, message_id
+
+    async def join(self, conversation_id: int, user_id: int, max_members: int, now: int) -> None:
+        """Make the user a member, within the member limit even under concurrent joins."""
+        async with self._write() as session:
+            conversation, is_member = await self._lock_conversation(
+                session, conversation_id, user_id
+            )
+            if is_member:
+                raise AlreadyMember()
+            # The condition is checked by the database in the same statement
+            # that takes the place, so two joins can never both take the last one.
+            taken = await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id, Conversation.members_count < max_members)
+                .values(members_count=Conversation.members_count + 1)
+            )
+            if taken.rowcount != 1:
+                raise TooManyMembers()
+            await session.execute(
+                insert(Member).values(
+                    conversation_id=conversation_id, user_id=user_id,
+                    last_read_message_id=conversation.last_message_id, joined_at=now,
+                )
+            )
+
+    async def leave(self, conversation_id: int, user_id: int) -> bool:
+        """Remove a member; delete the conversation when nobody is left. Return deleted."""
+        async with self._write() as session:
+            conversation, is_member = await self._lock_conversation(
+                session, conversation_id, user_id
+            )
+            if not is_member:
+                raise NotAMember()
+            await session.execute(
+                delete(Member).where(
+                    Member.conversation_id == conversation_id, Member.user_id == user_id
+                )
+            )
+            if conversation.members_count <= 1:
+                await self._delete_rows(session, conversation_id)
+                return True
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id)
+                .values(members_count=Conversation.members_count - 1)
+            )
+            return False
+
+    async def delete_conversation(self, conversation_id: int, user_id: int) -> None:
+        """Delete a conversation with everything in it; only its creator may."""
+        async with self._write() as session:
+            conversation, _ = await self._lock_conversation(session, conversation_id, user_id)
+            if conversation.creator_id != user_id:
+                raise NoRights()
+            await self._delete_rows(session, conversation_id)
+
+    @staticmethod
+    async def _delete_rows(session: AsyncSession, conversation_id: int) -> None:
+        for model in (Message, Member):
+            await session.execute(delete(model).where(model.conversation_id == conversation_id))
+        await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
+
+    async def mark_read(self, conversation_id: int, user_id: int) -> None:
+        """Mark every message of the conversation read for a member."""
+        async with self._write() as session:
+            conversation, is_member = await self._lock_conversation(
+                session, conversation_id, user_id
+            )
+            if not is_member:
+                raise NotAMember()
+            await session.execute(
+                update(Member)
+                .where(Member.conversation_id == conversation_id, Member.user_id == user_id)
+                .values(last_read_message_id=conversation.last_message_id)
+            )
+
+    async def membership(self, conversation_id: int, user_id: int) -> bool:
+        """Return whether the user is a member; raise NoSuchConversation if it is gone."""
+        async with self._read() as session:
+            row = (
+                await session.execute(
+                    select(Conversation.id, Member.user_id)
+                    .outerjoin(
+                        Member,
+                        (Member.conversation_id == Conversation.id) & (Member.user_id == user_id),
+                    )
+                    .where(Conversation.id == conversation_id)
+                )
+            ).first()
+        if row is None:
+            raise NoSuchConversation()
+        return row[1] is not None
+
+    async def joined_conversations(self, user_id: int, offset: int, limit: int) -> list[ConversationRow]:
+        """The user's conversations, most recent activity first, with the last message."""
+        last = Message.__table__.alias("last_message")
+        sender = User.__table__.alias("last_sender")
+        async with self._read() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        Conversation.id, Conversation.name, Conversation.creator_id,
+                        Conversation.members_count, last.c.text, sender.c.avatar,
+                    )
+                    .join(Member, Member.conversation_id == Conversation.id)
+                    .outerjoin(last, last.c.id == Conversation.last_message_id)
+                    .outerjoin(sender, sender.c.id == last.c.user_id)
+                    .where(Member.user_id == user_id)
+                    .order_by(Conversation.last_message_id.desc(), Conversation.id.desc())
+                    .offset(offset)
+                    .limit(limit)
+                )
+            ).all()
+        return [ConversationRow(*row) for row in rows]
+
+    async def new_conversations(self, user_id: int, offset: int, limit: int) -> list[ConversationRow]:
+        """Conversations the user is not a member of, newest first."""
+        is_member = exists().where(
+            Member.conversation_id == Conversation.id, Member.user_id == user_id
+        )
+        async with self._read() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        Conversation.id, Conversation.name, Conversation.creator_id,
+                        Conversation.members_count,
+                    )
+                    .where(~is_member)
+                    .order_by(Conversation.id.desc())
+                    .offset(offset)
+                    .limit(limit)
+                )
+            ).all()
+        return [ConversationRow(*row) for row in rows]
+
+    async def conversation_info(self, conversation_id: int) -> tuple[ConversationRow, list[tuple[int, str, str]]]:
+        """A conversation and its members' (user_id, name, avatar), in joining order."""
+        async with self._read() as session:
+            conversation = await session.get(Conversation, conversation_id)
+            if conversation is None:
+                raise NoSuchConversation()
+            users = (
+                await session.execute(
+                    select(User.id, User.name, User.avatar)
+                    .join(Member, Member.user_id == User.id)
+                    .where(Member.conversation_id == conversation_id)
+                    .order_by(Member.joined_at, User.id)
+                )
+            ).all()
+        row = ConversationRow(
+            conversation.id, conversation.name, conversation.creator_id, conversation.members_count
+        )
+        return row, [tuple(user) for user in users]
+
+    async def user_conversation_ids(self, user_id: int) -> list[int]:
+        async with self._read() as session:
+            return list(
+                (await session.scalars(select(Member.conversation_id).where(Member.user_id == user_id))).all()
+            )
+
+    async def unread_counts(self, conversation_ids: Sequence[int]) -> dict[int, dict[int, int]]:
+        """Count every member's unread messages from the truth: ids above their last read."""
+        counts: dict[int, dict[int, int]] = {cid: {} for cid in conversation_ids}
+        if not conversation_ids:
+            return counts
+        async with self._read() as session:
+            rows = await session.execute(
+                select(Member.conversation_id, Member.user_id, func.count(Message.id))
+                .outerjoin(
+                    Message,
+                    (Message.conversation_id == Member.conversation_id)
+                    & (Message.id > Member.last_read_message_id),
+                )
+                .where(Member.conversation_id.in_(conversation_ids))
+                .group_by(Member.conversation_id, Member.user_id)
+            )
+            for conversation_id, user_id, count in rows:
+                counts[conversation_id][user_id] = count
+        return counts
+
+
+def _configure_sqlite(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # Foreign keys are off by default in SQLite; WAL lets readers run beside
+    # the single writer; busy_timeout covers another process's brief locks.
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,273 @@
+// Talking to the chat server: the WebSocket (with reconnects and keep-alive
+// pings) and the HTTP API (which waits for the socket, see docs/API.md §3).
+
+const PING_INTERVAL_MS = 25_000;
+const REQUEST_TIMEOUT_MS = 15_000;
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+
+/** An error answer of the API: {response: false, error: {code, message}}. */
+export class ApiError extends Error {
+  constructor(status, code, message, param) {
+    super(message || `HTTP ${status}`);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.param = param;
+  }
+}
+
+async function readJson(res) {
+  const text = await res.text();
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    return null;
+  }
+}
+
+function toApiError(res, body) {
+  if (body && body.error) {
+    return new ApiError(res.status, body.error.code, body.error.message, body.error.param);
+  }
+  return new ApiError(res.status, res.status, `Сервер ответил ${res.status}`);
+}
+
+/** POST /v1/dev/signin without any credentials (development sign-in). */
+export async function devSignIn(userId, name) {
+  const res = await fetch('/v1/dev/signin', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ user_id: userId, name }),
+  });
+  const body = await readJson(res);
+  if (!res.ok || !body || body.response !== true) throw toApiError(res, body);
+  return body.launch_params;
+}
+
+/** Whether the server offers the development sign-in at all (404 = no). */
+export async function devSignInAvailable() {
+  try {
+    const res = await fetch('/v1/dev/signin', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: '{}',
+    });
+    return res.status !== 404 && res.status !== 405;
+  } catch (err) {
+    return false;
+  }
+}
+
+/**
+ * One user's connection to the server.
+ *
+ * Emits (via `on(name, fn)`): `connected` ({socket_id, user_id}),
+ * `disconnected`, `event` ({event, data}) for every server event, and
+ * `authFailed` (message) when the server refuses the launch parameters.
+ */
+export class ChatClient {
+  constructor({ launchParams, profile }) {
+    this.launchParams = launchParams;
+    this.profile = profile || {};
+    this.socketId = null;
+    this.userId = null;
+    this.ws = null;
+    this.attempts = 0;
+    this.everConnected = false;
+    this.stopped = false;
+    this.listeners = new Map();
+    this.pingTimer = null;
+    this.reconnectTimer = null;
+    this._newReadyPromise();
+    window.addEventListener('online', () => this.reconnectNow());
+  }
+
+  on(name, fn) {
+    if (!this.listeners.has(name)) this.listeners.set(name, []);
+    this.listeners.get(name).push(fn);
+  }
+
+  _emit(name, payload) {
+    for (const fn of this.listeners.get(name) || []) {
+      try {
+        fn(payload);
+      } catch (err) {
+        console.error(err);
+      }
+    }
+  }
+
+  _newReadyPromise() {
+    this.ready = new Promise((resolve) => { this._resolveReady = resolve; });
+  }
+
+  get connected() {
+    return this.socketId !== null;
+  }
+
+  _socketUrl() {
+    const params = new URLSearchParams(this.launchParams);
+    if (this.profile.name && !params.has('name')) params.set('name', this.profile.name);
+    if (this.profile.avatar && !params.has('avatar')) params.set('avatar', this.profile.avatar);
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    return `${scheme}://${location.host}/v1/ws?${params.toString()}`;
+  }
+
+  start() {
+    this.stopped = false;
+    this._connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    clearInterval(this.pingTimer);
+    if (this.ws) this.ws.close(1000);
+  }
+
+  reconnectNow() {
+    if (this.stopped || (this.ws && this.ws.readyState <= WebSocket.OPEN)) return;
+    clearTimeout(this.reconnectTimer);
+    this._connect();
+  }
+
+  _connect() {
+    clearTimeout(this.reconnectTimer);
+    let ws;
+    try {
+      ws = new WebSocket(this._socketUrl());
+    } catch (err) {
+      this._scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    ws.addEventListener('open', () => {
+      clearInterval(this.pingTimer);
+      this.pingTimer = setInterval(() => {
+        if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ event: 'ping' }));
+      }, PING_INTERVAL_MS);
+    });
+    ws.addEventListener('message', (msg) => {
+      let frame;
+      try {
+        frame = JSON.parse(msg.data);
+      } catch (err) {
+        return;
+      }
+      if (!frame || typeof frame.event !== 'string') return;
+      if (frame.event === 'pong') return;
+      if (frame.event === 'connected') {
+        this.socketId = frame.data.socket_id;
+        this.userId = frame.data.user_id;
+        this.attempts = 0;
+        this.everConnected = true;
+        this._resolveReady();
+        this._emit('connected', frame.data);
+        return;
+      }
+      this._emit('event', frame);
+    });
+    ws.addEventListener('close', () => {
+      if (this.ws !== ws) return;
+      clearInterval(this.pingTimer);
+      const wasConnected = this.socketId !== null;
+      this.socketId = null;
+      this.ws = null;
+      if (wasConnected) {
+        this._newReadyPromise();
+        this._emit('disconnected');
+      }
+      if (!this.stopped) this._afterFailure(wasConnected);
+    });
+  }
+
+  async _afterFailure(wasConnected) {
+    // A handshake refused before we ever got in is most likely bad launch
+    // parameters; the HTTP API tells 401 apart from "no socket" (428).
+    if (!wasConnected && !this.everConnected && this.attempts <= 1) {
+      const refused = await this._authRefused();
+      if (refused) {
+        this.stopped = true;
+        this._emit('authFailed', refused);
+        return;
+      }
+    }
+    this._scheduleReconnect();
+  }
+
+  async _authRefused() {
+    try {
+      const res = await fetch('/v1/conversations/get?mode=joined', {
+        headers: { Authorization: `VK ${this.launchParams}` },
+      });
+      if (res.status !== 401) return null;
+      const body = await readJson(res);
+      return (body && body.error && body.error.message) || 'Не удалось войти';
+    } catch (err) {
+      return null;
+    }
+  }
+
+  _scheduleReconnect() {
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** this.attempts);
+    const delay = base / 2 + Math.random() * (base / 2);
+    this.attempts += 1;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => this._connect(), delay);
+  }
+
+  /**
+   * Call the HTTP API. Waits for an open socket first (the server answers
+   * 428 otherwise), sends Authorization and X-Socket-Id, and resolves with the
+   * JSON answer or throws ApiError.
+   */
+  async request(method, path, { query, body } = {}) {
+    for (let attempt = 0; ; attempt += 1) {
+      await this.ready;
+      const socketId = this.socketId;
+      let url = path;
+      if (query) url += `?${new URLSearchParams(query).toString()}`;
+      const headers = { Authorization: `VK ${this.launchParams}` };
+      if (socketId) headers['X-Socket-Id'] = socketId;
+      const init = { method, headers };
+      if (body !== undefined) {
+        headers['Content-Type'] = 'application/json';
+        init.body = JSON.stringify(body);
+      }
+      const controller = new AbortController();
+      const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+      init.signal = controller.signal;
+      let res;
+      try {
+        res = await fetch(url, init);
+      } catch (err) {
+        throw new ApiError(0, 0, 'Нет связи с сервером');
+      } finally {
+        clearTimeout(timer);
+      }
+      const data = await readJson(res);
+      if (res.ok && data && data.response === true) return data;
+      // The socket we named went away in the meantime: wait for the next one.
+      if (res.status === 428 && attempt < 2) {
+        if (this.socketId === socketId && this.ws) {
+          await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
+        }
+        continue;
+      }
+      throw toApiError(res, data);
+    }
+  }
+
+  get(path, query) {
+    return this.request('GET', path, { query });
+  }
+
+  post(path, body) {
+    return this.request('POST', path, { body: body || {} });
+  }
+
+  del(path) {
+    return this.request('DELETE', path);
+  }
+}
