@@ -256,6 +256,7 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
     results: list[dict[str, Any]] = []
     deadline = time.monotonic() + args.total_timeout
     max_members = max(100, args.receivers + 10)
+    warned_load = False
     for name in targets:
         with provision(name, run_id, args, max_members) as spec:
             for job in jobs:
@@ -267,8 +268,9 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
                 server = ServerProcess(spec, log_dir / f"{name}-{job.label}.log")
                 # Another busy process on this 2-core machine skews every figure: record it.
                 load_before = round(os.getloadavg()[0], 2)
-                if load_before > 1.5:
-                    log(f"[bench] warning: 1-minute load average is {load_before} before {name} {job.label}")
+                if load_before > 1.5 and not warned_load:
+                    warned_load = True
+                    log(f"[bench] warning: 1-minute load average is {load_before}: other processes skew the figures")
                 log(f"[bench] {name}: {job.label} ...")
                 try:
                     await server.start()
@@ -400,14 +402,15 @@ def text_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def log_error_lines(results: list[dict[str, Any]]) -> list[str]:
+def log_error_lines(results: list[dict[str, Any]], markdown: bool = False) -> list[str]:
     noisy = [r for r in results if r.get("server_log_errors")]
     if not noisy:
         return []
-    lines = ["", "Server log errors (see the logs):"]
+    item, sub = ("- ", "  - ") if markdown else ("  ", "    ")
+    lines = ["", "## Server log errors" if markdown else "Server log errors (see the logs):", ""][: 3 if markdown else 2]
     for r in noisy:
-        lines.append(f"  {r['target']} {r['label']}: {r['server_log_errors']} ERROR lines in {r.get('server_log')}")
-        lines += [f"    {count} × {exception}" for exception, count in (r.get("server_exceptions") or {}).items()]
+        lines.append(f"{item}{r['target']} {r['label']}: {r['server_log_errors']} ERROR lines in `{Path(r.get('server_log', '')).name}`")
+        lines += [f"{sub}{count} × `{exception}`" for exception, count in (r.get("server_exceptions") or {}).items()]
     return lines
 
 
@@ -428,7 +431,7 @@ def markdown_table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if failures:
         lines += ["", "## Failures", ""]
         lines += [f"- {r['target']} {r['label']}: {r.get('error') or json.dumps(r.get('checks'))}" for r in failures]
-    lines += [line if not line.startswith(" ") else "-" + line for line in log_error_lines(results)]
+    lines += log_error_lines(results, markdown=True)
     lines += ["", "Ratios divide by the baseline's figure for the same workload (deliveries/s: higher is better; p99, CPU and RSS: lower is better)."]
     return "\n".join(lines) + "\n"
 

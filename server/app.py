@@ -37,7 +37,6 @@ MAX_BUFFERED_BODY_BYTES = 1024 * 1024
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 WS_PING_INTERVAL_SECS = 25
 WS_PING_TIMEOUT_SECS = 20  # tornado wants it no longer than the interval
-WS_QUEUE_LIMIT_FRAMES = 1000
 
 
 def is_loopback(host: str) -> bool:
@@ -62,13 +61,12 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 class ChatServer:
     """The whole server: build with settings, ``await start()``, ``await stop()``."""
 
-    def __init__(self, settings: Settings, *, ws_queue_limit: int = WS_QUEUE_LIMIT_FRAMES) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.dev_secret = not settings.vk_secret
         if self.dev_secret:
             Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
             settings = dataclasses.replace(settings, vk_secret=load_or_create_secret(settings.data_dir))
         self.settings = settings
-        self.ws_queue_limit = ws_queue_limit
         self.database = Database(settings.effective_database_url)
         self.cache = create_cache(settings.redis_url, settings.redis_prefix)
         self.registry = Registry()
@@ -95,7 +93,7 @@ class ChatServer:
             (r"/v1/conversations/view/([^/]*)", conversations.ViewHandler, services),
             (r"/v1/conversations/stopView/([^/]*)", conversations.StopViewHandler, services),
             (r"/v1/conversations/info/([^/]*)", conversations.InfoHandler, services),
-            (r"/v1/ws", ChatSocketHandler, {"chat": self.chat, "queue_limit": self.ws_queue_limit}),
+            (r"/v1/ws", ChatSocketHandler, {"chat": self.chat, "queue_limit": self.settings.ws_queue_limit}),
         ]
         if self.dev_signin_enabled:
             routes.append((r"/v1/dev/signin", dev.DevSigninHandler, services))

@@ -27,6 +27,7 @@ class Settings:
     max_members: int = 100
     data_dir: str = "./data"
     auth_max_age: int = 0
+    ws_queue_limit: int = 1000
 
     @property
     def sqlite_path(self) -> Path:

@@ -29,6 +29,8 @@ const state = {
   pendingCreates: new Map(), // name -> [new_conversation events seen meanwhile]
   sentGlobalIds: new Set(),
   readTimers: new Map(),
+  pendingJoins: new Set(),
+  drafts: new Map(), // 'global' | 'member:<id>' -> unsent text
 };
 
 let openToken = 0;
@@ -645,21 +647,34 @@ async function createConversation(name) {
 }
 
 async function joinConversation(id) {
+  if (state.pendingJoins.has(id)) return;
+  state.pendingJoins.add(id);
   try {
     const res = await state.client.get(`/v1/conversations/join/${id}`);
     moveToJoined(id, { unreadCount: 0 });
     const last = res.messages[res.messages.length - 1];
     const entry = state.joined.get(id);
     if (entry && last) Object.assign(entry, { message: last.message, senderAvatar: last.avatar });
-    setTab('joined');
-    const token = ++openToken;
-    const open = { kind: 'member', id, messages: new Map(res.messages.map((m) => [m.id, m])), hasMore: res.messages.length >= PAGE_SIZE, loading: false, token };
-    // The server ended our viewing of it on join: no stopView needed.
-    if (state.open && state.open.kind === 'viewer' && state.open.id === id) state.open = null;
-    setOpen(open);
+    state.tab = 'joined';
+    if (state.open && state.open.kind === 'member' && state.open.id === id) {
+      for (const m of res.messages) state.open.messages.set(m.id, m);
+      renderChat();
+      renderSidebar();
+    } else {
+      const open = {
+        kind: 'member', id, messages: new Map(res.messages.map((m) => [m.id, m])),
+        hasMore: res.messages.length >= PAGE_SIZE, loading: false, token: ++openToken,
+      };
+      // Keep what arrived live while viewing; the server ended that viewing.
+      if (state.open && state.open.kind === 'viewer' && state.open.id === id) {
+        for (const [mid, m] of state.open.messages) if (!open.messages.has(mid)) open.messages.set(mid, m);
+        state.open = null;
+      }
+      setOpen(open);
+      focusComposer();
+    }
     if (state.info && state.info.id === id) loadInfo(id);
     markRead(id, true);
-    focusComposer();
   } catch (err) {
     if (err instanceof ApiError && err.status === 409 && err.code === 2) {
       await loadLists().catch(() => {});
@@ -668,6 +683,8 @@ async function joinConversation(id) {
     }
     if (err instanceof ApiError && err.status === 404) handleOpenError(err, id);
     else reportError(err);
+  } finally {
+    state.pendingJoins.delete(id);
   }
 }
 
@@ -742,8 +759,18 @@ async function sendMessage(text) {
 
 function renderChat() {
   const open = state.open;
+  if (open && ui.renderedOpen === open && ui.messageList && ui.messageList.isConnected) {
+    // Same chat: refresh in place, keeping the composer (and its focus) intact.
+    const stick = nearBottom();
+    renderChatHeader();
+    fillMessages();
+    if (stick) scrollToBottom(true);
+    return;
+  }
+  ui.renderedOpen = open;
   ui.messageList = null;
   ui.header = null;
+  ui.composerInput = null;
   if (!open) {
     ui.chat.replaceChildren(h('div', { class: 'chat-empty', testid: 'chat-empty' },
       h('div', { class: 'chat-empty-icon' }, icon('users')),
@@ -811,7 +838,12 @@ function renderChatHeader() {
     h('div', { class: 'chat-actions' }, actions));
 }
 
+function draftKey(open) {
+  return open.kind === 'global' ? 'global' : `member:${open.id}`;
+}
+
 function buildComposer() {
+  const key = draftKey(state.open);
   const input = h('textarea', {
     class: 'composer-input', testid: 'composer-input', rows: 1, maxlength: 1000,
     placeholder: state.open.kind === 'global' ? 'Анонимное сообщение…' : 'Сообщение…', 'aria-label': 'Сообщение',
@@ -824,7 +856,13 @@ function buildComposer() {
     send.disabled = !input.value.trim();
     counter.textContent = input.value.length > 900 ? `${input.value.length}/1000` : '';
   };
-  input.addEventListener('input', autosize);
+  input.value = state.drafts.get(key) || '';
+  input.addEventListener('input', () => {
+    if (input.value) state.drafts.set(key, input.value);
+    else state.drafts.delete(key);
+    autosize();
+  });
+  requestAnimationFrame(autosize);
   const form = h('form', {
     class: 'composer', testid: 'composer',
     onsubmit: async (e) => {
@@ -832,11 +870,16 @@ function buildComposer() {
       const text = input.value;
       if (!text.trim()) return;
       input.value = '';
+      state.drafts.delete(key);
       autosize();
       try {
         await sendMessage(text);
       } catch (err) {
-        if (!input.value) { input.value = text; autosize(); }
+        if (!input.value) {
+          input.value = text;
+          state.drafts.set(key, text);
+          autosize();
+        }
         reportError(err);
       }
     },
@@ -1069,7 +1112,7 @@ function onJoined(data) {
   if (data.user_id === state.me.id) {
     if (!moveToJoined(id)) loadLists().catch(() => {});
     // Joined from another tab: the server ended this tab's viewing.
-    if (state.open && state.open.kind === 'viewer' && state.open.id === id) {
+    if (state.open && state.open.kind === 'viewer' && state.open.id === id && !state.pendingJoins.has(id)) {
       const open = { kind: 'member', id, messages: state.open.messages, hasMore: false, loading: false, token: ++openToken };
       state.open = null;
       setOpen(open);

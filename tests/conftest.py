@@ -1,0 +1,99 @@
+"""Fixtures: a real server per test, on each backend, with real clients.
+
+Every test runs twice: on MySQL/MariaDB + Redis (``mysql``) and on the
+embedded SQLite + in-process cache (``embedded``). ``CHAT_TEST_BACKENDS``
+picks a subset. The MySQL database and the SQLite file are created for the
+session and emptied before each test; every test gets its own Redis key
+prefix, deleted afterwards, so parallel runs never meet.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pymysql
+import pytest
+import redis as redis_sync
+from sqlalchemy.engine import make_url
+
+from server.app import ChatServer
+from server.settings import Settings
+from storage.models import Base
+from tests.helpers import ServerUnderTest
+
+MYSQL_URL = os.environ.get("CHAT_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306")
+REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+BACKENDS = [b.strip() for b in os.environ.get("CHAT_TEST_BACKENDS", "mysql,embedded").split(",") if b.strip()]
+TEST_SECRET = "test-secret-" + uuid.uuid4().hex
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "server(**options): settings for the test's server")
+
+
+@pytest.fixture(scope="session")
+def mysql_database_url() -> Iterator[str]:
+    """A throwaway MySQL database for this session."""
+    url = make_url(MYSQL_URL)
+    name = f"chat_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    connect = dict(host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
+                   password=url.password or "")
+    with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="chat-test-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def server_settings(request: pytest.FixtureRequest, backend: str, data_dir: Path) -> Iterator[Settings]:
+    marker = request.node.get_closest_marker("server")
+    options = dict(marker.kwargs) if marker else {}
+    prefix = f"chattest:{uuid.uuid4().hex}:"
+    values = dict(host="127.0.0.1", port=0, vk_secret=TEST_SECRET, data_dir=str(data_dir), max_members=100)
+    if backend == "mysql":
+        values.update(
+            database_url=request.getfixturevalue("mysql_database_url"), redis_url=REDIS_URL, redis_prefix=prefix
+        )
+    values.update(options)
+    yield Settings(**values)
+    if backend == "mysql":
+        client = redis_sync.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def server(io_loop, server_settings: Settings) -> Iterator[ServerUnderTest]:
+    """A started server with empty tables, and clients that close at teardown."""
+    chat_server = ChatServer(server_settings)
+
+    async def start() -> int:
+        await chat_server.database.migrate()
+        async with chat_server.database.engine.begin() as connection:
+            for table in reversed(Base.metadata.sorted_tables):
+                await connection.execute(table.delete())
+        return await chat_server.start(port=0)
+
+    port = io_loop.run_sync(start)
+    under_test = ServerUnderTest(chat_server, port, "mysql" if server_settings.database_url else "embedded")
+    yield under_test
+    under_test.close_sockets()
+    io_loop.run_sync(chat_server.stop)

@@ -1,0 +1,217 @@
+"""Test clients that talk to a running server over real HTTP and WebSocket connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from server.auth import sign_launch_params
+
+EVENT_TIMEOUT_SECS = 5
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: Any
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.body.get("response") is True
+
+    @property
+    def error_code(self) -> int | None:
+        return self.body["error"]["code"] if self.body.get("response") is False else None
+
+
+class Socket:
+    """An open WebSocket of a user; frames are collected in the background."""
+
+    def __init__(self, connection: WebSocketClientConnection, socket_id: str, user_id: int) -> None:
+        self.connection = connection
+        self.socket_id = socket_id
+        self.user_id = user_id
+        self.frames: asyncio.Queue[dict | None] = asyncio.Queue()
+        self.close_code: int | None = None
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.connection.read_message()
+            if message is None:
+                self.close_code = self.connection.close_code
+                await self.frames.put(None)
+                return
+            await self.frames.put(json.loads(message))
+
+    async def next_frame(self) -> dict | None:
+        return await asyncio.wait_for(self.frames.get(), EVENT_TIMEOUT_SECS)
+
+    async def expect(self, event: str) -> dict:
+        """The next frame must be ``event``; return its data."""
+        frame = await self.next_frame()
+        assert frame is not None, f"socket closed while waiting for {event}"
+        assert frame["event"] == event, f"expected {event}, got {frame}"
+        return frame.get("data", {})
+
+    async def assert_silent(self) -> None:
+        """Nothing was queued for this socket: a ping's pong is the very next frame.
+
+        The server writes a socket's frames in order and sends an action's
+        events before its HTTP response, so once the response is in, a pong
+        arriving first proves no event of that action was sent here.
+        """
+        await self.connection.write_message(json.dumps({"event": "ping"}))
+        frame = await self.next_frame()
+        assert frame == {"event": "pong"}, f"unexpected frame {frame}"
+
+    async def drain(self) -> list[dict]:
+        """Every frame received so far (up to a ping round trip)."""
+        await self.connection.write_message(json.dumps({"event": "ping"}))
+        frames = []
+        while True:
+            frame = await self.next_frame()
+            if frame == {"event": "pong"}:
+                return frames
+            frames.append(frame)
+
+    async def wait_closed(self) -> int | None:
+        while True:
+            frame = await self.next_frame()
+            if frame is None:
+                return self.close_code
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class User:
+    """A VK user with signed launch parameters, able to call the API and open sockets."""
+
+    def __init__(self, server: "ServerUnderTest", user_id: int) -> None:
+        self.server = server
+        self.user_id = user_id
+        self.launch = sign_launch_params(server.secret, user_id)
+        self.sockets: list[Socket] = []
+
+    async def connect(self, name: str | None = None, avatar: str | None = None, query: str | None = None) -> Socket:
+        """Open a socket and wait for its ``connected`` event."""
+        extra = {k: v for k, v in (("name", name), ("avatar", avatar)) if v is not None}
+        url = f"{self.server.ws_url}/v1/ws?{query if query is not None else self.launch}"
+        if extra:
+            url += "&" + urllib.parse.urlencode(extra)
+        connection = await websocket_connect(url)
+        first = json.loads(await connection.read_message())
+        assert first["event"] == "connected", first
+        assert first["data"]["user_id"] == self.user_id
+        socket = Socket(connection, first["data"]["socket_id"], self.user_id)
+        self.sockets.append(socket)
+        self.server.sockets.append(socket)
+        return socket
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, socket: Socket | str | None = None,
+        headers: dict[str, str] | None = None, raw_body: bytes | str | None = None,
+        content_type: str = "application/json", auth: bool = True,
+    ) -> Response:
+        request_headers = {"Authorization": f"VK {self.launch}"} if auth else {}
+        if socket is not None:
+            request_headers["X-Socket-Id"] = socket if isinstance(socket, str) else socket.socket_id
+        if raw_body is None and body is not None:
+            raw_body = json.dumps(body)
+        if raw_body is not None:
+            request_headers["Content-Type"] = content_type
+        request_headers.update(headers or {})
+        if raw_body is None and method in ("POST", "PUT", "PATCH"):
+            raw_body = b""
+        return await self.server.fetch(method, path, request_headers, raw_body)
+
+    async def get(self, path: str, **kwargs: Any) -> Response:
+        return await self.call("GET", path, **kwargs)
+
+    async def post(self, path: str, body: Any = None, **kwargs: Any) -> Response:
+        return await self.call("POST", path, body, **kwargs)
+
+    # Shortcuts for the routes, returning the checked successful body.
+
+    async def create(self, name: str) -> int:
+        response = await self.post("/v1/conversations/new", {"name": name})
+        assert response.ok, response.body
+        return response.body["conversation_id"]
+
+    async def send(self, text: str, conversation_id: int | None = None) -> int:
+        body: dict[str, Any] = {"text": text}
+        if conversation_id is not None:
+            body["conversation_id"] = conversation_id
+        response = await self.post("/v1/messages/send", body)
+        assert response.ok, response.body
+        return response.body["id"]
+
+    async def join(self, conversation_id: int) -> list[dict]:
+        response = await self.get(f"/v1/conversations/join/{conversation_id}")
+        assert response.ok, response.body
+        return response.body["messages"]
+
+    async def conversations(self, mode: str = "joined", offset: int = 0) -> list[dict]:
+        response = await self.get(f"/v1/conversations/get?mode={mode}&offset={offset}")
+        assert response.ok, response.body
+        return response.body["conversations"]
+
+
+class ServerUnderTest:
+    """A started ChatServer and what tests need to reach it."""
+
+    def __init__(self, chat_server: Any, port: int, backend: str) -> None:
+        self.chat_server = chat_server
+        self.backend = backend
+        self.secret = chat_server.settings.vk_secret
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.sockets: list[Socket] = []
+        self.http = AsyncHTTPClient(force_instance=True, max_clients=200)
+
+    @property
+    def registry(self):
+        return self.chat_server.registry
+
+    @property
+    def cache(self):
+        return self.chat_server.cache
+
+    @property
+    def database(self):
+        return self.chat_server.database
+
+    def user(self, user_id: int) -> User:
+        return User(self, user_id)
+
+    async def connected_user(self, user_id: int, name: str | None = None, avatar: str | None = None) -> tuple[User, Socket]:
+        user = self.user(user_id)
+        return user, await user.connect(name=name, avatar=avatar)
+
+    async def fetch(self, method: str, path: str, headers: dict[str, str], body: bytes | str | None) -> Response:
+        request = HTTPRequest(
+            self.base_url + path, method=method, headers=headers, body=body,
+            allow_nonstandard_methods=True, request_timeout=30,
+        )
+        response = await self.http.fetch(request, raise_error=False)
+        assert response.code != 599, f"no HTTP response: {response.error}"
+        content_type = response.headers.get("Content-Type", "")
+        if response.body:
+            assert content_type.startswith("application/json"), (response.code, content_type, response.body[:200])
+            parsed = json.loads(response.body)
+        else:
+            parsed = None
+        return Response(response.code, parsed, response.headers)
+
+    def close_sockets(self) -> None:
+        for socket in self.sockets:
+            socket.close()
+        self.http.close()
