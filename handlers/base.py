@@ -38,15 +38,26 @@ CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Socket-Id"
 CORS_ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_MAX_AGE_SECS = 600
 
-# Failures of the database or the cache that mean "not reachable now", not a bug.
-STORAGE_ERRORS = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-)
+# MySQL client errors meaning "the server is not reachable now": can't connect
+# (2002, 2003), gone away or lost (2006, 2013), too many connections (1040).
+MYSQL_UNAVAILABLE_CODES = {1040, 2002, 2003, 2006, 2013}
+SQLITE_UNAVAILABLE_MESSAGES = ("unable to open database", "database is locked", "disk i/o error")
+
+
+def is_storage_unavailable(error: BaseException) -> bool:
+    """Whether an error means the database or cache is unreachable, not a bug of ours."""
+    if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                          sqlalchemy.exc.TimeoutError, ConnectionError)):
+        return True
+    if isinstance(error, sqlalchemy.exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+            if code in MYSQL_UNAVAILABLE_CODES:
+                return True
+            return any(text in str(error.orig).lower() for text in SQLITE_UNAVAILABLE_MESSAGES)
+    return False
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
@@ -61,7 +72,7 @@ def as_api_error(error: BaseException | None) -> ApiError:
         return {404: RouteNotFound, 405: MethodNotAllowed, 413: BodyTooLarge}.get(
             error.status_code, InternalError
         )()
-    if isinstance(error, STORAGE_ERRORS):
+    if is_storage_unavailable(error):
         return StorageUnavailable()
     return InternalError()
 
@@ -98,7 +109,7 @@ class JsonErrorsMixin:
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, (ApiError, tornado.web.HTTPError)):
             return  # expected outcomes, already answered; the access log has them
-        if isinstance(value, STORAGE_ERRORS):
+        if is_storage_unavailable(value):
             log.error("storage unavailable: %s", value)
             return
         super().log_exception(typ, value, tb)  # type: ignore[misc]
@@ -111,11 +122,15 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
 
     def initialize(self, chat: ChatService) -> None:
         self.chat = chat
+        self.set_default_headers()
 
     def set_default_headers(self) -> None:
+        """JSON and CORS headers; run again when an error clears the response."""
         self.set_header("Content-Type", "application/json; charset=utf-8")
         origin = self.request.headers.get("Origin")
-        if origin and origin_allowed(origin, self.chat.settings.cors_origins):
+        # Tornado calls this once before initialize(), when there is no chat yet.
+        chat = getattr(self, "chat", None)
+        if origin and chat is not None and origin_allowed(origin, chat.settings.cors_origins):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
 

@@ -1,0 +1,196 @@
+"""HTTP conventions of docs/API.md §1: JSON always, error bodies, limits, CORS, storage outages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tornado.httpserver
+import tornado.netutil
+from sqlalchemy import text
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from server.app import ChatServer
+from server.auth import verify_launch_params
+from server.settings import Settings
+from storage.database import Database
+from tests.helpers import ServerUnderTest
+
+pytestmark = pytest.mark.gen_test
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        ("GET", "/v1/unknown", 404),
+        ("POST", "/v1/conversations/frobnicate/1", 404),
+        ("GET", "/v1/", 404),
+        ("PUT", "/v1/messages/send", 405),
+        ("GET", "/v1/messages/send", 405),
+        ("POST", "/v1/messages/get", 405),
+        ("GET", "/v1/conversations/new", 405),
+        ("GET", "/v1/conversations/delete/1", 405),
+        ("DELETE", "/v1/conversations/join/1", 405),
+    ],
+)
+async def test_unknown_routes_and_methods_are_json(server: ServerUnderTest, method, path, status):
+    alice, _ = await server.connected_user(1)
+    response = await alice.call(method, path)
+    assert response.status == status
+    assert response.body["response"] is False and response.body["error"]["code"] == status
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+async def test_success_is_json_utf8(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    await alice.send("ёжик")
+    response = await alice.get("/v1/messages/get?chat=0")
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.body["messages"][0]["message"] == "ёжик"
+
+
+async def test_body_over_64_kib_is_413_and_nothing_is_stored(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    response = await alice.post("/v1/messages/send", {"text": "x", "padding": "p" * (64 * 1024)})
+    assert (response.status, response.error_code) == (413, 413)
+    assert (await alice.get("/v1/messages/get?chat=0")).body["messages"] == []
+
+
+async def test_unknown_parameters_are_ignored(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    response = await alice.post("/v1/messages/send", {"text": "x", "colour": "blue"})
+    assert response.ok
+
+
+async def test_internal_errors_are_json_500(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    async with server.database.engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE messages RENAME TO messages_away"))
+    try:
+        response = await alice.get("/v1/messages/get?chat=0")
+    finally:
+        async with server.database.engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE messages_away RENAME TO messages"))
+    assert (response.status, response.error_code) == (500, 500)
+    assert response.body["error"]["message"] == "Internal server error"
+
+
+async def test_unreachable_database_is_503(server: ServerUnderTest, tmp_path):
+    alice, _ = await server.connected_user(1)
+    chat = server.chat_server.chat
+    working = chat.database
+    if server.backend == "mysql":
+        broken = Database("mysql+aiomysql://root@127.0.0.1:1/chat")  # nothing listens on port 1
+    else:
+        broken = Database(f"sqlite+aiosqlite:///{tmp_path}/gone/chat.sqlite3")
+        (tmp_path / "gone").rmdir()
+        (tmp_path / "gone").write_text("a file where the database folder was")
+    chat.database = broken
+    try:
+        response = await alice.post("/v1/messages/send", {"text": "lost?"})
+    finally:
+        chat.database = working
+        await broken.close()
+    assert (response.status, response.error_code) == (503, 503)
+    assert (await alice.get("/v1/messages/get?chat=0")).body["messages"] == []
+
+
+async def test_cors_preflight_and_headers(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    server.chat_server.chat.settings = _replace(server.chat_server.settings, cors_origins=("https://app.example",))
+    preflight = await server.fetch(
+        "OPTIONS", "/v1/messages/send",
+        {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+         "Access-Control-Request-Headers": "authorization, content-type, x-socket-id"},
+        None,
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    allowed = {h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "content-type", "x-socket-id"} <= allowed
+    response = await alice.get("/v1/messages/get?chat=0", headers={"Origin": "https://app.example"})
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    response = await alice.get("/v1/messages/get?chat=0", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    # Errors carry the header too, or the browser hides them from the app.
+    response = await alice.get("/v1/messages/get", headers={"Origin": "https://app.example"})
+    assert response.status == 400 and response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+
+
+async def test_cors_wildcard(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    server.chat_server.chat.settings = _replace(server.chat_server.settings, cors_origins=("*",))
+    response = await alice.get("/v1/messages/get?chat=0", headers={"Origin": "https://any.example"})
+    assert response.headers["Access-Control-Allow-Origin"] == "https://any.example"
+
+
+async def test_websocket_origin_is_checked(server: ServerUnderTest):
+    server.chat_server.chat.settings = _replace(server.chat_server.settings, cors_origins=("https://app.example",))
+    user = server.user(1)
+    url = f"{server.ws_url}/v1/ws?{user.launch}"
+    with pytest.raises(HTTPClientError) as error:
+        await websocket_connect(HTTPRequest(url, headers={"Origin": "https://evil.example"}))
+    assert error.value.code == 403
+    connection = await websocket_connect(HTTPRequest(url, headers={"Origin": "https://app.example"}))
+    assert json.loads(await connection.read_message())["event"] == "connected"
+    connection.close()
+
+
+def _replace(settings: Settings, **changes) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
+
+
+async def _serve(chat_server: ChatServer):
+    """Serve a ChatServer's app on loopback whatever its configured host."""
+    await chat_server.database.migrate()
+    http_server = tornado.httpserver.HTTPServer(chat_server.make_app())
+    [socket] = tornado.netutil.bind_sockets(0, "127.0.0.1", family=2)
+    http_server.add_sockets([socket])
+    return http_server, f"http://127.0.0.1:{socket.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    "host, secret, present",
+    [("127.0.0.1", "", True), ("localhost", "", True), ("127.0.0.1", "real-vk-secret", False),
+     ("0.0.0.0", "", False), ("192.0.2.10", "", False)],
+)
+async def test_dev_signin_exists_only_with_generated_secret_on_loopback(tmp_path, host, secret, present):
+    chat_server = ChatServer(Settings(host=host, vk_secret=secret, data_dir=str(tmp_path)))
+    http_server, base_url = await _serve(chat_server)
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(
+            HTTPRequest(base_url + "/v1/dev/signin", method="POST", body=json.dumps({"user_id": 77}),
+                        headers={"Content-Type": "application/json"}),
+            raise_error=False,
+        )
+    finally:
+        client.close()
+        http_server.stop()
+        await chat_server.database.close()
+    body = json.loads(response.body)
+    if present:
+        assert response.code == 200
+        assert verify_launch_params(body["launch_params"], chat_server.settings.vk_secret).user_id == 77
+    else:
+        assert (response.code, body["error"]["code"]) == (404, 404)
+
+
+async def test_dev_signin_validates_input(tmp_path):
+    chat_server = ChatServer(Settings(data_dir=str(tmp_path)))
+    http_server, base_url = await _serve(chat_server)
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(
+            HTTPRequest(base_url + "/v1/dev/signin", method="POST", body=json.dumps({"user_id": "me"}),
+                        headers={"Content-Type": "application/json"}),
+            raise_error=False,
+        )
+    finally:
+        client.close()
+        http_server.stop()
+        await chat_server.database.close()
+    assert response.code == 400 and json.loads(response.body)["error"]["param"] == "user_id"
