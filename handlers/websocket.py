@@ -106,6 +106,9 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         """Invoked when the connection is gone, whoever closed it."""
+        self._unregister()
+
+    def _unregister(self) -> None:
         self._queue.clear()
         if self._registered:
             self._registered = False
@@ -129,8 +132,10 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
             self._queue.append(frame)
         else:
             log.warning("socket %s of user %s is too slow, closing it", self.socket_id, self.user_id)
-            self._queue.clear()
             self.close(CLOSE_TRY_AGAIN_LATER, "Too slow: reconnect and refetch")
+            # on_close only runs once the client answers the close (or after
+            # Tornado's timeout); this socket must stop counting as open now.
+            self._unregister()
 
     def _write_batch(self, frames: Iterable[bytes]) -> None:
         """Hand frames to the stream; if it could not flush them at once, wait for it."""

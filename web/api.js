@@ -35,17 +35,25 @@ function toApiError(res, body) {
 
 /** POST /v1/dev/signin without any credentials (development sign-in). */
 export async function devSignIn(userId, name) {
-  const res = await fetch('/v1/dev/signin', {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ user_id: userId, name }),
-  });
+  let res;
+  try {
+    res = await fetch('/v1/dev/signin', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ user_id: userId, name }),
+    });
+  } catch (err) {
+    throw new ApiError(0, 0, 'Нет связи с сервером');
+  }
   const body = await readJson(res);
   if (!res.ok || !body || body.response !== true) throw toApiError(res, body);
   return body.launch_params;
 }
 
-/** Whether the server offers the development sign-in at all (404 = no). */
+/**
+ * Whether the server offers the development sign-in: 'yes', 'no' (404), or
+ * 'unreachable' when the server does not answer at all.
+ */
 export async function devSignInAvailable() {
   try {
     const res = await fetch('/v1/dev/signin', {
@@ -53,9 +61,9 @@ export async function devSignInAvailable() {
       headers: { 'Content-Type': 'application/json' },
       body: '{}',
     });
-    return res.status !== 404 && res.status !== 405;
+    return res.status === 404 || res.status === 405 ? 'no' : 'yes';
   } catch (err) {
-    return false;
+    return 'unreachable';
   }
 }
 

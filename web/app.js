@@ -211,11 +211,17 @@ async function boot() {
       return;
     } catch (err) {
       if (err instanceof ApiError && err.status === 404) { showVkRequired(); return; }
-      sessionStorage.removeItem(DEV_IDENTITY_KEY);
+      // Keep the identity when the server is merely unreachable (a retry may work).
+      if (err instanceof ApiError && err.status >= 400) sessionStorage.removeItem(DEV_IDENTITY_KEY);
     }
   }
-  if (await devSignInAvailable()) showSignIn();
-  else showVkRequired();
+  const available = await devSignInAvailable();
+  if (available === 'yes') showSignIn();
+  else if (available === 'no') showVkRequired();
+  else {
+    messageScreen('server-unreachable', 'Сервер недоступен', 'Не удалось связаться с сервером чата. Проверьте соединение и попробуйте ещё раз.',
+      h('button', { class: 'btn btn-primary', testid: 'retry', onclick: () => location.reload() }, 'Повторить'));
+  }
 }
 
 function signOut() {

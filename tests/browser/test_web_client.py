@@ -64,6 +64,10 @@ def send(page: Page, text: str) -> None:
     expect(box).to_have_value("")
 
 
+def shot(page: Page, path: Path) -> None:
+    page.screenshot(path=str(path), animations="disabled")
+
+
 def vk_sign(params: dict[str, str], secret: str) -> str:
     """VK's launch-parameter signature, computed independently of the server's code."""
     vk_params = sorted((k, v) for k, v in params.items() if k.startswith("vk_"))
@@ -133,7 +137,7 @@ def test_conversation_lifecycle(chat_server, new_page, artifacts_dir):
     expect(bob_item.get_by_test_id("unread-badge")).to_be_visible()
     expect(bob_item.get_by_test_id("conversation-preview")).to_have_text("Ау!")
     expect(bob.get_by_test_id("tab-joined-badge")).to_have_attribute("data-count", "2")
-    bob.screenshot(path=str(artifacts_dir / "bob-unread.png"))
+    shot(bob, artifacts_dir / "bob-unread.png")
     bob_item.click()
     expect(message(bob, "Ау!")).to_be_visible()
     expect(bob_item.get_by_test_id("unread-badge")).to_have_attribute("data-count", "0")
@@ -171,9 +175,9 @@ def test_conversation_lifecycle(chat_server, new_page, artifacts_dir):
     expect(info.get_by_test_id("info-member")).to_have_count(2)
     expect(info.locator('[data-testid="info-member"][data-user-id="1002"]')).to_contain_text("Борис")
     expect(info.get_by_test_id("info-viewers-count")).to_have_attribute("data-count", "1")
-    alice.screenshot(path=str(artifacts_dir / "alice-conversation.png"))
+    shot(alice, artifacts_dir / "alice-conversation.png")
     shutil.copyfile(artifacts_dir / "alice-conversation.png", REPO / "docs" / "screenshot.png")
-    vera.screenshot(path=str(artifacts_dir / "vera-spectator.png"))
+    shot(vera, artifacts_dir / "vera-spectator.png")
 
     # Leaving the view (stopView) drops the count; viewing again raises it.
     vera.get_by_test_id("global-chat-item").click()
@@ -254,6 +258,8 @@ def test_join_from_spectator_and_leave(chat_server, new_page):
 def test_global_chat_between_two_users(chat_server, new_page, artifacts_dir):
     base = chat_server.base_url
     alice, bob = new_page(), new_page()
+    api_calls = []
+    alice.on("request", lambda r: api_calls.append(r) if "/v1/" in r.url and "/v1/dev/" not in r.url else None)
     sign_in(alice, base, "Алиса", 3001)
     sign_in(bob, base, "Борис", 3002)
 
@@ -275,7 +281,17 @@ def test_global_chat_between_two_users(chat_server, new_page, artifacts_dir):
     got = message(alice, "Не угадаю 🙂")
     expect(got).to_have_attribute("data-mine", "false")
     expect(got.get_by_test_id("message-author")).to_have_count(0)
-    alice.screenshot(path=str(artifacts_dir / "global-chat.png"))
+    shot(alice, artifacts_dir / "global-chat.png")
+
+    # Every API call names the user and its socket (the socket itself uses the query).
+    http_calls = [r for r in api_calls if r.resource_type != "websocket"]
+    assert any("/v1/messages/send" in r.url for r in http_calls)
+    for request in http_calls:
+        headers = request.all_headers()
+        assert headers.get("authorization", "").startswith("VK vk_"), request.url
+        assert headers.get("x-socket-id"), request.url
+    sockets = [r for r in api_calls if r.resource_type == "websocket"]
+    assert sockets and all("sign=" in r.url and "name=" in r.url for r in sockets)
 
     # A reload keeps the tab's user and still tells our own messages apart.
     alice.reload()
@@ -364,7 +380,7 @@ def test_mobile_layout(chat_server, new_page, artifacts_dir):
     expect(pane).to_be_visible()
     expect(sidebar).to_be_hidden()
     send(phone, "С телефона")
-    phone.screenshot(path=str(artifacts_dir / "mobile-chat.png"))
+    shot(phone, artifacts_dir / "mobile-chat.png")
 
     phone.get_by_test_id("chat-back").click()
     expect(sidebar).to_be_visible()

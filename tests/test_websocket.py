@@ -1,0 +1,186 @@
+"""The WebSocket: connected event, ping, limits, cleanup, socket-id cache, slow readers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket as stdlib_socket
+import struct
+
+import pytest
+import redis.asyncio
+from tornado.websocket import websocket_connect
+
+from server.app import ChatServer
+from tests.conftest import REDIS_URL
+from tests.helpers import ServerUnderTest
+
+pytestmark = pytest.mark.gen_test
+
+
+async def eventually(predicate, attempts: int = 200) -> None:
+    """Wait (bounded) for the server to finish work it does after a socket closes."""
+    for _ in range(attempts):
+        if await predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition never became true")
+
+
+async def test_connected_event_and_unique_socket_ids(server: ServerUnderTest):
+    alice = server.user(1)
+    sockets = [await alice.connect() for _ in range(3)]
+    assert len({s.socket_id for s in sockets}) == 3
+    for socket in sockets:
+        assert await server.cache.has_socket(1, socket.socket_id)
+    assert server.registry.size()["sockets"] == 3 and server.registry.size()["users"] == 1
+
+
+async def test_ping_is_answered_and_other_frames_ignored(server: ServerUnderTest):
+    alice, socket = await server.connected_user(1)
+    for frame in ["not json", json.dumps({"event": "hello"}), json.dumps([1, 2]), json.dumps({"event": "ping"})]:
+        await socket.connection.write_message(frame)
+    assert await socket.next_frame() == {"event": "pong"}
+
+
+async def test_frames_over_64_kib_close_the_connection(server: ServerUnderTest):
+    alice, socket = await server.connected_user(1)
+    await socket.connection.write_message("x" * (64 * 1024 + 1))
+    assert await socket.wait_closed() == 1009
+    await eventually(lambda: _no_socket(server, 1))
+
+
+async def test_closing_sockets_one_by_one(server: ServerUnderTest):
+    alice = server.user(1)
+    first, second = await alice.connect(), await alice.connect()
+    first.close()
+    await eventually(lambda: _not(server.cache.has_socket(1, first.socket_id)))
+    assert (await alice.get("/v1/messages/get?chat=0")).ok
+    second.close()
+    await eventually(lambda: _no_socket(server, 1))
+    response = await alice.get("/v1/messages/get?chat=0")
+    assert (response.status, response.error_code) == (428, 4)
+    assert server.registry.size() == {k: 0 for k in server.registry.size()}
+
+
+async def test_lost_cache_does_not_disconnect_anyone(server: ServerUnderTest):
+    alice, socket = await server.connected_user(1)
+    if server.backend == "mysql":
+        client = redis.asyncio.from_url(REDIS_URL)
+        await client.delete(f"{server.cache.prefix}sockets:1")
+        await client.aclose()
+    else:
+        await server.cache.forget_all_sockets()
+    assert not await server.cache.has_socket(1)
+    assert (await alice.get("/v1/messages/get?chat=0")).ok
+    assert await server.cache.has_socket(1, socket.socket_id)
+
+
+async def test_stale_socket_ids_are_dropped_at_start_and_expire(server: ServerUnderTest):
+    await server.cache.add_socket(4242, "left-by-a-crashed-process")
+    restarted = ChatServer(server.chat_server.settings)
+    await restarted.start(port=0)
+    try:
+        assert not await restarted.cache.has_socket(4242)
+    finally:
+        await restarted.stop()
+    if server.backend == "mysql":
+        alice, _ = await server.connected_user(1)
+        client = redis.asyncio.from_url(REDIS_URL)
+        ttl = await client.ttl(f"{server.cache.prefix}sockets:1")
+        await client.aclose()
+        assert 0 < ttl <= 60
+
+
+@pytest.mark.server(ws_queue_limit=20)
+async def test_a_stalled_reader_is_closed_and_does_not_hold_up_the_rest(server: ServerUnderTest):
+    alice, alice_socket = await server.connected_user(1)
+    bob, bob_socket = await server.connected_user(2)
+    staller = server.user(3)
+    conversation_id = await alice.create("firehose")
+    await bob.join(conversation_id)
+    raw = await _open_raw_socket(server, staller.launch)  # never reads from here on
+    await eventually(lambda: server.cache.has_socket(3))
+    # A congested network in miniature: the kernel would otherwise absorb
+    # megabytes for this socket before the server's own queue fills.
+    [stalled] = [c for c in server.registry.connections() if c.user_id == 3]
+    stalled.ws_connection.stream.socket.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 8192)
+    await staller.join(conversation_id)
+    await bob_socket.drain()
+
+    sent = []
+    for number in range(1000):
+        sent.append(await alice.send(f"{number:04} " + "x" * 990, conversation_id))
+        if not server.registry.is_open(3):
+            break
+    assert server.registry.is_open(3) is False, "the stalled socket was never closed"
+    # Once it reads again, it finds a 1013 close after what it had buffered
+    # (read now: the server aborts a closed socket that never answers).
+    assert await _read_close_code(raw) == 1013
+    for _ in range(3):
+        sent.append(await alice.send("after the close", conversation_id))
+
+    # Everyone else got everything, in order, exactly once.
+    received = [(await bob_socket.expect("new_message"))["id"] for _ in sent]
+    assert received == sent
+    await bob_socket.assert_silent()
+    response = await staller.get("/v1/messages/get?chat=0")
+    assert (response.status, response.error_code) == (428, 4)
+
+
+async def _no_socket(server: ServerUnderTest, user_id: int) -> bool:
+    return not server.registry.is_open(user_id) and not await server.cache.has_socket(user_id)
+
+
+async def _not(awaitable) -> bool:
+    return not await awaitable
+
+
+async def _open_raw_socket(server: ServerUnderTest, launch: str) -> stdlib_socket.socket:
+    """A WebSocket handshake on a plain socket with a tiny receive buffer, then silence."""
+    loop = asyncio.get_running_loop()
+    raw = stdlib_socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
+    raw.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    await loop.sock_connect(raw, ("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(raw, (
+        f"GET /v1/ws?{launch} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += await loop.sock_recv(raw, 1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return raw
+
+
+async def _read_close_code(raw: stdlib_socket.socket) -> int | None:
+    """Read server frames until the close frame; return its status code."""
+    loop = asyncio.get_running_loop()
+    buffer = b""
+    while True:
+        chunk = await asyncio.wait_for(loop.sock_recv(raw, 65536), 10)
+        if not chunk:
+            return None
+        buffer += chunk
+        while len(buffer) >= 2:
+            opcode, length = buffer[0] & 0x0F, buffer[1] & 0x7F
+            offset = 2
+            if length == 126:
+                if len(buffer) < 4:
+                    break
+                length, offset = struct.unpack("!H", buffer[2:4])[0], 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    break
+                length, offset = struct.unpack("!Q", buffer[2:10])[0], 10
+            if len(buffer) < offset + length:
+                break
+            payload, buffer = buffer[offset:offset + length], buffer[offset + length:]
+            if opcode == 0x8:
+                raw.close()
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
