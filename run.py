@@ -4,6 +4,7 @@
     python run.py                      serve (settings: config/chat.toml + CHAT_* env)
     python run.py sign --user-id 5     print launch parameters signed for user 5
     python run.py migrate              create or upgrade the database schema and exit
+    python run.py watch --user-id 5    hold a WebSocket open as user 5 and print its events
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ def sign(user_id: int) -> None:
     print(sign_launch_params(secret, user_id))
 
 
+async def watch(user_id: int, url: str) -> None:
+    from tornado.websocket import websocket_connect
+
+    settings = load_settings()
+    secret = settings.vk_secret or load_or_create_secret(settings.data_dir)
+    connection = await websocket_connect(f"{url}?{sign_launch_params(secret, user_id)}")
+    while (frame := await connection.read_message()) is not None:
+        print(frame, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
@@ -60,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="create or upgrade the schema and exit")
     sign_parser = commands.add_parser("sign", help="print signed launch parameters")
     sign_parser.add_argument("--user-id", type=int, required=True)
+    watch_parser = commands.add_parser("watch", help="print the events a user's socket receives")
+    watch_parser.add_argument("--user-id", type=int, required=True)
+    watch_parser.add_argument("--url", default=None, help="default: ws://CHAT_HOST:CHAT_PORT/v1/ws")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -68,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.user_id <= 0:
             parser.error("--user-id must be positive")
         sign(args.user_id)
+    elif args.command == "watch":
+        settings = load_settings()
+        asyncio.run(watch(args.user_id, args.url or f"ws://{settings.host}:{settings.port}/v1/ws"))
     elif args.command == "migrate":
         asyncio.run(migrate())
     else:
