@@ -74,7 +74,10 @@ class ChatService:
 
     async def close_connection(self, connection: Connection) -> None:
         """Forget a closed socket everywhere, telling viewers' audiences of changed counts."""
-        for conversation_id in self.registry.remove(connection):
+        changed = self.registry.remove(connection)
+        if changed is None:
+            return  # already forgotten (closed for slowness, or at shutdown)
+        for conversation_id in changed:
             self._announce_viewers(conversation_id)
         await self.cache.remove_socket(connection.user_id, connection.socket_id)
 

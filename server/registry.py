@@ -50,11 +50,15 @@ class Registry:
         self._profiles[connection.user_id] = profile
         return len(sockets) == 1
 
-    def remove(self, connection: Connection) -> list[int]:
-        """Forget a closed socket and all it listened to; return conversations whose viewer count fell."""
+    def remove(self, connection: Connection) -> list[int] | None:
+        """Forget a closed socket and all it listened to.
+
+        Return the conversations whose viewer count fell, or None if the
+        socket was not registered (already forgotten).
+        """
         socket_id, user_id = connection.socket_id, connection.user_id
         if self._sockets.get(socket_id) is not connection:
-            return []
+            return None
         del self._sockets[socket_id]
         self._global.discard(socket_id)
         changed = [
