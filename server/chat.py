@@ -16,9 +16,11 @@ the cached unread counters equal to what the database says.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from server import events
 from server.errors import AlreadyMember, NotAMember, SocketRequired
@@ -26,7 +28,7 @@ from server.locks import KeyedLocks
 from server.registry import Connection, Registry
 from server.settings import Settings
 from storage.cache import Cache
-from storage.database import Database, Profile, StoredMessage, default_profile
+from storage.database import Database, Draft, Profile, StoredMessage, default_profile
 
 log = logging.getLogger("chat")
 
@@ -36,6 +38,29 @@ PAGE_CONVERSATIONS = 100
 GLOBAL_CHAT_ID = 0
 
 
+@dataclasses.dataclass
+class PendingMessage:
+    draft: Draft
+    result: asyncio.Future[int]
+
+
+def _fail(result: asyncio.Future[int], error: BaseException) -> None:
+    if not result.done():
+        result.set_exception(error)
+
+
+def unread_changes(members: Iterable[int], senders: list[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """How a batch of messages (their senders, in order) changes each member's unread count.
+
+    A sender's count becomes the number of messages after their own last
+    one; everyone else's grows by the size of the batch.
+    """
+    last_sent = {sender: index for index, sender in enumerate(senders)}
+    set_to = {member: len(senders) - 1 - last_sent[member] for member in members if member in last_sent}
+    add = {member: len(senders) for member in members if member not in last_sent}
+    return set_to, add
+
+
 class ChatService:
     def __init__(self, settings: Settings, database: Database, cache: Cache, registry: Registry) -> None:
         self.settings = settings
@@ -43,6 +68,7 @@ class ChatService:
         self.cache = cache
         self.registry = registry
         self.locks = KeyedLocks()
+        self._outboxes: dict[int, list[PendingMessage]] = {}  # conversation → messages awaiting commit
 
     async def _require_socket(self, user_id: int, socket_id: str | None) -> list[str]:
         """Return the sockets a request acts for, or raise SocketRequired.
@@ -97,25 +123,62 @@ class ChatService:
         return [events.message_item(m) for m in messages]
 
     async def send_message(self, user_id: int, socket_id: str | None, conversation_id: int, text: str) -> int:
+        """Store a message and deliver it; return its id once it is committed and sent."""
         await self._require_socket(user_id, socket_id)
-        profile = self.registry.profile(user_id) or default_profile(user_id)
-        now = int(time.time())
+        pending = PendingMessage(Draft(user_id, text, int(time.time())), asyncio.get_running_loop().create_future())
+        outbox = self._outboxes.get(conversation_id)
+        if outbox is None:
+            self._outboxes[conversation_id] = [pending]
+            asyncio.ensure_future(self._commit_outbox(conversation_id))
+        else:
+            outbox.append(pending)
+        return await pending.result
+
+    async def _commit_outbox(self, conversation_id: int) -> None:
+        """Commit every message waiting for a conversation in one transaction, then deliver them.
+
+        Messages that arrive while one batch commits wait for the next, so
+        under load a conversation commits many messages per round of database
+        work (group commit), and they are stored and delivered in one order.
+        """
         async with self.locks.hold(conversation_id):
-            message_id, others = await self.database.add_message(conversation_id, user_id, text, now)
-            message = StoredMessage(
-                id=message_id, conversation_id=conversation_id, user_id=user_id,
-                name=profile.name, avatar=profile.avatar, text=text, time=now,
+            batch = self._outboxes.pop(conversation_id)
+            try:
+                message_ids, members = await self.database.add_messages(
+                    conversation_id, [pending.draft for pending in batch]
+                )
+            except Exception as error:
+                for pending in batch:
+                    _fail(pending.result, error)
+                return
+            stored = [
+                (pending, message_id) for pending, message_id in zip(batch, message_ids) if message_id is not None
+            ]
+            if conversation_id != GLOBAL_CHAT_ID and stored:
+                # Counters first: a receiver may ask for its list as soon as the event lands.
+                set_to, add = unread_changes(members, [pending.draft.user_id for pending, _ in stored])
+                await self._cache_quietly(self.cache.unread_on_messages(conversation_id, set_to, add), conversation_id)
+            audience = (
+                None if conversation_id == GLOBAL_CHAT_ID else self.registry.audience(conversation_id)
             )
-            frame = events.new_message(message)
-            if conversation_id == GLOBAL_CHAT_ID:
-                self.registry.send_global(frame)
-                return message_id
-            # Counters first: a receiver may ask for its list as soon as the event lands.
-            await self._cache_quietly(
-                self.cache.unread_on_message(conversation_id, user_id, others), conversation_id
-            )
-            self.registry.send(self.registry.audience(conversation_id), frame)
-        return message_id
+            for pending, message_id in stored:
+                frame = events.new_message(self._stored_message(conversation_id, message_id, pending.draft))
+                if audience is None:
+                    self.registry.send_global(frame)
+                else:
+                    self.registry.send(audience, frame)
+            for pending, message_id in zip(batch, message_ids):
+                if message_id is None:
+                    _fail(pending.result, NotAMember())
+                elif not pending.result.done():
+                    pending.result.set_result(message_id)
+
+    def _stored_message(self, conversation_id: int, message_id: int, draft: Draft) -> StoredMessage:
+        profile = self.registry.profile(draft.user_id) or default_profile(draft.user_id)
+        return StoredMessage(
+            id=message_id, conversation_id=conversation_id, user_id=draft.user_id,
+            name=profile.name, avatar=profile.avatar, text=draft.text, time=draft.time,
+        )
 
     async def _cache_quietly(self, operation, conversation_id: int) -> None:
         """Apply a counter update after commit; if the cache fails, drop the counters instead.

@@ -51,8 +51,10 @@ class Cache(abc.ABC):
         """Drop every socket id: at start-up no socket of ours is open."""
 
     @abc.abstractmethod
-    async def unread_on_message(self, conversation_id: int, sender_id: int, others: Sequence[int]) -> None:
-        """Zero the sender's counter and add one to the others', if primed."""
+    async def unread_on_messages(
+        self, conversation_id: int, set_to: Mapping[int, int], add: Mapping[int, int]
+    ) -> None:
+        """Set some members' counters and add to others', if the conversation is primed."""
 
     @abc.abstractmethod
     async def unread_set(self, conversation_id: int, user_id: int, count: int) -> None:
@@ -106,13 +108,15 @@ class MemoryCache(Cache):
     async def forget_all_sockets(self) -> None:
         self._sockets.clear()
 
-    async def unread_on_message(self, conversation_id: int, sender_id: int, others: Sequence[int]) -> None:
+    async def unread_on_messages(
+        self, conversation_id: int, set_to: Mapping[int, int], add: Mapping[int, int]
+    ) -> None:
         counters = self._unread.get(conversation_id)
         if counters is None:
             return
-        counters[sender_id] = 0
-        for user_id in others:
-            counters[user_id] = counters.get(user_id, 0) + 1
+        counters.update(set_to)
+        for user_id, count in add.items():
+            counters[user_id] = counters.get(user_id, 0) + count
 
     async def unread_set(self, conversation_id: int, user_id: int, count: int) -> None:
         if conversation_id in self._unread:
@@ -132,12 +136,13 @@ class MemoryCache(Cache):
             self._unread[conversation_id] = dict(counters)
 
 
-# Applied only to a primed hash (see the module docstring): ARGV[1] is the
-# sender, the rest are the other members.
-_UNREAD_ON_MESSAGE_LUA = """
+# Applied only to a primed hash (see the module docstring). ARGV is
+# (n, user, count × n for HSET, then user, count pairs for HINCRBY).
+_UNREAD_ON_MESSAGES_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], 0)
-for i = 2, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
+local n = tonumber(ARGV[1])
+for i = 2, 2 * n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 2 * n + 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 _UNREAD_SET_LUA = """
@@ -153,7 +158,7 @@ class RedisCache(Cache):
     def __init__(self, url: str, prefix: str) -> None:
         self.client = redis.from_url(url, decode_responses=True)
         self.prefix = prefix
-        self._unread_on_message = self.client.register_script(_UNREAD_ON_MESSAGE_LUA)
+        self._unread_on_messages = self.client.register_script(_UNREAD_ON_MESSAGES_LUA)
         self._unread_set = self.client.register_script(_UNREAD_SET_LUA)
 
     def _sockets_key(self, user_id: int) -> str:
@@ -189,8 +194,14 @@ class RedisCache(Cache):
         for start in range(0, len(keys), 1000):
             await self.client.delete(*keys[start : start + 1000])
 
-    async def unread_on_message(self, conversation_id: int, sender_id: int, others: Sequence[int]) -> None:
-        await self._unread_on_message(keys=[self._unread_key(conversation_id)], args=[sender_id, *others])
+    async def unread_on_messages(
+        self, conversation_id: int, set_to: Mapping[int, int], add: Mapping[int, int]
+    ) -> None:
+        args: list[int] = [len(set_to)]
+        for counters in (set_to, add):
+            for user_id, count in counters.items():
+                args += (user_id, count)
+        await self._unread_on_messages(keys=[self._unread_key(conversation_id)], args=args)
 
     async def unread_set(self, conversation_id: int, user_id: int, count: int) -> None:
         await self._unread_set(keys=[self._unread_key(conversation_id)], args=[user_id, count])

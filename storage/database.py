@@ -21,7 +21,7 @@ from typing import AsyncIterator, Sequence
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import delete, event, exists, func, insert, select, update
+from sqlalchemy import case, delete, event, exists, func, insert, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -46,6 +46,15 @@ CONVERSATION_CREATED_TEXT = "Создана беседа."
 class Profile:
     name: str
     avatar: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Draft:
+    """A message on its way into the database."""
+
+    user_id: int
+    text: str
+    time: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,50 +203,70 @@ class Database:
             for m, name, avatar in reversed(rows)
         ]
 
-    async def add_message(
-        self, conversation_id: int, user_id: int, text: str, now: int
-    ) -> tuple[int, list[int]]:
-        """Store a message from a member; return its id and the other members' ids.
+    async def add_messages(
+        self, conversation_id: int, drafts: Sequence[Draft]
+    ) -> tuple[list[int | None], list[int]]:
+        """Store messages in one transaction; return their ids and the members' ids.
 
-        The conversation row stays locked until commit, so a concurrent delete
-        either sees this message (and deletes it) or makes this send fail.
+        A draft whose sender is not a member gets ``None`` instead of an id
+        and the rest are stored; if the conversation does not exist, nothing
+        is (NoSuchConversation). The conversation row stays locked until
+        commit, so a concurrent delete either sees these messages (and
+        deletes them) or makes this transaction find no conversation.
         """
         async with self._write() as session:
             if conversation_id == 0:
-                result = await session.execute(
-                    insert(Message).values(
-                        conversation_id=None, user_id=user_id, text=text, created_at=now
-                    )
+                return await self._insert_messages(session, None, drafts), []
+            rows = (
+                await session.execute(
+                    select(Conversation.id, Member.user_id)
+                    .outerjoin(Member, Member.conversation_id == Conversation.id)
+                    .where(Conversation.id == conversation_id)
+                    .with_for_update(of=Conversation)
                 )
-                return result.inserted_primary_key[0], []
-            _, is_member = await self._lock_conversation(session, conversation_id, user_id)
-            if not is_member:
-                raise NotAMember()
-            result = await session.execute(
-                insert(Message).values(
-                    conversation_id=conversation_id, user_id=user_id, text=text, created_at=now
-                )
-            )
-            message_id = result.inserted_primary_key[0]
+            ).all()
+            if not rows:
+                raise NoSuchConversation()
+            members = [user_id for _, user_id in rows if user_id is not None]
+            accepted = [draft for draft in drafts if draft.user_id in members]
+            if not accepted:
+                return [None] * len(drafts), members
+            ids = iter(await self._insert_messages(session, conversation_id, accepted))
+            message_ids = [next(ids) if draft.user_id in members else None for draft in drafts]
+            stored = [message_id for message_id in message_ids if message_id is not None]
             await session.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation_id)
-                .values(last_message_id=message_id)
+                .values(last_message_id=stored[-1])
             )
-            # Sending marks the conversation read for the sender.
+            # Sending marks the conversation read for the sender, up to their own last message.
+            last_sent = {draft.user_id: mid for draft, mid in zip(drafts, message_ids) if mid is not None}
             await session.execute(
                 update(Member)
-                .where(Member.conversation_id == conversation_id, Member.user_id == user_id)
-                .values(last_read_message_id=message_id)
+                .where(Member.conversation_id == conversation_id, Member.user_id.in_(last_sent))
+                .values(last_read_message_id=case(last_sent, value=Member.user_id))
             )
-            others = (
-                await session.scalars(
-                    select(Member.user_id).where(
-                        Member.conversation_id == conversation_id, Member.user_id != user_id
-                    )
-                )
-            ).all()
-            return message_id, list(others)
+            return message_ids, members
+
+    @staticmethod
+    async def _insert_messages(
+        session: AsyncSession, conversation_id: int | None, drafts: Sequence[Draft]
+    ) -> list[int]:
+        """Insert rows in one statement, returning their ids in the drafts' order."""
+        rows = [
+            {"conversation_id": conversation_id, "user_id": d.user_id, "text": d.text, "created_at": d.time}
+            for d in drafts
+        ]
+        if not session.bind.dialect.insert_executemany_returning_sort_by_parameter_order:
+            # MySQL (unlike MariaDB and SQLite) has no INSERT ... RETURNING: one row at a time.
+            return [
+                (await session.execute(insert(Message).values(row))).inserted_primary_key[0]
+                for row in rows
+            ]
+        result = await session.execute(
+            insert(Message).returning(Message.id, sort_by_parameter_order=True), rows
+        )
+        return list(result.scalars())
 
     # Conversations
 

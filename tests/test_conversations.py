@@ -330,3 +330,29 @@ async def test_bad_path_ids_are_json_errors(server: ServerUnderTest, route, raw_
     response = await alice.call(method, f"/v1/conversations/{route}/{raw_id}")
     assert response.status in (400, 404) and response.body["response"] is False
     assert response.error_code in (400, 404)
+
+
+async def test_unread_counts_under_concurrent_senders(server: ServerUnderTest):
+    """Messages committed together (group commit) count exactly as one by one would."""
+    import asyncio
+
+    users = [(await server.connected_user(user_id))[0] for user_id in (1, 2, 3, 4)]
+    conversation_id = await users[0].create("busy")
+    for user in users[1:]:
+        await user.join(conversation_id)
+    await users[3].get(f"/v1/conversations/read/{conversation_id}")
+    script = [users[i % 3] for i in range(30)]  # user 4 only reads
+    await asyncio.gather(*(user.send(f"m{n}", conversation_id) for n, user in enumerate(script)))
+
+    messages = (await users[3].get(f"/v1/messages/get?chat={conversation_id}")).body["messages"]
+    senders = [m["user_id"] for m in messages if m["message"] != "Создана беседа."]
+    expected = {
+        user.user_id: len(senders) - 1 - max(i for i, s in enumerate(senders) if s == user.user_id)
+        for user in users[:3]
+    }
+    expected[4] = 30
+    for user in users:
+        assert await _unread(user, conversation_id) == expected[user.user_id]
+    await _lose_cache(server)
+    for user in users:
+        assert await _unread(user, conversation_id) == expected[user.user_id]
