@@ -1,0 +1,37 @@
+"""Configuration: defaults file, CHAT_CONFIG file, environment (which wins)."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.settings import load_settings
+
+
+def test_defaults():
+    settings = load_settings(environ={})
+    assert (settings.host, settings.port, settings.max_members, settings.auth_max_age) == ("127.0.0.1", 8080, 100, 0)
+    assert settings.database_url == "" and settings.redis_url == "" and settings.cors_origins == ()
+    assert settings.effective_database_url.startswith("sqlite+aiosqlite:///")
+
+
+def test_file_then_environment(tmp_path):
+    config = tmp_path / "chat.toml"
+    config.write_text('port = 9000\nmax_members = 7\ncors_origins = ["https://a.example"]\n')
+    settings = load_settings(environ={"CHAT_CONFIG": str(config), "CHAT_MAX_MEMBERS": "12"})
+    assert settings.port == 9000 and settings.max_members == 12
+    assert settings.cors_origins == ("https://a.example",)
+    settings = load_settings(environ={"CHAT_CORS_ORIGINS": "https://a.example, https://b.example"})
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+
+
+@pytest.mark.parametrize("environ", [{"CHAT_PORT": "eighty"}, {"CHAT_MAX_MEMBERS": ""}])
+def test_bad_values_fail_loudly(environ):
+    with pytest.raises(ValueError):
+        load_settings(environ=environ)
+
+
+def test_unknown_keys_in_a_file_fail_loudly(tmp_path):
+    config = tmp_path / "chat.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(ValueError, match="prot"):
+        load_settings(environ={"CHAT_CONFIG": str(config)})
