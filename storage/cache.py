@@ -25,6 +25,8 @@ SOCKET_REFRESH_SECS = 20
 # Counters of quiet conversations are dropped after a day and rebuilt on demand.
 UNREAD_TTL_SECS = 24 * 3600
 PRIMED_FIELD = "_primed"
+REDIS_MAX_CONNECTIONS = 64
+REDIS_POOL_TIMEOUT_SECS = 5
 
 
 class Cache(abc.ABC):
@@ -156,7 +158,12 @@ class RedisCache(Cache):
     """Redis cache (``redis.asyncio``); every key starts with ``prefix``."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        self.client = redis.from_url(url, decode_responses=True)
+        # A bounded pool that makes a burst of requests wait for a connection
+        # instead of failing ("Too many connections") or opening hundreds.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_SECS, decode_responses=True
+        )
+        self.client = redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self.prefix = prefix
         self._unread_on_messages = self.client.register_script(_UNREAD_ON_MESSAGES_LUA)
         self._unread_set = self.client.register_script(_UNREAD_SET_LUA)
