@@ -127,12 +127,18 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         """JSON and CORS headers; run again when an error clears the response."""
         self.set_header("Content-Type", "application/json; charset=utf-8")
+        # Answers are per user and change with every event: never cached.
+        self.set_header("Cache-Control", "no-store")
         origin = self.request.headers.get("Origin")
         # Tornado calls this once before initialize(), when there is no chat yet.
         chat = getattr(self, "chat", None)
         if origin and chat is not None and origin_allowed(origin, chat.settings.cors_origins):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
+
+    def compute_etag(self) -> None:
+        """No ETag (and so no 304): see Cache-Control above."""
+        return None
 
     async def options(self, *args: str) -> None:
         """Answer a CORS preflight."""

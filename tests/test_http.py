@@ -194,3 +194,11 @@ async def test_dev_signin_validates_input(tmp_path):
         http_server.stop()
         await chat_server.database.close()
     assert response.code == 400 and json.loads(response.body)["error"]["param"] == "user_id"
+
+
+async def test_api_answers_are_never_cached(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    first = await alice.get("/v1/conversations/get")
+    assert first.headers["Cache-Control"] == "no-store" and "Etag" not in first.headers
+    again = await alice.get("/v1/conversations/get", headers={"If-None-Match": '"anything"'})
+    assert again.status == 200

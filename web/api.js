@@ -208,6 +208,7 @@ export class ChatClient {
     try {
       const res = await fetch('/v1/conversations/get?mode=joined', {
         headers: { Authorization: `VK ${this.launchParams}` },
+        cache: 'no-store',
       });
       if (res.status !== 401) return null;
       const body = await readJson(res);
@@ -238,7 +239,8 @@ export class ChatClient {
       if (query) url += `?${new URLSearchParams(query).toString()}`;
       const headers = { Authorization: `VK ${this.launchParams}` };
       if (socketId) headers['X-Socket-Id'] = socketId;
-      const init = { method, headers };
+      // Answers are per user and per moment: never from the HTTP cache.
+      const init = { method, headers, cache: 'no-store' };
       if (body !== undefined) {
         headers['Content-Type'] = 'application/json';
         init.body = JSON.stringify(body);

@@ -290,14 +290,14 @@ function buildShell() {
 
 const ICONS = {
   plus: '<path d="M12 5v14M5 12h14"/>',
-  logout: '<path d="M15 4h3a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2h-3M10 17l5-5-5-5M15 12H3"/>',
+  logout: '<path d="M9 21H5a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2h4M16 17l5-5-5-5M21 12H9"/>',
   send: '<path d="M4 12l16-8-6 16-3-7z"/>',
   back: '<path d="M15 18l-6-6 6-6"/>',
   info: '<circle cx="12" cy="12" r="9"/><path d="M12 11v5M12 8h.01"/>',
   eye: '<path d="M2 12s3.5-7 10-7 10 7 10 7-3.5 7-10 7S2 12 2 12z"/><circle cx="12" cy="12" r="3"/>',
   users: '<path d="M16 20v-2a4 4 0 0 0-4-4H6a4 4 0 0 0-4 4v2"/><circle cx="9" cy="7" r="4"/><path d="M22 20v-2a4 4 0 0 0-3-3.9M16 3.1a4 4 0 0 1 0 7.8"/>',
   trash: '<path d="M3 6h18M8 6V4h8v2M6 6l1 14h10l1-14"/>',
-  leave: '<path d="M16 17l5-5-5-5M21 12H9M12 19H5a2 2 0 0 1-2-2V7a2 2 0 0 1 2-2h7"/>',
+  leave: '<path d="M14 4h4a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2h-4M3 12h11M7 8l-4 4 4 4"/>',
   close: '<path d="M6 6l12 12M18 6L6 18"/>',
   globe: '<circle cx="12" cy="12" r="9"/><path d="M3 12h18M12 3a14 14 0 0 1 0 18M12 3a14 14 0 0 0 0 18"/>',
   mask: '<path d="M3 8c3-2 15-2 18 0 0 6-3 10-9 10S3 14 3 8z"/><path d="M8 11h2M14 11h2"/>',
@@ -343,17 +343,47 @@ function countPill(kind, count, testid) {
   }, icon(kind), String(count));
 }
 
+/**
+ * Show `items` in `container`, reusing the element of every item whose
+ * signature did not change (so a click is not lost to a re-render).
+ */
+function reconcile(container, items, cache, build, empty) {
+  const nodes = [];
+  const keys = new Set();
+  for (const item of items) {
+    const sig = JSON.stringify([item, isOpen(item.id)]);
+    let cached = cache.get(item.id);
+    if (!cached || cached.sig !== sig) {
+      cached = { sig, node: build(item) };
+      cache.set(item.id, cached);
+    }
+    keys.add(item.id);
+    nodes.push(cached.node);
+  }
+  for (const key of [...cache.keys()]) if (!keys.has(key)) cache.delete(key);
+  if (!nodes.length) nodes.push(empty());
+  const current = container.children;
+  const same = nodes.length === current.length && nodes.every((node, i) => current[i] === node);
+  if (!same) container.replaceChildren(...nodes);
+}
+
+const itemCache = { joined: new Map(), fresh: new Map() };
+
 function renderSidebar() {
   if (!ui.joinedList) return;
   const last = lastGlobalMessage();
-  const globalOpen = state.open && state.open.kind === 'global';
-  ui.globalItem.classList.toggle('active', Boolean(globalOpen));
-  ui.globalItem.replaceChildren(
-    h('span', { class: 'avatar conv-avatar global-avatar', style: '--size:44px' }, icon('mask')),
-    h('span', { class: 'conv-main' },
-      h('span', { class: 'conv-top' }, h('span', { class: 'conv-name' }, 'Анонимный чат')),
-      h('span', { class: 'conv-preview', testid: 'global-preview' }, last ? last.message : 'Пишите без имени — отправитель скрыт')),
-    badge(state.global.unread, 'global-unread'));
+  const globalOpen = Boolean(state.open && state.open.kind === 'global');
+  const globalSig = JSON.stringify([last && last.message, state.global.unread]);
+  ui.globalItem.classList.toggle('active', globalOpen);
+  if (ui.globalSig !== globalSig) {
+    ui.globalSig = globalSig;
+    ui.globalItem.replaceChildren(
+      h('span', { class: 'avatar conv-avatar global-avatar', style: '--size:44px' }, icon('mask')),
+      h('span', { class: 'conv-main' },
+        h('span', { class: 'conv-top' }, h('span', { class: 'conv-name' }, 'Анонимный чат')),
+        h('span', { class: 'conv-preview', testid: 'global-preview' }, last ? last.message : 'Пишите без имени — отправитель скрыт')),
+      badge(state.global.unread, 'global-unread'));
+  }
 
   const joined = sortedByActivity(state.joined);
   const fresh = sortedByActivity(state.fresh);
@@ -367,12 +397,10 @@ function renderSidebar() {
   ui.joinedList.hidden = state.tab !== 'joined';
   ui.newList.hidden = state.tab !== 'new';
 
-  ui.joinedList.replaceChildren(...(joined.length
-    ? joined.map((c) => joinedItem(c))
-    : [h('div', { class: 'list-empty', testid: 'joined-empty' }, 'Вы пока не состоите ни в одной беседе. Создайте свою или вступите в новую.')]));
-  ui.newList.replaceChildren(...(fresh.length
-    ? fresh.map((c) => freshItem(c))
-    : [h('div', { class: 'list-empty', testid: 'new-empty' }, 'Новых бесед нет.')]));
+  reconcile(ui.joinedList, joined, itemCache.joined, joinedItem,
+    () => h('div', { class: 'list-empty', testid: 'joined-empty' }, 'Вы пока не состоите ни в одной беседе. Создайте свою или вступите в новую.'));
+  reconcile(ui.newList, fresh, itemCache.fresh, freshItem,
+    () => h('div', { class: 'list-empty', testid: 'new-empty' }, 'Новых бесед нет.'));
 }
 
 function isOpen(id) {
@@ -832,6 +860,9 @@ function renderChatHeader() {
       actions.push(h('button', { class: 'icon-btn danger', title: 'Удалить беседу', 'aria-label': 'Удалить беседу', testid: 'chat-delete', onclick: () => deleteConversation(open.id) }, icon('trash')));
     }
   }
+  const sig = JSON.stringify([open.kind, open.id, title, sub.map((el) => el.textContent), actions.map((el) => el.dataset.testid)]);
+  if (ui.header.dataset.sig === sig) return;
+  ui.header.dataset.sig = sig;
   const avatarEl = open.kind === 'global'
     ? h('span', { class: 'avatar global-avatar', style: '--size:40px' }, icon('mask'))
     : avatar({ name: title, seed: `c${open.id}`, size: 40 });

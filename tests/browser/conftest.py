@@ -133,8 +133,11 @@ def chat_server(start_server) -> ChatServerProcess:
     return start_server()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope: sync Playwright keeps an asyncio loop running in this
+    # thread while it is started, which would break the Tornado tests that
+    # run after this folder; stopping it at the module's end frees the loop.
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:  # pragma: no cover - environment problem

@@ -17,6 +17,8 @@ from pathlib import Path
 from playwright.sync_api import Page, expect
 
 REPO = Path(__file__).resolve().parents[2]
+# Live updates cross a real server and several browsers: allow a busy CI box time.
+expect.set_options(timeout=10_000)
 
 CONVERSATION = "Беседа о котиках 🐈"
 
@@ -259,7 +261,9 @@ def test_global_chat_between_two_users(chat_server, new_page, artifacts_dir):
     base = chat_server.base_url
     alice, bob = new_page(), new_page()
     api_calls = []
+    sockets = []
     alice.on("request", lambda r: api_calls.append(r) if "/v1/" in r.url and "/v1/dev/" not in r.url else None)
+    alice.on("websocket", lambda ws: sockets.append(ws.url))
     sign_in(alice, base, "Алиса", 3001)
     sign_in(bob, base, "Борис", 3002)
 
@@ -284,14 +288,12 @@ def test_global_chat_between_two_users(chat_server, new_page, artifacts_dir):
     shot(alice, artifacts_dir / "global-chat.png")
 
     # Every API call names the user and its socket (the socket itself uses the query).
-    http_calls = [r for r in api_calls if r.resource_type != "websocket"]
-    assert any("/v1/messages/send" in r.url for r in http_calls)
-    for request in http_calls:
+    assert any("/v1/messages/send" in r.url for r in api_calls)
+    for request in api_calls:
         headers = request.all_headers()
         assert headers.get("authorization", "").startswith("VK vk_"), request.url
         assert headers.get("x-socket-id"), request.url
-    sockets = [r for r in api_calls if r.resource_type == "websocket"]
-    assert sockets and all("sign=" in r.url and "name=" in r.url for r in sockets)
+    assert sockets and all("/v1/ws?" in url and "sign=" in url and "name=" in url for url in sockets)
 
     # A reload keeps the tab's user and still tells our own messages apart.
     alice.reload()
@@ -386,3 +388,25 @@ def test_mobile_layout(chat_server, new_page, artifacts_dir):
     expect(sidebar).to_be_visible()
     expect(pane).to_be_hidden()
     expect(phone.get_by_test_id("global-preview")).to_have_text("С телефона")
+
+
+def test_keepalive_ping(chat_server, new_page):
+    page = new_page()
+    sent, received = [], []
+
+    def watch(ws):
+        ws.on("framesent", lambda payload: sent.append(payload))
+        ws.on("framereceived", lambda payload: received.append(payload))
+
+    page.on("websocket", watch)
+    page.clock.install()
+    sign_in(page, chat_server.base_url, "Пингующий", 6001)
+    assert not any('"ping"' in str(frame) for frame in sent)
+    page.clock.fast_forward("00:26")
+    page.wait_for_function("() => true")  # let the page run its timers
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any('"pong"' in str(frame) for frame in received):
+        page.wait_for_timeout(100)
+    assert any(frame == '{"event":"ping"}' for frame in sent), sent
+    assert any('"pong"' in str(frame) for frame in received), received
+    wait_online(page)
