@@ -40,6 +40,7 @@ import resource
 import secrets
 import sys
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -488,7 +489,12 @@ async def hold_sockets(target: Target, first_user: int, count: int, concurrency:
     clients = [SocketClient(users, uid) for uid in range(first_user, first_user + count)]
     results = await gather_limited(concurrency, (client.connect for client in clients))
     failures = [r for r in results if isinstance(r, BaseException)]
-    opened = [c for c, r in zip(clients, results) if not isinstance(r, BaseException)]
+    opened = []
+    for client, outcome in zip(clients, results):
+        if isinstance(outcome, BaseException):
+            client.close()  # a handshake may have completed without a connected frame
+        else:
+            opened.append(client)
     return opened, len(failures), (repr(failures[0]) if failures else None)
 
 
@@ -558,11 +564,13 @@ async def _spawn_holders(target: Target, config: IdleConfig, holders: list[async
         count = per_proc + (1 if index < extra else 0)
         holders.append(
             await asyncio.create_subprocess_exec(
+                # "--opt=value" because a random secret may start with "-".
                 sys.executable, "-m", "bench.loadgen", "idle-hold",
-                "--url", target.base_url, "--secret", target.secret,
+                f"--url={target.base_url}", f"--secret={target.secret}",
                 "--first-user", str(first), "--count", str(count),
                 "--concurrency", str(config.connect_concurrency), "--timeout", str(config.timeout),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                cwd=Path(__file__).resolve().parent.parent,  # so "-m bench.loadgen" resolves from any cwd
             )
         )  # fmt: skip
         first += count
@@ -633,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     hold.add_argument("--first-user", type=int, required=True)
     hold.add_argument("--count", type=int, required=True)
     hold.add_argument("--concurrency", type=int, default=100)
-    for p in (*sub.choices.values(),):
+    for p in sub.choices.values():
         p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080 (loopback only)")
         p.add_argument("--secret", required=True, help="the server's CHAT_VK_SECRET")
         p.add_argument("--pid", type=int, help="server pid, for RSS/CPU readings")

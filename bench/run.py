@@ -275,11 +275,14 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
                 try:
                     await server.start()
                     row.update(await run_job(server, job, args))
-                    if not server.alive():
-                        row.update(ok=False, error=f"server exited with {server.proc.returncode if server.proc else '?'}")
                 except Exception as error:  # noqa: BLE001 - one broken target must not hide the others
                     row.update(ok=False, error=f"{type(error).__name__}: {error}")
                 finally:
+                    if server.proc is not None and not server.alive() and "at start" not in row.get("error", ""):
+                        # Died under us (crash, OOM, or a signal from outside): say so
+                        # rather than report whatever symptom the client saw.
+                        code = server.proc.returncode
+                        row.update(ok=False, error=f"server process exited with code {code} during the workload")
                     await server.stop()
                 row["server_log"] = str(server.log_path)
                 row.update(scan_log(server.log_path))
@@ -438,7 +441,7 @@ def markdown_table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -513,12 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = (save_dir / f"logs-{run_id}") if save_dir else Path(tempfile.mkdtemp(prefix="chatbench-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
 
+    commit = git_commit()  # before the run: the tree may move while it runs
     results = asyncio.run(run_all(args, targets, jobs, run_id.replace("-", "_"), log_dir))
     all_ok = all(r.get("ok") for r in results)
     meta = {
         "run_id": run_id,
         "started": started.isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": commit,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "targets": targets,
