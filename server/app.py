@@ -139,10 +139,11 @@ class ChatServer:
         if self.http_server is not None:
             self.http_server.stop()
             await self.http_server.close_all_connections()
-        for connection in self.registry.connections():
-            # Forgotten while the cache is still open; the close that follows
-            # finds nothing left to clean up.
-            await self.chat.close_connection(connection)
+        connections = self.registry.connections()
+        # Forgotten while the cache is still open; the closes that follow
+        # find nothing left to clean up.
+        await self.chat.close_all_connections()
+        for connection in connections:
             connection.close(1001, "Server is shutting down")
         await self.cache.close()
         await self.database.close()

@@ -69,6 +69,8 @@ class ChatService:
         self.registry = registry
         self.locks = KeyedLocks()
         self._outboxes: dict[int, list[PendingMessage]] = {}  # conversation → messages awaiting commit
+        self._closed_sockets: list[tuple[int, str]] = []  # (user, socket) ids still in the cache
+        self._forgetting_sockets = False  # a task is removing _closed_sockets from the cache
 
     async def _require_socket(self, user_id: int, socket_id: str | None) -> list[str]:
         """Return the sockets a request acts for, or raise SocketRequired.
@@ -105,7 +107,35 @@ class ChatService:
             return  # already forgotten (closed for slowness, or at shutdown)
         for conversation_id in changed:
             self._announce_viewers(conversation_id)
-        await self.cache.remove_socket(connection.user_id, connection.socket_id)
+        self._closed_sockets.append((connection.user_id, connection.socket_id))
+        if not self._forgetting_sockets:
+            await self._forget_closed_sockets()
+
+    async def _forget_closed_sockets(self) -> None:
+        """Remove closed sockets' ids from the cache, many per round trip.
+
+        When thousands of sockets close at once (a network blip, a restart of
+        a proxy) one cache call per socket would queue on the connection
+        pool; sockets closing while a batch is on its way wait for the next.
+        """
+        self._forgetting_sockets = True
+        try:
+            while self._closed_sockets:
+                batch, self._closed_sockets = self._closed_sockets, []
+                try:
+                    await self.cache.remove_sockets(batch)
+                except Exception:
+                    # They expire on their own within SOCKET_TTL_SECS.
+                    log.exception("could not remove %d closed socket ids from the cache", len(batch))
+        finally:
+            self._forgetting_sockets = False
+
+    async def close_all_connections(self) -> None:
+        """Forget every socket (at shutdown), in one cache round trip."""
+        for connection in self.registry.connections():
+            self.registry.remove(connection)
+            self._closed_sockets.append((connection.user_id, connection.socket_id))
+        await self._forget_closed_sockets()
 
     async def refresh_socket_cache(self) -> None:
         """Re-add every live socket id to the cache and push back its expiry."""

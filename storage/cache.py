@@ -37,8 +37,8 @@ class Cache(abc.ABC):
         """Record an open socket of a user."""
 
     @abc.abstractmethod
-    async def remove_socket(self, user_id: int, socket_id: str) -> None:
-        """Forget a closed socket."""
+    async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
+        """Forget closed sockets, given as (user id, socket id)."""
 
     @abc.abstractmethod
     async def has_socket(self, user_id: int, socket_id: str | None = None) -> bool:
@@ -92,12 +92,13 @@ class MemoryCache(Cache):
     async def add_socket(self, user_id: int, socket_id: str) -> None:
         self._sockets.setdefault(user_id, set()).add(socket_id)
 
-    async def remove_socket(self, user_id: int, socket_id: str) -> None:
-        sockets = self._sockets.get(user_id)
-        if sockets is not None:
-            sockets.discard(socket_id)
-            if not sockets:
-                del self._sockets[user_id]
+    async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
+        for user_id, socket_id in sockets:
+            user_sockets = self._sockets.get(user_id)
+            if user_sockets is not None:
+                user_sockets.discard(socket_id)
+                if not user_sockets:
+                    del self._sockets[user_id]
 
     async def has_socket(self, user_id: int, socket_id: str | None = None) -> bool:
         sockets = self._sockets.get(user_id, ())
@@ -180,8 +181,11 @@ class RedisCache(Cache):
             pipe.sadd(key, socket_id).expire(key, SOCKET_TTL_SECS)
             await pipe.execute()
 
-    async def remove_socket(self, user_id: int, socket_id: str) -> None:
-        await self.client.srem(self._sockets_key(user_id), socket_id)
+    async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for user_id, socket_id in sockets:
+                pipe.srem(self._sockets_key(user_id), socket_id)
+            await pipe.execute()
 
     async def has_socket(self, user_id: int, socket_id: str | None = None) -> bool:
         key = self._sockets_key(user_id)

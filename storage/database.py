@@ -156,6 +156,11 @@ class Database:
 
     async def save_profile(self, user_id: int, name: str | None, avatar: str | None) -> Profile:
         """Store the profile a launch carried (latest wins) and return the stored one."""
+        async with self._read() as session:
+            user = await session.get(User, user_id)
+        if user is not None and name in (None, user.name) and avatar in (None, user.avatar):
+            # Most connections are reconnects with the same profile: no write.
+            return Profile(name=user.name, avatar=user.avatar)
         default = default_profile(user_id)
         values = {"id": user_id, "name": name or default.name, "avatar": avatar or default.avatar}
         # A launch without a profile keeps the stored one.
