@@ -41,6 +41,7 @@ GLOBAL_CHAT_ID = 0
 @dataclasses.dataclass
 class PendingMessage:
     draft: Draft
+    profile: Profile
     result: asyncio.Future[int]
 
 
@@ -70,7 +71,7 @@ class ChatService:
         self.locks = KeyedLocks()
         self._outboxes: dict[int, list[PendingMessage]] = {}  # conversation → messages awaiting commit
         self._closed_sockets: list[tuple[int, str]] = []  # (user, socket) ids still in the cache
-        self._forgetting_sockets = False  # a task is removing _closed_sockets from the cache
+        self._forgetting: asyncio.Future[None] | None = None  # the task emptying _closed_sockets
 
     async def _require_socket(self, user_id: int, socket_id: str | None) -> list[str]:
         """Return the sockets a request acts for, or raise SocketRequired.
@@ -108,8 +109,13 @@ class ChatService:
         for conversation_id in changed:
             self._announce_viewers(conversation_id)
         self._closed_sockets.append((connection.user_id, connection.socket_id))
-        if not self._forgetting_sockets:
-            await self._forget_closed_sockets()
+        await self._schedule_forgetting()
+
+    def _schedule_forgetting(self) -> asyncio.Future[None]:
+        """The task removing closed sockets' ids from the cache, started if none runs."""
+        if self._forgetting is None or self._forgetting.done():
+            self._forgetting = asyncio.ensure_future(self._forget_closed_sockets())
+        return self._forgetting
 
     async def _forget_closed_sockets(self) -> None:
         """Remove closed sockets' ids from the cache, many per round trip.
@@ -118,24 +124,20 @@ class ChatService:
         a proxy) one cache call per socket would queue on the connection
         pool; sockets closing while a batch is on its way wait for the next.
         """
-        self._forgetting_sockets = True
-        try:
-            while self._closed_sockets:
-                batch, self._closed_sockets = self._closed_sockets, []
-                try:
-                    await self.cache.remove_sockets(batch)
-                except Exception:
-                    # They expire on their own within SOCKET_TTL_SECS.
-                    log.exception("could not remove %d closed socket ids from the cache", len(batch))
-        finally:
-            self._forgetting_sockets = False
+        while self._closed_sockets:
+            batch, self._closed_sockets = self._closed_sockets, []
+            try:
+                await self.cache.remove_sockets(batch)
+            except Exception:
+                # They expire on their own within SOCKET_TTL_SECS.
+                log.exception("could not remove %d closed socket ids from the cache", len(batch))
 
     async def close_all_connections(self) -> None:
         """Forget every socket (at shutdown), in one cache round trip."""
         for connection in self.registry.connections():
             self.registry.remove(connection)
             self._closed_sockets.append((connection.user_id, connection.socket_id))
-        await self._forget_closed_sockets()
+        await self._schedule_forgetting()
 
     async def refresh_socket_cache(self) -> None:
         """Re-add every live socket id to the cache and push back its expiry."""
@@ -155,7 +157,12 @@ class ChatService:
     async def send_message(self, user_id: int, socket_id: str | None, conversation_id: int, text: str) -> int:
         """Store a message and deliver it; return its id once it is committed and sent."""
         await self._require_socket(user_id, socket_id)
-        pending = PendingMessage(Draft(user_id, text, int(time.time())), asyncio.get_running_loop().create_future())
+        pending = PendingMessage(
+            Draft(user_id, text, int(time.time())),
+            # Taken now: the sender's last socket may close before the commit.
+            self.registry.profile(user_id) or default_profile(user_id),
+            asyncio.get_running_loop().create_future(),
+        )
         outbox = self._outboxes.get(conversation_id)
         if outbox is None:
             self._outboxes[conversation_id] = [pending]
@@ -192,7 +199,7 @@ class ChatService:
                 None if conversation_id == GLOBAL_CHAT_ID else self.registry.audience(conversation_id)
             )
             for pending, message_id in stored:
-                frame = events.new_message(self._stored_message(conversation_id, message_id, pending.draft))
+                frame = events.new_message(self._stored_message(conversation_id, message_id, pending))
                 if audience is None:
                     self.registry.send_global(frame)
                 else:
@@ -203,8 +210,9 @@ class ChatService:
                 elif not pending.result.done():
                     pending.result.set_result(message_id)
 
-    def _stored_message(self, conversation_id: int, message_id: int, draft: Draft) -> StoredMessage:
-        profile = self.registry.profile(draft.user_id) or default_profile(draft.user_id)
+    @staticmethod
+    def _stored_message(conversation_id: int, message_id: int, pending: PendingMessage) -> StoredMessage:
+        draft, profile = pending.draft, pending.profile
         return StoredMessage(
             id=message_id, conversation_id=conversation_id, user_id=draft.user_id,
             name=profile.name, avatar=profile.avatar, text=draft.text, time=draft.time,

@@ -135,7 +135,8 @@ class Registry:
     # Subscriptions
 
     def subscribe_global(self, socket_ids: Iterable[str]) -> None:
-        self._global.update(socket_ids)
+        # A socket may have closed while the request that names it was waiting.
+        self._global.update(s for s in socket_ids if s in self._sockets)
 
     def start_viewing(self, conversation_id: int, user_id: int, socket_ids: Iterable[str]) -> bool:
         """Subscribe sockets to a conversation as a viewer; return True if the count grew."""
@@ -143,6 +144,8 @@ class Registry:
         was_viewing = user_id in viewers
         sockets = viewers.setdefault(user_id, set())
         for socket_id in socket_ids:
+            if socket_id not in self._sockets:
+                continue  # closed while the request that names it was waiting
             sockets.add(socket_id)
             self._socket_views.setdefault(socket_id, set()).add(conversation_id)
         if not sockets:

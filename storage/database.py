@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+import functools
+from typing import AsyncIterator, Awaitable, Callable, ParamSpec, Sequence, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -25,7 +26,7 @@ from sqlalchemy import case, delete, event, exists, func, insert, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from server.errors import (
@@ -38,7 +39,20 @@ from server.errors import (
 )
 from storage.models import Conversation, Member, Message, User
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# MySQL's "deadlock found, try restarting the transaction": InnoDB picked this
+# transaction as the victim (concurrent inserts of one unique key can do it).
+MYSQL_DEADLOCK = 1213
+TRANSACTION_ATTEMPTS = 3
+
+# The send path runs on Core tables: ORM-enabled statements cost a measurable
+# share of its CPU (see docs/BENCHMARKS.md) and nothing here needs objects.
+CONVERSATIONS = Conversation.__table__
+MEMBERS = Member.__table__
+MESSAGES = Message.__table__
 CONVERSATION_CREATED_TEXT = "Создана беседа."
 
 
@@ -78,6 +92,23 @@ class ConversationRow:
     last_sender_avatar: str | None = None
 
 
+def retried(transaction: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Run a whole transaction again when MySQL rolls it back as a deadlock victim."""
+
+    @functools.wraps(transaction)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                return await transaction(*args, **kwargs)
+            except OperationalError as error:
+                code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+                if code != MYSQL_DEADLOCK or attempt == TRANSACTION_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    return run
+
+
 def default_profile(user_id: int) -> Profile:
     return Profile(name=f"id{user_id}", avatar="")
 
@@ -96,7 +127,9 @@ class Database:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
             # Locking reads below must see the latest committed rows.
             engine_options.update(
-                isolation_level="READ COMMITTED", pool_recycle=3600, pool_pre_ping=True,
+                # No pre-ping: it costs a round trip per transaction; a connection
+                # MySQL dropped fails one request with 503 and is replaced.
+                isolation_level="READ COMMITTED", pool_recycle=3600,
                 pool_size=10, max_overflow=20,
             )
         self.url = parsed
@@ -154,6 +187,7 @@ class Database:
 
     # Users
 
+    @retried
     async def save_profile(self, user_id: int, name: str | None, avatar: str | None) -> Profile:
         """Store the profile a launch carried (latest wins) and return the stored one."""
         async with self._read() as session:
@@ -208,6 +242,7 @@ class Database:
             for m, name, avatar in reversed(rows)
         ]
 
+    @retried
     async def add_messages(
         self, conversation_id: int, drafts: Sequence[Draft]
     ) -> tuple[list[int | None], list[int]]:
@@ -224,10 +259,10 @@ class Database:
                 return await self._insert_messages(session, None, drafts), []
             rows = (
                 await session.execute(
-                    select(Conversation.id, Member.user_id)
-                    .outerjoin(Member, Member.conversation_id == Conversation.id)
-                    .where(Conversation.id == conversation_id)
-                    .with_for_update(of=Conversation)
+                    select(CONVERSATIONS.c.id, MEMBERS.c.user_id)
+                    .outerjoin(MEMBERS, MEMBERS.c.conversation_id == CONVERSATIONS.c.id)
+                    .where(CONVERSATIONS.c.id == conversation_id)
+                    .with_for_update(of=CONVERSATIONS)
                 )
             ).all()
             if not rows:
@@ -240,16 +275,16 @@ class Database:
             message_ids = [next(ids) if draft.user_id in members else None for draft in drafts]
             stored = [message_id for message_id in message_ids if message_id is not None]
             await session.execute(
-                update(Conversation)
-                .where(Conversation.id == conversation_id)
+                update(CONVERSATIONS)
+                .where(CONVERSATIONS.c.id == conversation_id)
                 .values(last_message_id=stored[-1])
             )
             # Sending marks the conversation read for the sender, up to their own last message.
             last_sent = {draft.user_id: mid for draft, mid in zip(drafts, message_ids) if mid is not None}
             await session.execute(
-                update(Member)
-                .where(Member.conversation_id == conversation_id, Member.user_id.in_(last_sent))
-                .values(last_read_message_id=case(last_sent, value=Member.user_id))
+                update(MEMBERS)
+                .where(MEMBERS.c.conversation_id == conversation_id, MEMBERS.c.user_id.in_(last_sent))
+                .values(last_read_message_id=case(last_sent, value=MEMBERS.c.user_id))
             )
             return message_ids, members
 
@@ -265,16 +300,17 @@ class Database:
         if not session.bind.dialect.insert_executemany_returning_sort_by_parameter_order:
             # MySQL (unlike MariaDB and SQLite) has no INSERT ... RETURNING: one row at a time.
             return [
-                (await session.execute(insert(Message).values(row))).inserted_primary_key[0]
+                (await session.execute(insert(MESSAGES).values(row))).inserted_primary_key[0]
                 for row in rows
             ]
         result = await session.execute(
-            insert(Message).returning(Message.id, sort_by_parameter_order=True), rows
+            insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True), rows
         )
         return list(result.scalars())
 
     # Conversations
 
+    @retried
     async def create_conversation(self, user_id: int, name: str, now: int) -> tuple[int, int]:
         """Create a conversation with its creator as member; return (id, first message id)."""
         try:
@@ -310,6 +346,7 @@ class Database:
             raise
         return conversation_id, message_id
 
+    @retried
     async def join(self, conversation_id: int, user_id: int, max_members: int, now: int) -> None:
         """Make the user a member, within the member limit even under concurrent joins."""
         async with self._write() as session:
@@ -334,6 +371,7 @@ class Database:
                 )
             )
 
+    @retried
     async def leave(self, conversation_id: int, user_id: int) -> bool:
         """Remove a member; delete the conversation when nobody is left. Return deleted."""
         async with self._write() as session:
@@ -357,6 +395,7 @@ class Database:
             )
             return False
 
+    @retried
     async def delete_conversation(self, conversation_id: int, user_id: int) -> None:
         """Delete a conversation with everything in it; only its creator may."""
         async with self._write() as session:
@@ -371,6 +410,7 @@ class Database:
             await session.execute(delete(model).where(model.conversation_id == conversation_id))
         await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
 
+    @retried
     async def mark_read(self, conversation_id: int, user_id: int) -> None:
         """Mark every message of the conversation read for a member."""
         async with self._write() as session:
