@@ -246,6 +246,9 @@ class DeliveryConfig:
     messages: int = 1000
     concurrency: int = 10
     senders: int = 0  # 0: min(concurrency, receivers)
+    # Messages per second, open loop (0: as fast as C in flight allow). With a
+    # rate, every target gets the same offered load, so latencies compare.
+    rate: float = 0.0
     first_user: int = 1_000_000
     timeout: float = 300.0  # the whole workload, setup included
     connect_concurrency: int = 50
@@ -291,6 +294,7 @@ class _DeliveryState:
             "receivers": self.config.receivers,
             "messages": self.config.messages,
             "concurrency": self.config.concurrency,
+            "rate": self.config.rate,
             "ok": False,
             "error": error,
             "deliveries": self.received,
@@ -339,13 +343,23 @@ async def _delivery(
     senders = user_ids[: config.senders or min(config.concurrency, len(user_ids))]
     sequence = iter(range(k))  # shared by all workers: each seq is sent once
 
+    schedule_start = time.perf_counter()
+
     async def worker(index: int) -> None:
         sender = senders[index % len(senders)]
         for seq in sequence:
             body: dict[str, Any] = {"text": f"{marker}{seq}"}
             if conversation_id:
                 body["conversation_id"] = conversation_id
-            send_start[seq] = time.perf_counter()
+            if config.rate:
+                due = schedule_start + seq / config.rate
+                if due > time.perf_counter():
+                    await asyncio.sleep(due - time.perf_counter())
+                # Latency counts from when the message was due, so a server
+                # that falls behind the schedule is not flattered by it.
+                send_start[seq] = due
+            else:
+                send_start[seq] = time.perf_counter()
             try:
                 reply = await api.call(sender, "POST", "/v1/messages/send", body)
                 sent_ids[seq] = int(reply["id"])

@@ -243,7 +243,7 @@ async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace) -> 
         return await run_idle(target, config)
     config = DeliveryConfig(
         workload=job.workload, receivers=args.receivers, messages=args.messages, concurrency=args.concurrency,
-        senders=args.senders, first_user=FIRST_USER[job.workload], timeout=args.timeout,
+        senders=args.senders, rate=args.rate, first_user=FIRST_USER[job.workload], timeout=args.timeout,
     )  # fmt: skip
     result = await run_delivery(target, config)
     if result.get("server_cpu_s") is not None and result.get("deliveries"):
@@ -424,6 +424,7 @@ def markdown_table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"{meta['started']} · commit `{meta['commit']}` · {meta['cpus']} CPUs · Python {meta['python']} · "
         f"R={meta['sizes']['receivers']} K={meta['sizes']['messages']} C={meta['sizes']['concurrency']} "
+        f"rate={meta['sizes'].get('rate') or 'max'} "
         f"idle N={','.join(map(str, meta['sizes']['idle_sockets']))}",
         "",
         "| " + " | ".join(header) + " |",
@@ -460,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-K", "--messages", type=int, default=1000, help="messages for fanout/global (default 1000)")
     parser.add_argument("-C", "--concurrency", type=int, default=10, help="HTTP sends in flight (default 10)")
     parser.add_argument("--senders", type=int, default=0, help="distinct sending users (default min(C, R))")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="messages/s, open loop, the same for every target (default 0: as fast as C allows)")
     parser.add_argument("--idle-sockets", default="2000", help="comma list of idle socket counts (default 2000)")
     parser.add_argument("--idle-procs", type=int, default=0, help="client processes for idle (default: one per 5000 sockets)")
     parser.add_argument("--idle-settle", type=float, default=2.0, help="seconds to wait before each RSS reading (default 2)")
@@ -528,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "sizes": {
             "receivers": args.receivers, "messages": args.messages, "concurrency": args.concurrency,
-            "senders": args.senders, "idle_sockets": idle_sizes,
+            "senders": args.senders, "rate": args.rate, "idle_sockets": idle_sizes,
         },
     }  # fmt: skip
     print(text_table(results))
