@@ -643,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("fanout", "global"):
         p = sub.add_parser(name, help=f"{name} delivery workload")
         p.add_argument("-R", "--receivers", type=int, default=50)
+        p.add_argument("--rate", type=float, default=0.0, help="messages/s, open loop (0: as fast as C allows)")
         p.add_argument("-K", "--messages", type=int, default=1000)
         p.add_argument("-C", "--concurrency", type=int, default=10)
         p.add_argument("--senders", type=int, default=0, help="distinct sending users (default: min(C, R))")
@@ -685,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         delivery = DeliveryConfig(
             workload=args.workload, receivers=args.receivers, messages=args.messages,
-            concurrency=args.concurrency, senders=args.senders, first_user=args.first_user, timeout=args.timeout,
+            concurrency=args.concurrency, senders=args.senders, rate=args.rate, first_user=args.first_user,
+            timeout=args.timeout,
         )  # fmt: skip
         raise_nofile_limit()
         result = asyncio.run(run_delivery(target, delivery))
