@@ -73,19 +73,17 @@ class ChatService:
         self._closed_sockets: list[tuple[int, str]] = []  # (user, socket) ids still in the cache
         self._forgetting: asyncio.Future[None] | None = None  # the task emptying _closed_sockets
 
-    async def _require_socket(self, user_id: int, socket_id: str | None) -> list[str]:
+    def _require_socket(self, user_id: int, socket_id: str | None) -> list[str]:
         """Return the sockets a request acts for, or raise SocketRequired.
 
-        The cache says whether the user has an open socket; the registry
-        holds the live ones. A socket id in the cache that this process does
-        not hold (left by a crashed process) does not count.
+        The registry of this process's live connections answers: it is what
+        the cached socket ids mirror, and asking it costs no round trip on
+        every request. The cache's copy is for everything outside this
+        process; it is kept in step on open, close and every refresh.
         """
         sockets = self.registry.user_sockets(user_id, socket_id)
         if not sockets:
             raise SocketRequired()
-        if not await self.cache.has_socket(user_id, socket_id):
-            # The cache lost it (Redis restarted): the live connection is the truth.
-            await self.cache.refresh_sockets({user_id: self.registry.user_sockets(user_id)})
         return sockets
 
     # WebSocket lifecycle
@@ -146,7 +144,7 @@ class ChatService:
     # Messages
 
     async def get_messages(self, user_id: int, socket_id: str | None, chat: int, offset: int) -> list[dict[str, Any]]:
-        sockets = await self._require_socket(user_id, socket_id)
+        sockets = self._require_socket(user_id, socket_id)
         if chat == GLOBAL_CHAT_ID:
             self.registry.subscribe_global(sockets)
         elif not await self.database.membership(chat, user_id):
@@ -156,7 +154,7 @@ class ChatService:
 
     async def send_message(self, user_id: int, socket_id: str | None, conversation_id: int, text: str) -> int:
         """Store a message and deliver it; return its id once it is committed and sent."""
-        await self._require_socket(user_id, socket_id)
+        self._require_socket(user_id, socket_id)
         pending = PendingMessage(
             Draft(user_id, text, int(time.time())),
             # Taken now: the sender's last socket may close before the commit.
@@ -236,7 +234,7 @@ class ChatService:
     # Conversations
 
     async def list_conversations(self, user_id: int, socket_id: str | None, mode: str, offset: int) -> list[dict[str, Any]]:
-        await self._require_socket(user_id, socket_id)
+        self._require_socket(user_id, socket_id)
         if mode == "new":
             rows = await self.database.new_conversations(user_id, offset, PAGE_CONVERSATIONS)
             return [
@@ -271,7 +269,7 @@ class ChatService:
         return counts  # type: ignore[return-value]
 
     async def create_conversation(self, user_id: int, socket_id: str | None, name: str) -> int:
-        await self._require_socket(user_id, socket_id)
+        self._require_socket(user_id, socket_id)
         conversation_id, _ = await self.database.create_conversation(user_id, name, int(time.time()))
         async with self.locks.hold(conversation_id):
             self.registry.join_room(conversation_id, user_id)
@@ -280,7 +278,7 @@ class ChatService:
         return conversation_id
 
     async def join(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[dict[str, Any]]:
-        await self._require_socket(user_id, socket_id)
+        self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             await self.database.join(conversation_id, user_id, self.settings.max_members, int(time.time()))
             await self._cache_quietly(self.cache.unread_set(conversation_id, user_id, 0), conversation_id)
@@ -295,7 +293,7 @@ class ChatService:
         return [events.message_item(m) for m in messages]
 
     async def leave(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
-        await self._require_socket(user_id, socket_id)
+        self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             deleted = await self.database.leave(conversation_id, user_id)
             self.registry.leave_room(conversation_id, user_id)
@@ -306,7 +304,7 @@ class ChatService:
                 await self._cache_quietly(self.cache.unread_remove(conversation_id, user_id), conversation_id)
 
     async def delete(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
-        await self._require_socket(user_id, socket_id)
+        self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             await self.database.delete_conversation(conversation_id, user_id)
             await self._forget_conversation(conversation_id)
@@ -320,13 +318,13 @@ class ChatService:
         await self._cache_quietly(self.cache.unread_drop(conversation_id), conversation_id)
 
     async def read(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
-        await self._require_socket(user_id, socket_id)
+        self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             await self.database.mark_read(conversation_id, user_id)
             await self._cache_quietly(self.cache.unread_set(conversation_id, user_id, 0), conversation_id)
 
     async def info(self, user_id: int, socket_id: str | None, conversation_id: int) -> dict[str, Any]:
-        await self._require_socket(user_id, socket_id)
+        self._require_socket(user_id, socket_id)
         row, users = await self.database.conversation_info(conversation_id)
         return {
             "id": row.id, "name": row.name, "creator_id": row.creator_id, "members": row.members,
@@ -337,7 +335,7 @@ class ChatService:
     # Viewers
 
     async def view(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[dict[str, Any]]:
-        sockets = await self._require_socket(user_id, socket_id)
+        sockets = self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             if await self.database.membership(conversation_id, user_id):
                 raise AlreadyMember()
@@ -347,7 +345,7 @@ class ChatService:
         return [events.message_item(m) for m in messages]
 
     async def stop_view(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
-        sockets = await self._require_socket(user_id, socket_id)
+        sockets = self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             if await self.database.membership(conversation_id, user_id):
                 raise AlreadyMember()

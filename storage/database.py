@@ -130,6 +130,9 @@ class Database:
                 # No pre-ping: it costs a round trip per transaction; a connection
                 # MySQL dropped fails one request with 503 and is replaced.
                 isolation_level="READ COMMITTED", pool_recycle=3600,
+                # Every session ends in COMMIT or ROLLBACK already; a second
+                # ROLLBACK on return to the pool would be one more round trip.
+                pool_reset_on_return=None,
                 pool_size=10, max_overflow=20,
             )
         self.url = parsed
