@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -20,6 +21,8 @@ from server.auth import load_or_create_secret, sign_launch_params
 from server.settings import load_settings
 
 log = logging.getLogger("chat")
+
+GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
 
 
 async def serve() -> None:
@@ -31,6 +34,13 @@ async def serve() -> None:
             server.settings.data_dir,
         )
     port = await server.start()
+    # Everything alive now (modules, the app) lives as long as the process:
+    # keep it out of the cycle collector's sight, and collect young objects
+    # less often. Measured in bench/ (docs/BENCHMARKS.md): it trims the
+    # delivery-latency tail, which full collections otherwise stretch.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     log.info("chat server %s", server.describe(port))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
