@@ -188,6 +188,13 @@ class Database:
             raise NoSuchConversation()
         return row[0], row[1] is not None
 
+    async def _lock_membership(self, session: AsyncSession, conversation_id: int, user_id: int) -> Conversation:
+        """Lock the conversation row of which the user must be a member."""
+        conversation, is_member = await self._lock_conversation(session, conversation_id, user_id)
+        if not is_member:
+            raise NotAMember()
+        return conversation
+
     # Users
 
     @retried
@@ -378,11 +385,7 @@ class Database:
     async def leave(self, conversation_id: int, user_id: int) -> bool:
         """Remove a member; delete the conversation when nobody is left. Return deleted."""
         async with self._write() as session:
-            conversation, is_member = await self._lock_conversation(
-                session, conversation_id, user_id
-            )
-            if not is_member:
-                raise NotAMember()
+            conversation = await self._lock_membership(session, conversation_id, user_id)
             await session.execute(
                 delete(Member).where(
                     Member.conversation_id == conversation_id, Member.user_id == user_id
@@ -417,11 +420,7 @@ class Database:
     async def mark_read(self, conversation_id: int, user_id: int) -> None:
         """Mark every message of the conversation read for a member."""
         async with self._write() as session:
-            conversation, is_member = await self._lock_conversation(
-                session, conversation_id, user_id
-            )
-            if not is_member:
-                raise NotAMember()
+            conversation = await self._lock_membership(session, conversation_id, user_id)
             await session.execute(
                 update(Member)
                 .where(Member.conversation_id == conversation_id, Member.user_id == user_id)

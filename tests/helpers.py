@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import urllib.parse
 from dataclasses import dataclass
@@ -29,6 +30,23 @@ class Response:
     @property
     def error_code(self) -> int | None:
         return self.body["error"]["code"] if self.body.get("response") is False else None
+
+
+async def eventually(predicate, message="condition never became true", attempts: int = 250, pause: float = 0.02) -> None:
+    """Wait until ``predicate()`` (sync or async) is true, with a bounded number of short pauses.
+
+    The server forgets a closed socket in a callback after the close, so a
+    test polls for that outcome instead of guessing how long it takes.
+    ``message`` (a string, or a callable giving one) explains a failure.
+    """
+    for _ in range(attempts):
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(pause)
+    raise AssertionError(message() if callable(message) else message)
 
 
 class Socket:

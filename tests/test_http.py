@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -138,8 +139,6 @@ async def test_websocket_origin_is_checked(server: ServerUnderTest):
 
 
 def _replace(settings: Settings, **changes) -> Settings:
-    import dataclasses
-
     return dataclasses.replace(settings, **changes)
 
 
@@ -152,48 +151,42 @@ async def _serve(chat_server: ChatServer):
     return http_server, f"http://127.0.0.1:{socket.getsockname()[1]}"
 
 
+async def _dev_signin(settings: Settings, body: dict) -> tuple[ChatServer, int, dict]:
+    """POST /v1/dev/signin to a server built from ``settings``; return it, the status and the body."""
+    chat_server = ChatServer(settings)
+    http_server, base_url = await _serve(chat_server)
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(
+            HTTPRequest(base_url + "/v1/dev/signin", method="POST", body=json.dumps(body),
+                        headers={"Content-Type": "application/json"}),
+            raise_error=False,
+        )
+    finally:
+        client.close()
+        http_server.stop()
+        await chat_server.database.close()
+    return chat_server, response.code, json.loads(response.body)
+
+
 @pytest.mark.parametrize(
     "host, secret, present",
     [("127.0.0.1", "", True), ("localhost", "", True), ("127.0.0.1", "real-vk-secret", False),
      ("0.0.0.0", "", False), ("192.0.2.10", "", False)],
 )
 async def test_dev_signin_exists_only_with_generated_secret_on_loopback(tmp_path, host, secret, present):
-    chat_server = ChatServer(Settings(host=host, vk_secret=secret, data_dir=str(tmp_path)))
-    http_server, base_url = await _serve(chat_server)
-    client = AsyncHTTPClient(force_instance=True)
-    try:
-        response = await client.fetch(
-            HTTPRequest(base_url + "/v1/dev/signin", method="POST", body=json.dumps({"user_id": 77}),
-                        headers={"Content-Type": "application/json"}),
-            raise_error=False,
-        )
-    finally:
-        client.close()
-        http_server.stop()
-        await chat_server.database.close()
-    body = json.loads(response.body)
+    settings = Settings(host=host, vk_secret=secret, data_dir=str(tmp_path))
+    chat_server, status, body = await _dev_signin(settings, {"user_id": 77})
     if present:
-        assert response.code == 200
+        assert status == 200
         assert verify_launch_params(body["launch_params"], chat_server.settings.vk_secret).user_id == 77
     else:
-        assert (response.code, body["error"]["code"]) == (404, 404)
+        assert (status, body["error"]["code"]) == (404, 404)
 
 
 async def test_dev_signin_validates_input(tmp_path):
-    chat_server = ChatServer(Settings(data_dir=str(tmp_path)))
-    http_server, base_url = await _serve(chat_server)
-    client = AsyncHTTPClient(force_instance=True)
-    try:
-        response = await client.fetch(
-            HTTPRequest(base_url + "/v1/dev/signin", method="POST", body=json.dumps({"user_id": "me"}),
-                        headers={"Content-Type": "application/json"}),
-            raise_error=False,
-        )
-    finally:
-        client.close()
-        http_server.stop()
-        await chat_server.database.close()
-    assert response.code == 400 and json.loads(response.body)["error"]["param"] == "user_id"
+    _, status, body = await _dev_signin(Settings(data_dir=str(tmp_path)), {"user_id": "me"})
+    assert (status, body["error"]["param"]) == (400, "user_id")
 
 
 async def test_api_answers_are_never_cached(server: ServerUnderTest):

@@ -8,29 +8,16 @@ then checks what the database and every socket ended up with. Never a 500.
 from __future__ import annotations
 
 import asyncio
-import inspect
 
 import pytest
 from sqlalchemy import func, select
 
 from storage.models import Member
-from tests.helpers import Response, ServerUnderTest, Socket, User
+from tests.helpers import Response, ServerUnderTest, Socket, User, eventually
 
 pytestmark = pytest.mark.gen_test
 
 ROUNDS = 10
-
-
-async def eventually(predicate, message="condition never became true", attempts: int = 250, pause: float = 0.02) -> None:
-    """Wait until ``predicate()`` (sync or async) is true, with a bounded number of short pauses."""
-    for _ in range(attempts):
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(pause)
-    raise AssertionError(message() if callable(message) else message)
 
 
 def outcome(response: Response) -> tuple[int, int | None]:

@@ -10,33 +10,15 @@ anyone else — whenever that count changes.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import secrets
 
 import pytest
 
-from tests.helpers import ServerUnderTest, Socket, User
+from tests.helpers import ServerUnderTest, Socket, User, eventually
 
 pytestmark = pytest.mark.gen_test
 
 MESSAGE_FIELDS = {"id", "name", "avatar", "user_id", "message", "time"}
-
-
-async def eventually(predicate, message="condition never became true", attempts: int = 250, pause: float = 0.02) -> None:
-    """Wait until ``predicate()`` (sync or async) is true, with a bounded number of short pauses.
-
-    The server forgets a closed socket in a callback after the close, so a
-    test polls for that outcome instead of guessing how long it takes.
-    ``message`` (a string, or a callable giving one) explains a failure.
-    """
-    for _ in range(attempts):
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(pause)
-    raise AssertionError(message() if callable(message) else message)
 
 
 async def close_and_wait(server: ServerUnderTest, socket: Socket) -> None:

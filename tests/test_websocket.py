@@ -11,22 +11,12 @@ import struct
 
 import pytest
 import redis.asyncio
-from tornado.websocket import websocket_connect
 
 from server.app import ChatServer
 from tests.conftest import REDIS_URL
-from tests.helpers import ServerUnderTest
+from tests.helpers import ServerUnderTest, eventually
 
 pytestmark = pytest.mark.gen_test
-
-
-async def eventually(predicate, attempts: int = 200) -> None:
-    """Wait (bounded) for the server to finish work it does after a socket closes."""
-    for _ in range(attempts):
-        if await predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition never became true")
 
 
 async def test_connected_event_and_unique_socket_ids(server: ServerUnderTest):
