@@ -63,6 +63,8 @@ def unread_changes(members: Iterable[int], senders: list[int]) -> tuple[dict[int
 
 
 class ChatService:
+    """The chat's rules over a database, a cache and the registry of live sockets."""
+
     def __init__(self, settings: Settings, database: Database, cache: Cache, registry: Registry) -> None:
         self.settings = settings
         self.database = database
@@ -144,6 +146,7 @@ class ChatService:
     # Messages
 
     async def get_messages(self, user_id: int, socket_id: str | None, chat: int, offset: int) -> list[dict[str, Any]]:
+        """A page of a chat's messages; the global chat also subscribes the socket(s)."""
         sockets = self._require_socket(user_id, socket_id)
         if chat == GLOBAL_CHAT_ID:
             self.registry.subscribe_global(sockets)
@@ -234,6 +237,7 @@ class ChatService:
     # Conversations
 
     async def list_conversations(self, user_id: int, socket_id: str | None, mode: str, offset: int) -> list[dict[str, Any]]:
+        """The user's conversations (``joined``) or the others (``new``), a page of them."""
         self._require_socket(user_id, socket_id)
         if mode == "new":
             rows = await self.database.new_conversations(user_id, offset, PAGE_CONVERSATIONS)
@@ -269,6 +273,7 @@ class ChatService:
         return counts  # type: ignore[return-value]
 
     async def create_conversation(self, user_id: int, socket_id: str | None, name: str) -> int:
+        """Create a conversation with the user as its first member; announce it to everyone."""
         self._require_socket(user_id, socket_id)
         conversation_id, _ = await self.database.create_conversation(user_id, name, int(time.time()))
         async with self.locks.hold(conversation_id):
@@ -278,6 +283,7 @@ class ChatService:
         return conversation_id
 
     async def join(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[dict[str, Any]]:
+        """Make the user a member (ending their viewing); return the newest messages."""
         self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             await self.database.join(conversation_id, user_id, self.settings.max_members, int(time.time()))
@@ -293,6 +299,7 @@ class ChatService:
         return [events.message_item(m) for m in messages]
 
     async def leave(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
+        """End the user's membership; the last one out deletes the conversation."""
         self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             deleted = await self.database.leave(conversation_id, user_id)
@@ -304,6 +311,7 @@ class ChatService:
                 await self._cache_quietly(self.cache.unread_remove(conversation_id, user_id), conversation_id)
 
     async def delete(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
+        """Delete a conversation with everything in it; creator only."""
         self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             await self.database.delete_conversation(conversation_id, user_id)
@@ -318,12 +326,14 @@ class ChatService:
         await self._cache_quietly(self.cache.unread_drop(conversation_id), conversation_id)
 
     async def read(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
+        """Mark the conversation read for a member."""
         self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             await self.database.mark_read(conversation_id, user_id)
             await self._cache_quietly(self.cache.unread_set(conversation_id, user_id, 0), conversation_id)
 
     async def info(self, user_id: int, socket_id: str | None, conversation_id: int) -> dict[str, Any]:
+        """A conversation with its members' profiles and its viewer count."""
         self._require_socket(user_id, socket_id)
         row, users = await self.database.conversation_info(conversation_id)
         return {
@@ -335,6 +345,7 @@ class ChatService:
     # Viewers
 
     async def view(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[dict[str, Any]]:
+        """Start watching a conversation read-only; return its newest 50 messages."""
         sockets = self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             if await self.database.membership(conversation_id, user_id):
@@ -345,6 +356,7 @@ class ChatService:
         return [events.message_item(m) for m in messages]
 
     async def stop_view(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
+        """Stop watching a conversation (not watching is fine)."""
         sockets = self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             if await self.database.membership(conversation_id, user_id):
