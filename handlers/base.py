@@ -27,6 +27,7 @@ from server.errors import (
     NotAuthenticated,
     RouteNotFound,
     StorageUnavailable,
+    TooManyRequests,
 )
 
 log = logging.getLogger("chat.http")
@@ -81,6 +82,8 @@ class JsonErrorsMixin:
                 code = self.error_codes[type(error)]
         self.set_status(error.status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
+        if isinstance(error, TooManyRequests):
+            self.set_header("Retry-After", str(error.retry_after_secs))
         self.finish(json.dumps(error_body(error, code), ensure_ascii=False))
 
     def log_exception(self, typ, value, tb) -> None:

@@ -23,8 +23,9 @@ import time
 from typing import Any, Iterable
 
 from server import events
-from server.errors import AlreadyMember, NotAMember, SocketRequired
+from server.errors import AlreadyMember, NotAMember, SocketRequired, TooManyRequests
 from server.locks import KeyedLocks
+from server.ratelimit import RateLimiter, retry_after_secs
 from server.registry import Connection, Registry
 from server.settings import Settings
 from storage.cache import Cache
@@ -71,6 +72,7 @@ class ChatService:
         self.cache = cache
         self.registry = registry
         self.locks = KeyedLocks()
+        self.send_limiter = RateLimiter(settings.send_rate_limit)
         self._outboxes: dict[int, list[PendingMessage]] = {}  # conversation → messages awaiting commit
         self._closed_sockets: list[tuple[int, str]] = []  # (user, socket) ids still in the cache
         self._forgetting: asyncio.Future[None] | None = None  # the task emptying _closed_sockets
@@ -158,6 +160,9 @@ class ChatService:
     async def send_message(self, user_id: int, socket_id: str | None, conversation_id: int, text: str) -> int:
         """Store a message and deliver it; return its id once it is committed and sent."""
         self._require_socket(user_id, socket_id)
+        wait = self.send_limiter.take(user_id)
+        if wait:
+            raise TooManyRequests(retry_after_secs(wait))
         pending = PendingMessage(
             Draft(user_id, text, int(time.time())),
             # Taken now: the sender's last socket may close before the commit.

@@ -77,7 +77,11 @@ class BodyTooLarge(ApiError):
 
 class TooManyRequests(ApiError):
     status = 429
-    message = "Too many requests, slow down"
+    message = "Too many messages, slow down"
+
+    def __init__(self, retry_after_secs: int) -> None:
+        super().__init__()
+        self.retry_after_secs = retry_after_secs
 
 
 class InternalError(ApiError):

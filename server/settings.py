@@ -28,6 +28,7 @@ class Settings:
     data_dir: str = "./data"
     auth_max_age: int = 0
     ws_queue_limit: int = 1000
+    send_rate_limit: float = 5.0
 
     @property
     def sqlite_path(self) -> Path:
@@ -41,6 +42,11 @@ class Settings:
 
 def _coerce(name: str, value: Any) -> Any:
     field_type = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    if field_type == "float":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"setting {name} must be a number, got {value!r}") from None
     if field_type == "int":
         try:
             return int(value)

@@ -65,7 +65,9 @@ def server_settings(request: pytest.FixtureRequest, backend: str, data_dir: Path
     marker = request.node.get_closest_marker("server")
     options = dict(marker.kwargs) if marker else {}
     prefix = f"chattest:{uuid.uuid4().hex}:"
-    values = dict(host="127.0.0.1", port=0, vk_secret=TEST_SECRET, data_dir=str(data_dir), max_members=100)
+    # No send rate limit unless a test asks for one: many tests send in bursts.
+    values = dict(host="127.0.0.1", port=0, vk_secret=TEST_SECRET, data_dir=str(data_dir), max_members=100,
+                  send_rate_limit=0)
     if backend == "mysql":
         values.update(
             database_url=request.getfixturevalue("mysql_database_url"), redis_url=REDIS_URL, redis_prefix=prefix

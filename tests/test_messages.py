@@ -187,3 +187,18 @@ async def test_malformed_bodies_are_rejected(server: ServerUnderTest, raw):
     alice, _ = await server.connected_user(1)
     response = await alice.post("/v1/messages/send", raw_body=raw)
     assert (response.status, response.error_code, response.body["error"]["param"]) == (400, 400, "body")
+
+
+@pytest.mark.server(send_rate_limit=2)
+async def test_flooding_is_refused_with_429_and_nothing_stored(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    bob, _ = await server.connected_user(2)
+    # A burst of twice the rate passes; the next one is refused.
+    accepted = [await alice.send(f"burst {n}") for n in range(4)]
+    refused = await alice.post("/v1/messages/send", {"text": "one too many"})
+    assert (refused.status, refused.error_code) == (429, 429)
+    assert int(refused.headers["Retry-After"]) >= 1
+    # Other users have their own allowance.
+    assert await bob.send("bob is fine")
+    texts = [m["message"] for m in (await bob.get("/v1/messages/get?chat=0")).body["messages"]]
+    assert "one too many" not in texts and len(texts) == len(accepted) + 1

@@ -35,3 +35,18 @@ def test_unknown_keys_in_a_file_fail_loudly(tmp_path):
     config.write_text("prot = 1\n")
     with pytest.raises(ValueError, match="prot"):
         load_settings(environ={"CHAT_CONFIG": str(config)})
+
+
+def test_rate_limiter_refills_over_time():
+    import time
+
+    from server.ratelimit import RateLimiter, retry_after_secs
+
+    limiter = RateLimiter(rate=10, burst=2)
+    assert limiter.take(1) == 0 and limiter.take(1) == 0
+    wait = limiter.take(1)
+    assert 0 < wait <= 0.1 and retry_after_secs(wait) == 1
+    assert limiter.take(2) == 0  # every key has its own bucket
+    time.sleep(0.15)  # a token refills in 0.1 s
+    assert limiter.take(1) == 0
+    assert RateLimiter(rate=0).take(1) == 0
