@@ -20,8 +20,7 @@ SIGNIN_SCHEMA = vol.Schema(
 
 
 class DevSigninHandler(ApiHandler):
-    def prepare(self) -> None:
-        """No authentication: this route is how a developer gets some."""
+    requires_auth = False  # this route is how a developer gets some
 
     async def post(self) -> None:
         params = self.parse(SIGNIN_SCHEMA)

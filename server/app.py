@@ -32,7 +32,7 @@ log = logging.getLogger("chat")
 access_log = logging.getLogger("chat.access")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-# Tornado closes the connection past this; bodies over 64 KiB get a JSON 413 first.
+# Handlers stream bodies (handlers.base); this only bounds what Tornado buffers itself.
 MAX_BUFFERED_BODY_BYTES = 1024 * 1024
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 WS_PING_INTERVAL_SECS = 25

@@ -195,3 +195,32 @@ async def test_api_answers_are_never_cached(server: ServerUnderTest):
     assert first.headers["Cache-Control"] == "no-store" and "Etag" not in first.headers
     again = await alice.get("/v1/conversations/get", headers={"If-None-Match": '"anything"'})
     assert again.status == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_bodies_far_over_the_limit_are_json_413(server: ServerUnderTest, chunked):
+    """Past what Tornado would buffer too, with or without a declared length."""
+    alice, _ = await server.connected_user(1)
+    body = json.dumps({"text": "x", "padding": "p" * (2 * 1024 * 1024)}).encode()
+    if chunked:
+        async def producer(write):
+            for start in range(0, len(body), 65536):
+                await write(body[start:start + 65536])
+
+        request = HTTPRequest(
+            server.base_url + "/v1/messages/send", method="POST", body_producer=producer,
+            headers={"Authorization": f"VK {alice.launch}", "Content-Type": "application/json"},
+        )
+        response = await server.http.fetch(request, raise_error=False)
+        status, payload = response.code, json.loads(response.body)
+    else:
+        response = await alice.post("/v1/messages/send", raw_body=body)
+        status, payload = response.status, response.body
+    assert (status, payload["error"]["code"]) == (413, 413)
+    assert (await alice.get("/v1/messages/get?chat=0")).body["messages"] == []
+
+
+async def test_unknown_route_with_a_body_is_json_404(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    response = await alice.post("/v1/nothing/here", {"padding": "p" * 100_000})
+    assert (response.status, response.error_code) == (404, 404)
