@@ -111,6 +111,11 @@ class MemoryCache(Cache):
     async def forget_all_sockets(self) -> None:
         self._sockets.clear()
 
+    def clear(self) -> None:
+        """Lose everything, as a restarted Redis would."""
+        self._sockets.clear()
+        self._unread.clear()
+
     async def unread_on_messages(
         self, conversation_id: int, set_to: Mapping[int, int], add: Mapping[int, int]
     ) -> None:

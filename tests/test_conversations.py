@@ -236,8 +236,7 @@ async def _lose_cache(server: ServerUnderTest) -> None:
             await client.delete(*keys)
         await client.aclose()
     else:
-        server.cache._unread.clear()
-        server.cache._sockets.clear()
+        server.cache.clear()
 
 
 async def _unread(user, conversation_id: int) -> int:
