@@ -125,11 +125,12 @@ class Database:
         else:
             # utf8mb4 on the connection too, or emoji are mangled on the way.
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-            # Locking reads below must see the latest committed rows.
             engine_options.update(
-                # No pre-ping: it costs a round trip per transaction; a connection
-                # MySQL dropped fails one request with 503 and is replaced.
-                isolation_level="READ COMMITTED", pool_recycle=3600,
+                # Locking reads below must see the latest committed rows.
+                isolation_level="READ COMMITTED",
+                # No pre-ping: it costs a round trip per transaction. After a
+                # MySQL restart one request fails with 503 and the pool is renewed.
+                pool_recycle=3600,
                 # Every session ends in COMMIT or ROLLBACK already; a second
                 # ROLLBACK on return to the pool would be one more round trip.
                 pool_reset_on_return=None,
