@@ -144,15 +144,17 @@ async def test_last_member_leaving_deletes_everything(server: ServerUnderTest):
     assert (response.status, response.error_code) == (404, 1)
 
 
-async def test_leave_errors(server: ServerUnderTest):
+@pytest.mark.parametrize("route", ["leave", "read"])
+async def test_member_only_route_errors(server: ServerUnderTest, route):
+    """leave and read share their errors: 1 no such conversation, 2 not a member, 3 no socket."""
     alice, _ = await server.connected_user(1)
     bob, _ = await server.connected_user(2)
     conversation_id = await alice.create("room")
-    response = await bob.get(f"/v1/conversations/leave/{conversation_id}")
+    response = await bob.get(f"/v1/conversations/{route}/{conversation_id}")
     assert (response.status, response.error_code) == (403, 2)
-    response = await bob.get("/v1/conversations/leave/777")
+    response = await bob.get(f"/v1/conversations/{route}/777")
     assert (response.status, response.error_code) == (404, 1)
-    response = await server.user(3).get(f"/v1/conversations/leave/{conversation_id}")
+    response = await server.user(3).get(f"/v1/conversations/{route}/{conversation_id}")
     assert (response.status, response.error_code) == (428, 3)
 
 
@@ -242,18 +244,6 @@ async def _lose_cache(server: ServerUnderTest) -> None:
 async def _unread(user, conversation_id: int) -> int:
     [item] = [c for c in await user.conversations() if c["id"] == conversation_id]
     return item["unreadCount"]
-
-
-async def test_read_errors(server: ServerUnderTest):
-    alice, _ = await server.connected_user(1)
-    bob, _ = await server.connected_user(2)
-    conversation_id = await alice.create("room")
-    response = await bob.get(f"/v1/conversations/read/{conversation_id}")
-    assert (response.status, response.error_code) == (403, 2)
-    response = await bob.get("/v1/conversations/read/31337")
-    assert (response.status, response.error_code) == (404, 1)
-    response = await server.user(7).get(f"/v1/conversations/read/{conversation_id}")
-    assert (response.status, response.error_code) == (428, 3)
 
 
 async def test_info_lists_members(server: ServerUnderTest):
