@@ -15,7 +15,6 @@ import tornado.web
 import voluptuous as vol
 
 from server.auth import LaunchUser, verify_launch_params
-from storage.errors import is_storage_unavailable
 from server.chat import ChatService
 from server.errors import (
     ApiError,
@@ -28,7 +27,10 @@ from server.errors import (
     RouteNotFound,
     StorageUnavailable,
     TooManyRequests,
+    from_refusal,
 )
+from server.settings import Settings
+from storage.errors import Refusal, is_storage_unavailable
 
 log = logging.getLogger("chat.http")
 
@@ -40,14 +42,39 @@ CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Socket-Id"
 CORS_ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_MAX_AGE_SECS = 600
 
+
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     return "*" in allowed or origin in allowed
+
+
+def authenticate(launch_params: str, settings: Settings) -> LaunchUser:
+    """The user whose signed VK launch parameters these are, or NotAuthenticated."""
+    if not launch_params:
+        raise NotAuthenticated()
+    return verify_launch_params(launch_params, settings.vk_secret, settings.auth_max_age)
+
+
+def launch_params_from_header(header: str) -> str:
+    """The launch parameters of an ``Authorization: VK <launch params>`` header ("" if none)."""
+    return header[len(AUTH_SCHEME):].strip() if header.startswith(AUTH_SCHEME) else ""
+
+
+def validate(schema: vol.Schema, values: dict[str, Any]) -> dict[str, Any]:
+    """Validate parameters with a schema; a failure is a 400 naming the parameter."""
+    try:
+        return schema(values)
+    except vol.MultipleInvalid as errors:
+        error = errors.errors[0]
+        param = str(error.path[0]) if error.path else "body"
+        raise InvalidParameter(param, f"Invalid parameter {param}: {error.msg}") from None
 
 
 def as_api_error(error: BaseException | None) -> ApiError:
     """Map any exception to the ApiError the client is told about."""
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, Refusal):
+        return from_refusal(error)
     if isinstance(error, tornado.web.HTTPError):
         return {404: RouteNotFound, 405: MethodNotAllowed, 413: BodyTooLarge}.get(
             error.status_code, InternalError
@@ -89,7 +116,7 @@ class JsonErrorsMixin:
         self.finish(json.dumps(error_body(error, code), ensure_ascii=False))
 
     def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, (ApiError, tornado.web.HTTPError)):
+        if isinstance(value, (ApiError, Refusal, tornado.web.HTTPError)):
             return  # expected outcomes, already answered; the access log has them
         if is_storage_unavailable(value):
             log.error("storage unavailable: %s", value)
@@ -109,8 +136,9 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
     user: LaunchUser
     requires_auth: ClassVar[bool] = True
 
-    def initialize(self, chat: ChatService) -> None:
+    def initialize(self, chat: ChatService, settings: Settings) -> None:
         self.chat = chat
+        self.config = settings  # not self.settings: that is Tornado's application settings
         self._body_chunks: list[bytes] = []
         self._body_bytes = 0
         self.set_default_headers()
@@ -121,9 +149,9 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
         # Answers are per user and change with every event: never cached.
         self.set_header("Cache-Control", "no-store")
         origin = self.request.headers.get("Origin")
-        # Tornado calls this once before initialize(), when there is no chat yet.
-        chat = getattr(self, "chat", None)
-        if origin and chat is not None and origin_allowed(origin, chat.settings.cors_origins):
+        # Tornado calls this once before initialize(), when there are no settings yet.
+        settings = getattr(self, "config", None)
+        if origin and settings is not None and origin_allowed(origin, settings.cors_origins):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
 
@@ -145,7 +173,9 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
         if self.request.method == "OPTIONS":
             return
         if self.requires_auth:
-            self.user = self.authenticate(self.request.headers.get("Authorization", ""))
+            self.user = authenticate(
+                launch_params_from_header(self.request.headers.get("Authorization", "")), self.config
+            )
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise BodyTooLarge()
@@ -161,12 +191,6 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
         if self._body_bytes > MAX_BODY_BYTES:
             raise BodyTooLarge()  # a chunked body that did not say its length
         return b"".join(self._body_chunks)
-
-    def authenticate(self, header: str) -> LaunchUser:
-        if not header.startswith(AUTH_SCHEME):
-            raise NotAuthenticated()
-        settings = self.chat.settings
-        return verify_launch_params(header[len(AUTH_SCHEME):].strip(), settings.vk_secret, settings.auth_max_age)
 
     @property
     def socket_id(self) -> str | None:
@@ -200,13 +224,8 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
         return values
 
     def parse(self, schema: vol.Schema, values: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Validate parameters with a schema; a failure is a 400 naming the parameter."""
-        try:
-            return schema(self.arguments() if values is None else values)
-        except vol.MultipleInvalid as errors:
-            error = errors.errors[0]
-            param = str(error.path[0]) if error.path else "body"
-            raise InvalidParameter(param, f"Invalid parameter {param}: {error.msg}") from None
+        """The request's parameters validated by a schema (400 naming the parameter otherwise)."""
+        return validate(schema, self.arguments() if values is None else values)
 
     def reply(self, **fields: Any) -> None:
         self.finish(json.dumps({"response": True, **fields}, ensure_ascii=False))

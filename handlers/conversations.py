@@ -6,6 +6,7 @@ import voluptuous as vol
 
 from handlers.base import ApiHandler
 from handlers.validators import Integer, Text, conversation_id_from_path
+from server import wire
 from server.errors import (
     AlreadyMember,
     DuplicateName,
@@ -36,7 +37,7 @@ class ListConversationsHandler(ApiHandler):
         conversations = await self.chat.list_conversations(
             self.user.user_id, self.socket_id, params["mode"], params["offset"]
         )
-        self.reply(conversations=conversations)
+        self.reply(conversations=[wire.conversation_item(summary) for summary in conversations])
 
     post = get
 
@@ -65,7 +66,7 @@ class JoinHandler(ConversationHandler):
 
     async def get(self, raw_id: str) -> None:
         messages = await self.chat.join(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
-        self.reply(messages=messages)
+        self.reply(messages=wire.message_items(messages))
 
     post = get
 
@@ -105,7 +106,7 @@ class ViewHandler(ConversationHandler):
 
     async def get(self, raw_id: str) -> None:
         messages = await self.chat.view(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
-        self.reply(messages=messages)
+        self.reply(messages=wire.message_items(messages))
 
     post = get
 
@@ -125,4 +126,4 @@ class InfoHandler(ConversationHandler):
 
     async def get(self, raw_id: str) -> None:
         conversation = await self.chat.info(self.user.user_id, self.socket_id, self.conversation_id(raw_id))
-        self.reply(conversation=conversation)
+        self.reply(conversation=wire.conversation_info(conversation))

@@ -24,4 +24,4 @@ class DevSigninHandler(ApiHandler):
 
     async def post(self) -> None:
         params = self.parse(SIGNIN_SCHEMA)
-        self.reply(launch_params=sign_launch_params(self.chat.settings.vk_secret, params["user_id"]))
+        self.reply(launch_params=sign_launch_params(self.config.vk_secret, params["user_id"]))

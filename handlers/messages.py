@@ -6,6 +6,7 @@ import voluptuous as vol
 
 from handlers.base import ApiHandler
 from handlers.validators import Integer, Text
+from server import wire
 from server.errors import ChatIdRequired, NoSuchConversation, NotAMember, SocketRequired
 
 MAX_CONVERSATION_ID = 99_999_999
@@ -36,7 +37,7 @@ class GetMessagesHandler(ApiHandler):
             raise ChatIdRequired()
         params = self.parse(GET_MESSAGES_SCHEMA, arguments)
         messages = await self.chat.get_messages(self.user.user_id, self.socket_id, params["chat"], params["offset"])
-        self.reply(messages=messages)
+        self.reply(messages=wire.message_items(messages))
 
 
 class SendMessageHandler(ApiHandler):

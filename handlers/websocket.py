@@ -1,11 +1,14 @@
 """/v1/ws: the WebSocket every client holds open (docs/API.md §3).
 
-The handler authenticates the handshake, then only talks to the chat service
-from ``open`` and ``on_close``. Outgoing frames go through a bounded queue
-per socket: a frame is written at once when the socket keeps up; while a
-write is still being flushed, later frames wait in the queue, and a socket
-whose queue overflows is closed with 1013 so a stalled reader never holds
-memory or time that belongs to the others.
+The handshake is refused in the API's JSON before anything is written: the
+upgrade headers and the Origin first, then the launch parameters and the
+profile, and only then the profile is stored and the connection upgraded.
+Once open, the handler talks to the chat service from ``open`` and
+``on_close`` only. Outgoing frames go through a bounded queue per socket: a
+frame is written at once when the socket keeps up; while a write is still
+being flushed, later frames wait in the queue, and a socket whose queue
+overflows is closed with 1013 so a stalled reader never holds memory or
+time that belongs to the others.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ import tornado.websocket
 import voluptuous as vol
 from tornado.iostream import StreamClosedError
 
-from handlers.base import JsonErrorsMixin, origin_allowed
+from handlers.base import JsonErrorsMixin, authenticate, launch_params_from_header, origin_allowed, validate
 from handlers.validators import Text
-from server import events
-from server.auth import verify_launch_params
+from server import wire
 from server.chat import ChatService
-from server.errors import InvalidParameter, NotAuthenticated
-from storage.database import Profile
+from server.errors import ForeignOrigin, NotAWebSocket
+from server.settings import Settings
+from storage.errors import is_storage_unavailable
+from storage.records import Profile
 
 log = logging.getLogger("chat.ws")
 
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 TEXT_OPCODE = 0x1
 
@@ -54,9 +59,10 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
     socket_id: str
     user_id: int
 
-    def initialize(self, chat: ChatService, queue_limit: int) -> None:
+    def initialize(self, chat: ChatService, settings: Settings) -> None:
         self.chat = chat
-        self.queue_limit = queue_limit
+        self.config = settings  # not self.settings: that is Tornado's application settings
+        self.queue_limit = settings.ws_queue_limit
         self._profile: Profile | None = None
         # Frames waiting while the stream flushes: a plain list, as an empty
         # deque costs ten times its size on every idle socket.
@@ -65,36 +71,55 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         self._registered = False
 
     def check_origin(self, origin: str) -> bool:
-        """Allow configured origins and the page this server serves itself."""
-        if origin_allowed(origin, self.chat.settings.cors_origins):
-            return True
-        return super().check_origin(origin)
+        """Allow configured origins (a same-origin page never gets here)."""
+        return origin_allowed(origin, self.config.cors_origins) or super().check_origin(origin)
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        """Authenticate and store the profile before upgrading, so errors are JSON."""
-        settings = self.chat.settings
-        header = self.request.headers.get("Authorization", "")
-        launch = header[3:].strip() if header.startswith("VK ") else self.request.query
-        if not launch:
-            raise NotAuthenticated()
-        user = verify_launch_params(launch, settings.vk_secret, settings.auth_max_age)
-        query = {name: self.get_query_argument(name) for name in ("name", "avatar") if self.get_query_argument(name, "")}
-        try:
-            profile = PROFILE_SCHEMA(query)
-        except vol.MultipleInvalid as errors:
-            param = str(errors.errors[0].path[0])
-            raise InvalidParameter(param, f"Invalid parameter {param}: {errors.errors[0].msg}") from None
+        """Check the handshake, authenticate, store the profile, then upgrade; refusals are JSON."""
+        headers = self.request.headers
+        connection_tokens = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
+        if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection_tokens:
+            raise NotAWebSocket()
+        # Tornado's own cross-origin rule (Sec-Fetch-Site, then Origin against
+        # Host, then check_origin), asked before anything is written; the
+        # same check in super().get() then passes. Pinned: see requirements.txt.
+        refusal = self._check_cross_origin(self.check_origin)
+        if refusal is not None:
+            log.info("handshake refused: %s", refusal)
+            raise ForeignOrigin()
+        user = authenticate(
+            launch_params_from_header(headers.get("Authorization", "")) or self.request.query, self.config
+        )
+        profile = validate(
+            PROFILE_SCHEMA,
+            {name: self.get_query_argument(name) for name in ("name", "avatar") if self.get_query_argument(name, "")},
+        )
         self.user_id = user.user_id
         self.socket_id = secrets.token_urlsafe(12)
         self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
         await super().get(*args, **kwargs)
 
     async def open(self, *args: str, **kwargs: str) -> None:
-        """Invoked when the handshake completes: register, then say ``connected``."""
+        """Invoked when the handshake completes: register, then say ``connected``.
+
+        A socket that cannot be registered (the database is away) is closed
+        with a reason and leaves no trace; Tornado would otherwise drop the
+        TCP connection without a close frame and without ``on_close``.
+        """
         assert self._profile is not None
-        self._registered = True
-        await self.chat.open_connection(self, self._profile)
-        self.send(events.connected(self.socket_id, self.user_id))
+        self._registered = True  # from here a close must unregister, even mid-open
+        try:
+            await self.chat.open_connection(self, self._profile)
+        except Exception as error:
+            self._registered = False
+            if is_storage_unavailable(error):
+                log.error("socket %s not opened, storage unavailable: %s", self.socket_id, error)
+                self.close(CLOSE_TRY_AGAIN_LATER, "Storage unavailable, reconnect later")
+            else:
+                log.exception("socket %s not opened", self.socket_id)
+                self.close(CLOSE_INTERNAL_ERROR, "Internal error")
+            return
+        self.send(wire.connected(self.socket_id, self.user_id))
 
     def on_message(self, message: str | bytes) -> None:
         """Invoked for each client frame: answer pings, ignore the rest."""
@@ -103,7 +128,7 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         except ValueError:
             return
         if isinstance(frame, dict) and frame.get("event") == "ping":
-            self.send(events.PONG)
+            self.send(wire.PONG)
 
     def on_close(self) -> None:
         """Invoked when the connection is gone, whoever closed it."""

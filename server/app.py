@@ -80,7 +80,7 @@ class ChatServer:
         return self.dev_secret and is_loopback(self.settings.host)
 
     def make_app(self) -> tornado.web.Application:
-        services = {"chat": self.chat}
+        services = {"chat": self.chat, "settings": self.settings}
         routes: list[Any] = [
             (r"/v1/messages/get", messages.GetMessagesHandler, services),
             (r"/v1/messages/send", messages.SendMessageHandler, services),
@@ -93,7 +93,7 @@ class ChatServer:
             (r"/v1/conversations/view/([^/]*)", conversations.ViewHandler, services),
             (r"/v1/conversations/stopView/([^/]*)", conversations.StopViewHandler, services),
             (r"/v1/conversations/info/([^/]*)", conversations.InfoHandler, services),
-            (r"/v1/ws", ChatSocketHandler, {"chat": self.chat, "queue_limit": self.settings.ws_queue_limit}),
+            (r"/v1/ws", ChatSocketHandler, services),
         ]
         if self.dev_signin_enabled:
             routes.append((r"/v1/dev/signin", dev.DevSigninHandler, services))
@@ -143,6 +143,7 @@ class ChatServer:
         # Forgotten while the cache is still open; the closes that follow
         # find nothing left to clean up.
         await self.chat.close_all_connections()
+        await self.chat.outbox.close()
         for connection in connections:
             connection.close(1001, "Server is shutting down")
         await self.cache.close()

@@ -16,39 +16,42 @@ the cached unread counters equal to what the database says.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any, Iterable
+from typing import Iterable, Sequence
 
-from server import events
+from server import wire
 from server.errors import AlreadyMember, NotAMember, SocketRequired, TooManyRequests
+from server.groupcommit import GroupCommit
 from server.locks import KeyedLocks
 from server.ratelimit import RateLimiter, retry_after_secs
 from server.registry import Connection, Registry
 from server.settings import Settings
+from server.socket_mirror import SocketMirror
 from storage.cache import Cache
-from storage.database import Database, Draft, Profile, StoredMessage, default_profile
+from storage.database import Database
+from storage.records import (
+    GLOBAL_CHAT_ID,
+    ConversationInfo,
+    ConversationSummary,
+    Draft,
+    Profile,
+    StoredMessage,
+    default_profile,
+)
 
 log = logging.getLogger("chat")
 
 PAGE_MESSAGES = 100
 PAGE_VIEW_MESSAGES = 50
 PAGE_CONVERSATIONS = 100
-GLOBAL_CHAT_ID = 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PendingMessage:
     draft: Draft
-    profile: Profile
-    result: asyncio.Future[int]
-
-
-def _fail(result: asyncio.Future[int], error: BaseException) -> None:
-    if not result.done():
-        result.set_exception(error)
+    profile: Profile  # taken at send: the sender's last socket may close before the commit
 
 
 def unread_changes(members: Iterable[int], senders: list[int]) -> tuple[dict[int, int], dict[int, int]]:
@@ -67,28 +70,33 @@ class ChatService:
     """The chat's rules over a database, a cache and the registry of live sockets."""
 
     def __init__(self, settings: Settings, database: Database, cache: Cache, registry: Registry) -> None:
-        self.settings = settings
         self.database = database
         self.cache = cache
         self.registry = registry
+        self.max_members = settings.max_members
         self.locks = KeyedLocks()
         self.send_limiter = RateLimiter(settings.send_rate_limit)
-        self._outboxes: dict[int, list[PendingMessage]] = {}  # conversation → messages awaiting commit
-        self._closed_sockets: list[tuple[int, str]] = []  # (user, socket) ids still in the cache
-        self._forgetting: asyncio.Future[None] | None = None  # the task emptying _closed_sockets
+        self.sockets = SocketMirror(cache)
+        # Everything else that touches a conversation waits while a batch of
+        # its messages commits and is delivered, so events go out in commit order.
+        self.outbox: GroupCommit[PendingMessage, int] = GroupCommit(
+            self._commit_messages, self._deliver_messages, guard=self.locks.hold
+        )
 
     def _require_socket(self, user_id: int, socket_id: str | None) -> list[str]:
         """Return the sockets a request acts for, or raise SocketRequired.
 
         The registry of this process's live connections answers: it is what
         the cached socket ids mirror, and asking it costs no round trip on
-        every request. The cache's copy is for everything outside this
-        process; it is kept in step on open, close and every refresh.
+        every request.
         """
         sockets = self.registry.user_sockets(user_id, socket_id)
         if not sockets:
             raise SocketRequired()
         return sockets
+
+    def _profile(self, user_id: int) -> Profile:
+        return self.registry.profile(user_id) or default_profile(user_id)
 
     # WebSocket lifecycle
 
@@ -97,11 +105,19 @@ class ChatService:
         return await self.database.save_profile(user_id, name, avatar)
 
     async def open_connection(self, connection: Connection, profile: Profile) -> None:
-        """Register an open socket, its rooms, and its id in the cache."""
+        """Register an open socket with its rooms, and mirror its id in the cache.
+
+        If loading the rooms fails the socket is forgotten again before the
+        error propagates: a socket that did not open leaves no trace.
+        """
         if self.registry.add(connection, profile):
-            conversation_ids = await self.database.user_conversation_ids(connection.user_id)
+            try:
+                conversation_ids = await self.database.user_conversation_ids(connection.user_id)
+            except BaseException:
+                self.registry.remove(connection)
+                raise
             self.registry.set_rooms(connection.user_id, conversation_ids)
-        await self.cache.add_socket(connection.user_id, connection.socket_id)
+        await self.sockets.opened(connection.user_id, connection.socket_id)
 
     async def close_connection(self, connection: Connection) -> None:
         """Forget a closed socket everywhere, telling viewers' audiences of changed counts."""
@@ -110,52 +126,29 @@ class ChatService:
             return  # already forgotten (closed for slowness, or at shutdown)
         for conversation_id in changed:
             self._announce_viewers(conversation_id)
-        self._closed_sockets.append((connection.user_id, connection.socket_id))
-        await self._schedule_forgetting()
-
-    def _schedule_forgetting(self) -> asyncio.Future[None]:
-        """The task removing closed sockets' ids from the cache, started if none runs."""
-        if self._forgetting is None or self._forgetting.done():
-            self._forgetting = asyncio.ensure_future(self._forget_closed_sockets())
-        return self._forgetting
-
-    async def _forget_closed_sockets(self) -> None:
-        """Remove closed sockets' ids from the cache, many per round trip.
-
-        When thousands of sockets close at once (a network blip, a restart of
-        a proxy) one cache call per socket would queue on the connection
-        pool; sockets closing while a batch is on its way wait for the next.
-        """
-        while self._closed_sockets:
-            batch, self._closed_sockets = self._closed_sockets, []
-            try:
-                await self.cache.remove_sockets(batch)
-            except Exception:
-                # They expire on their own within SOCKET_TTL_SECS.
-                log.exception("could not remove %d closed socket ids from the cache", len(batch))
+        await self.sockets.closed(connection.user_id, connection.socket_id)
 
     async def close_all_connections(self) -> None:
         """Forget every socket (at shutdown), in one cache round trip."""
         for connection in self.registry.connections():
             self.registry.remove(connection)
-            self._closed_sockets.append((connection.user_id, connection.socket_id))
-        await self._schedule_forgetting()
+            self.sockets.closed(connection.user_id, connection.socket_id)
+        await self.sockets.flush()
 
     async def refresh_socket_cache(self) -> None:
         """Re-add every live socket id to the cache and push back its expiry."""
-        await self.cache.refresh_sockets(self.registry.connected_users())
+        await self.sockets.refresh(self.registry.connected_users())
 
     # Messages
 
-    async def get_messages(self, user_id: int, socket_id: str | None, chat: int, offset: int) -> list[dict[str, Any]]:
+    async def get_messages(self, user_id: int, socket_id: str | None, chat: int, offset: int) -> list[StoredMessage]:
         """A page of a chat's messages; the global chat also subscribes the socket(s)."""
         sockets = self._require_socket(user_id, socket_id)
         if chat == GLOBAL_CHAT_ID:
             self.registry.subscribe_global(sockets)
         elif not await self.database.membership(chat, user_id):
             raise NotAMember()
-        messages = await self.database.list_messages(chat, offset, PAGE_MESSAGES)
-        return [events.message_item(m) for m in messages]
+        return await self.database.list_messages(chat, offset, PAGE_MESSAGES)
 
     async def send_message(self, user_id: int, socket_id: str | None, conversation_id: int, text: str) -> int:
         """Store a message and deliver it; return its id once it is committed and sent."""
@@ -163,58 +156,33 @@ class ChatService:
         wait = self.send_limiter.take(user_id)
         if wait:
             raise TooManyRequests(retry_after_secs(wait))
-        pending = PendingMessage(
-            Draft(user_id, text, int(time.time())),
-            # Taken now: the sender's last socket may close before the commit.
-            self.registry.profile(user_id) or default_profile(user_id),
-            asyncio.get_running_loop().create_future(),
-        )
-        outbox = self._outboxes.get(conversation_id)
-        if outbox is None:
-            self._outboxes[conversation_id] = [pending]
-            asyncio.ensure_future(self._commit_outbox(conversation_id))
-        else:
-            outbox.append(pending)
-        return await pending.result
+        pending = PendingMessage(Draft(user_id, text, int(time.time())), self._profile(user_id))
+        return await self.outbox.submit(conversation_id, pending)
 
-    async def _commit_outbox(self, conversation_id: int) -> None:
-        """Commit every message waiting for a conversation in one transaction, then deliver them.
+    async def _commit_messages(
+        self, conversation_id: int, batch: Sequence[PendingMessage]
+    ) -> tuple[list[int | BaseException], list[int]]:
+        """Commit a conversation's waiting messages in one transaction; the members come along."""
+        message_ids, members = await self.database.add_messages(conversation_id, [pending.draft for pending in batch])
+        return [NotAMember() if message_id is None else message_id for message_id in message_ids], members
 
-        Messages that arrive while one batch commits wait for the next, so
-        under load a conversation commits many messages per round of database
-        work (group commit), and they are stored and delivered in one order.
-        """
-        async with self.locks.hold(conversation_id):
-            batch = self._outboxes.pop(conversation_id)
-            try:
-                message_ids, members = await self.database.add_messages(
-                    conversation_id, [pending.draft for pending in batch]
-                )
-            except Exception as error:
-                for pending in batch:
-                    _fail(pending.result, error)
-                return
-            stored = [
-                (pending, message_id) for pending, message_id in zip(batch, message_ids) if message_id is not None
-            ]
-            if conversation_id != GLOBAL_CHAT_ID and stored:
-                # Counters first: a receiver may ask for its list as soon as the event lands.
-                set_to, add = unread_changes(members, [pending.draft.user_id for pending, _ in stored])
-                await self._cache_quietly(self.cache.unread_on_messages(conversation_id, set_to, add), conversation_id)
-            audience = (
-                None if conversation_id == GLOBAL_CHAT_ID else self.registry.audience(conversation_id)
-            )
-            for pending, message_id in stored:
-                frame = events.new_message(self._stored_message(conversation_id, message_id, pending))
-                if audience is None:
-                    self.registry.send_global(frame)
-                else:
-                    self.registry.send(audience, frame)
-            for pending, message_id in zip(batch, message_ids):
-                if message_id is None:
-                    _fail(pending.result, NotAMember())
-                elif not pending.result.done():
-                    pending.result.set_result(message_id)
+    async def _deliver_messages(
+        self, conversation_id: int, batch: Sequence[PendingMessage], outcomes: Sequence[int | BaseException],
+        members: list[int],
+    ) -> None:
+        """Update unread counters, then send the events of a committed batch."""
+        stored = [(pending, mid) for pending, mid in zip(batch, outcomes) if isinstance(mid, int)]
+        if conversation_id != GLOBAL_CHAT_ID and stored:
+            # Counters first: a receiver may ask for its list as soon as the event lands.
+            set_to, add = unread_changes(members, [pending.draft.user_id for pending, _ in stored])
+            await self._cache_quietly(self.cache.unread_on_messages(conversation_id, set_to, add), conversation_id)
+        audience = None if conversation_id == GLOBAL_CHAT_ID else self.registry.audience(conversation_id)
+        for pending, message_id in stored:
+            frame = wire.new_message(self._stored_message(conversation_id, message_id, pending))
+            if audience is None:
+                self.registry.send_global(frame)
+            else:
+                self.registry.send(audience, frame)
 
     @staticmethod
     def _stored_message(conversation_id: int, message_id: int, pending: PendingMessage) -> StoredMessage:
@@ -241,28 +209,18 @@ class ChatService:
 
     # Conversations
 
-    async def list_conversations(self, user_id: int, socket_id: str | None, mode: str, offset: int) -> list[dict[str, Any]]:
+    async def list_conversations(
+        self, user_id: int, socket_id: str | None, mode: str, offset: int
+    ) -> list[ConversationSummary]:
         """The user's conversations (``joined``) or the others (``new``), a page of them."""
         self._require_socket(user_id, socket_id)
         if mode == "new":
             rows = await self.database.new_conversations(user_id, offset, PAGE_CONVERSATIONS)
-            return [
-                {
-                    "id": row.id, "name": row.name, "members": row.members,
-                    "viewers": self.registry.viewer_count(row.id), "creator_id": row.creator_id,
-                }
-                for row in rows
-            ]
+            return [ConversationSummary(row, self.registry.viewer_count(row.id)) for row in rows]
         rows = await self.database.joined_conversations(user_id, offset, PAGE_CONVERSATIONS)
         unread = await self._unread_counts([row.id for row in rows], user_id)
         return [
-            {
-                "id": row.id, "name": row.name, "members": row.members,
-                "unreadCount": unread.get(row.id, 0), "message": row.last_message or "",
-                "senderAvatar": row.last_sender_avatar or "",
-                "viewers": self.registry.viewer_count(row.id), "creator_id": row.creator_id,
-            }
-            for row in rows
+            ConversationSummary(row, self.registry.viewer_count(row.id), unread.get(row.id, 0)) for row in rows
         ]
 
     async def _unread_counts(self, conversation_ids: list[int], user_id: int) -> dict[int, int]:
@@ -283,25 +241,23 @@ class ChatService:
         conversation_id, _ = await self.database.create_conversation(user_id, name, int(time.time()))
         async with self.locks.hold(conversation_id):
             self.registry.join_room(conversation_id, user_id)
-            profile = self.registry.profile(user_id) or default_profile(user_id)
-            self.registry.send_all(events.new_conversation(conversation_id, name, profile.avatar))
+            self.registry.send_all(wire.new_conversation(conversation_id, name, self._profile(user_id).avatar))
         return conversation_id
 
-    async def join(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[dict[str, Any]]:
+    async def join(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[StoredMessage]:
         """Make the user a member (ending their viewing); return the newest messages."""
         self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
-            await self.database.join(conversation_id, user_id, self.settings.max_members, int(time.time()))
+            messages = await self.database.join(
+                conversation_id, user_id, self.max_members, int(time.time()), PAGE_MESSAGES
+            )
             await self._cache_quietly(self.cache.unread_set(conversation_id, user_id, 0), conversation_id)
             self.registry.join_room(conversation_id, user_id)
             if self.registry.stop_viewing(conversation_id, user_id):
                 self._announce_viewers(conversation_id)
-            profile = self.registry.profile(user_id) or default_profile(user_id)
-            self.registry.send_all(
-                events.joined_conversation(conversation_id, user_id, profile.name, profile.avatar)
-            )
-            messages = await self.database.list_messages(conversation_id, 0, PAGE_MESSAGES)
-        return [events.message_item(m) for m in messages]
+            profile = self._profile(user_id)
+            self.registry.send_all(wire.joined_conversation(conversation_id, user_id, profile.name, profile.avatar))
+        return messages
 
     async def leave(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
         """End the user's membership; the last one out deletes the conversation."""
@@ -309,7 +265,7 @@ class ChatService:
         async with self.locks.hold(conversation_id):
             deleted = await self.database.leave(conversation_id, user_id)
             self.registry.leave_room(conversation_id, user_id)
-            self.registry.send_all(events.leaved_conversation(conversation_id, user_id))
+            self.registry.send_all(wire.leaved_conversation(conversation_id, user_id))
             if deleted:
                 await self._forget_conversation(conversation_id)
             else:
@@ -325,9 +281,9 @@ class ChatService:
     async def _forget_conversation(self, conversation_id: int) -> None:
         """After a committed delete: drop viewers (telling them), the room and counters."""
         if self.registry.viewer_count(conversation_id):
-            self.registry.send(self.registry.audience(conversation_id), events.viewers_change(conversation_id, 0))
+            self.registry.send(self.registry.audience(conversation_id), wire.viewers_change(conversation_id, 0))
         self.registry.drop_conversation(conversation_id)
-        self.registry.send_all(events.delete_conversation(conversation_id))
+        self.registry.send_all(wire.delete_conversation(conversation_id))
         await self._cache_quietly(self.cache.unread_drop(conversation_id), conversation_id)
 
     async def read(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
@@ -337,19 +293,15 @@ class ChatService:
             await self.database.mark_read(conversation_id, user_id)
             await self._cache_quietly(self.cache.unread_set(conversation_id, user_id, 0), conversation_id)
 
-    async def info(self, user_id: int, socket_id: str | None, conversation_id: int) -> dict[str, Any]:
+    async def info(self, user_id: int, socket_id: str | None, conversation_id: int) -> ConversationInfo:
         """A conversation with its members' profiles and its viewer count."""
         self._require_socket(user_id, socket_id)
         row, users = await self.database.conversation_info(conversation_id)
-        return {
-            "id": row.id, "name": row.name, "creator_id": row.creator_id, "members": row.members,
-            "viewers": self.registry.viewer_count(row.id),
-            "users": [{"user_id": uid, "name": name, "avatar": avatar} for uid, name, avatar in users],
-        }
+        return ConversationInfo(row, self.registry.viewer_count(row.id), users)
 
     # Viewers
 
-    async def view(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[dict[str, Any]]:
+    async def view(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[StoredMessage]:
         """Start watching a conversation read-only; return its newest 50 messages."""
         sockets = self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
@@ -357,8 +309,7 @@ class ChatService:
                 raise AlreadyMember()
             if self.registry.start_viewing(conversation_id, user_id, sockets):
                 self._announce_viewers(conversation_id)
-            messages = await self.database.list_messages(conversation_id, 0, PAGE_VIEW_MESSAGES)
-        return [events.message_item(m) for m in messages]
+            return await self.database.list_messages(conversation_id, 0, PAGE_VIEW_MESSAGES)
 
     async def stop_view(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
         """Stop watching a conversation (not watching is fine)."""
@@ -370,5 +321,5 @@ class ChatService:
                 self._announce_viewers(conversation_id)
 
     def _announce_viewers(self, conversation_id: int) -> None:
-        frame = events.viewers_change(conversation_id, self.registry.viewer_count(conversation_id))
+        frame = wire.viewers_change(conversation_id, self.registry.viewer_count(conversation_id))
         self.registry.send(self.registry.audience(conversation_id), frame)

@@ -5,7 +5,9 @@ JSON body of docs/API.md §1. The tree::
 
     ApiError(status, code, message)
     ├── InvalidParameter          400  code 400, carries ``param``
+    ├── NotAWebSocket             400  (a plain GET of /v1/ws)
     ├── NotAuthenticated          401
+    ├── ForeignOrigin             403  (a WebSocket handshake from an origin not allowed)
     ├── RouteNotFound             404
     ├── MethodNotAllowed          405
     ├── BodyTooLarge              413
@@ -26,9 +28,14 @@ Generic errors carry a code equal to their HTTP status. A ``MethodError``
 is the same failure in every route ("no such conversation"), but the
 original API numbers it per route (1 in ``leave``, 2 in ``messages/get``), so
 the service raises it without a code and the route's table supplies one.
+
+Storage raises its own refusals (``storage.errors``), plain facts with no
+status; :func:`from_refusal` is the one place they become API errors.
 """
 
 from __future__ import annotations
+
+from storage import errors as storage_errors
 
 
 class ApiError(Exception):
@@ -58,6 +65,16 @@ class InvalidParameter(ApiError):
 class NotAuthenticated(ApiError):
     status = 401
     message = "Not authenticated: pass the VK launch parameters"
+
+
+class NotAWebSocket(ApiError):
+    status = 400
+    message = "Expected a WebSocket handshake (Upgrade: websocket)"
+
+
+class ForeignOrigin(ApiError):
+    status = 403
+    message = "This Origin may not open a WebSocket here"
 
 
 class RouteNotFound(ApiError):
@@ -136,3 +153,18 @@ class DuplicateName(MethodError):
 class SocketRequired(MethodError):
     status = 428
     message = "Create a websocket connection first"
+
+
+_API_ERROR_OF_REFUSAL: dict[type[storage_errors.Refusal], type[MethodError]] = {
+    storage_errors.ConversationMissing: NoSuchConversation,
+    storage_errors.NotMember: NotAMember,
+    storage_errors.AlreadyMember: AlreadyMember,
+    storage_errors.MembersFull: TooManyMembers,
+    storage_errors.NameTaken: DuplicateName,
+    storage_errors.NotCreator: NoRights,
+}
+
+
+def from_refusal(refusal: storage_errors.Refusal) -> MethodError:
+    """The API error telling a caller what storage refused."""
+    return _API_ERROR_OF_REFUSAL[type(refusal)]()

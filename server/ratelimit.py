@@ -38,9 +38,6 @@ class RateLimiter:
     def _prune(self, now: float) -> None:
         self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < IDLE_BUCKET_SECS}
 
-    def __len__(self) -> int:
-        return len(self._buckets)
-
 
 def retry_after_secs(wait: float) -> int:
     """The Retry-After value for a wait: whole seconds, at least one."""

@@ -3,17 +3,18 @@
 Rooms are kept per *user* for memberships (a member's every socket gets the
 conversation's messages) and per *socket* for subscriptions a request may
 scope with ``X-Socket-Id`` (the global chat, viewing). Everything changes only
-through the named methods below, called from the WebSocket handler's
-open/close and from the chat service; delivery never touches the database or
-the cache. A connection's ``send`` only queues a frame, so sending to many
-sockets never waits on any one of them.
+through the named methods below, which the chat service calls (on a socket's
+open and close, and for the routes that change rooms); the WebSocket handler
+never touches the registry itself. Delivery never touches the database or the
+cache. A connection's ``send`` only queues a frame, so sending to many sockets
+never waits on any one of them.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Protocol
 
-from storage.database import Profile
+from storage.records import Profile
 
 
 class Connection(Protocol):
@@ -30,6 +31,8 @@ class Connection(Protocol):
 
 
 class Registry:
+    """This process's open sockets, who they belong to, and what each listens to."""
+
     def __init__(self) -> None:
         self._sockets: dict[str, Connection] = {}  # socket id → open connection
         self._user_sockets: dict[int, set[str]] = {}  # user id → their open socket ids
@@ -74,10 +77,6 @@ class Registry:
             for conversation_id in self._user_rooms.pop(user_id, ()):
                 self._discard_room_user(conversation_id, user_id)
         return changed
-
-    def is_open(self, user_id: int, socket_id: str | None = None) -> bool:
-        sockets = self._user_sockets.get(user_id, ())
-        return bool(sockets) if socket_id is None else socket_id in sockets
 
     def user_sockets(self, user_id: int, socket_id: str | None = None) -> list[str]:
         """The socket a request named, or all the user's open sockets."""

@@ -41,8 +41,8 @@ class Cache(abc.ABC):
         """Forget closed sockets, given as (user id, socket id)."""
 
     @abc.abstractmethod
-    async def has_socket(self, user_id: int, socket_id: str | None = None) -> bool:
-        """Whether the user has this open socket (or any, when ``socket_id`` is None)."""
+    async def sockets_of(self, user_id: int) -> set[str]:
+        """The user's socket ids the cache holds (open on any process)."""
 
     @abc.abstractmethod
     async def refresh_sockets(self, sockets_by_user: Mapping[int, Iterable[str]]) -> None:
@@ -100,9 +100,8 @@ class MemoryCache(Cache):
                 if not user_sockets:
                     del self._sockets[user_id]
 
-    async def has_socket(self, user_id: int, socket_id: str | None = None) -> bool:
-        sockets = self._sockets.get(user_id, ())
-        return bool(sockets) if socket_id is None else socket_id in sockets
+    async def sockets_of(self, user_id: int) -> set[str]:
+        return set(self._sockets.get(user_id, ()))
 
     async def refresh_sockets(self, sockets_by_user: Mapping[int, Iterable[str]]) -> None:
         for user_id, socket_ids in sockets_by_user.items():
@@ -192,11 +191,8 @@ class RedisCache(Cache):
                 pipe.srem(self._sockets_key(user_id), socket_id)
             await pipe.execute()
 
-    async def has_socket(self, user_id: int, socket_id: str | None = None) -> bool:
-        key = self._sockets_key(user_id)
-        if socket_id is None:
-            return bool(await self.client.exists(key))
-        return bool(await self.client.sismember(key, socket_id))
+    async def sockets_of(self, user_id: int) -> set[str]:
+        return set(await self.client.smembers(self._sockets_key(user_id)))
 
     async def refresh_sockets(self, sockets_by_user: Mapping[int, Iterable[str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

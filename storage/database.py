@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from pathlib import Path
 import functools
 from typing import AsyncIterator, Awaitable, Callable, ParamSpec, Sequence, TypeVar
@@ -29,15 +28,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from server.errors import (
-    AlreadyMember,
-    DuplicateName,
-    NoRights,
-    NoSuchConversation,
-    NotAMember,
-    TooManyMembers,
-)
+from storage.errors import AlreadyMember, ConversationMissing, MembersFull, NameTaken, NotCreator, NotMember
 from storage.models import Conversation, Member, Message, User
+from storage.records import (
+    CONVERSATION_CREATED_TEXT,
+    GLOBAL_CHAT_ID,
+    ConversationRow,
+    Draft,
+    Profile,
+    StoredMessage,
+    default_profile,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -53,43 +54,6 @@ TRANSACTION_ATTEMPTS = 3
 CONVERSATIONS = Conversation.__table__
 MEMBERS = Member.__table__
 MESSAGES = Message.__table__
-CONVERSATION_CREATED_TEXT = "Создана беседа."
-
-
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    name: str
-    avatar: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Draft:
-    """A message on its way into the database."""
-
-    user_id: int
-    text: str
-    time: int
-
-
-@dataclasses.dataclass(frozen=True)
-class StoredMessage:
-    id: int
-    conversation_id: int  # 0 for the global chat
-    user_id: int
-    name: str
-    avatar: str
-    text: str
-    time: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ConversationRow:
-    id: int
-    name: str
-    creator_id: int
-    members: int
-    last_message: str | None = None
-    last_sender_avatar: str | None = None
 
 
 def retried(transaction: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -107,10 +71,6 @@ def retried(transaction: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
         raise AssertionError("unreachable")
 
     return run
-
-
-def default_profile(user_id: int) -> Profile:
-    return Profile(name=f"id{user_id}", avatar="")
 
 
 class Database:
@@ -186,14 +146,14 @@ class Database:
             )
         ).first()
         if row is None:
-            raise NoSuchConversation()
+            raise ConversationMissing()
         return row[0], row[1] is not None
 
     async def _lock_membership(self, session: AsyncSession, conversation_id: int, user_id: int) -> Conversation:
         """Lock the conversation row of which the user must be a member."""
         conversation, is_member = await self._lock_conversation(session, conversation_id, user_id)
         if not is_member:
-            raise NotAMember()
+            raise NotMember()
         return conversation
 
     # Users
@@ -229,22 +189,28 @@ class Database:
 
     async def list_messages(self, conversation_id: int, offset: int, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages after skipping ``offset``, oldest first."""
+        async with self._read() as session:
+            return await self._list_messages(session, conversation_id, offset, limit)
+
+    @staticmethod
+    async def _list_messages(
+        session: AsyncSession, conversation_id: int, offset: int, limit: int
+    ) -> list[StoredMessage]:
         where = (
             Message.conversation_id.is_(None)
-            if conversation_id == 0
+            if conversation_id == GLOBAL_CHAT_ID
             else Message.conversation_id == conversation_id
         )
-        async with self._read() as session:
-            rows = (
-                await session.execute(
-                    select(Message, User.name, User.avatar)
-                    .join(User, User.id == Message.user_id)
-                    .where(where)
-                    .order_by(Message.id.desc())
-                    .offset(offset)
-                    .limit(limit)
-                )
-            ).all()
+        rows = (
+            await session.execute(
+                select(Message, User.name, User.avatar)
+                .join(User, User.id == Message.user_id)
+                .where(where)
+                .order_by(Message.id.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+        ).all()
         return [
             StoredMessage(
                 id=m.id, conversation_id=conversation_id, user_id=m.user_id, name=name,
@@ -261,12 +227,12 @@ class Database:
 
         A draft whose sender is not a member gets ``None`` instead of an id
         and the rest are stored; if the conversation does not exist, nothing
-        is (NoSuchConversation). The conversation row stays locked until
+        is (ConversationMissing). The conversation row stays locked until
         commit, so a concurrent delete either sees these messages (and
         deletes them) or makes this transaction find no conversation.
         """
         async with self._write() as session:
-            if conversation_id == 0:
+            if conversation_id == GLOBAL_CHAT_ID:
                 return await self._insert_messages(session, None, drafts), []
             rows = (
                 await session.execute(
@@ -277,7 +243,7 @@ class Database:
                 )
             ).all()
             if not rows:
-                raise NoSuchConversation()
+                raise ConversationMissing()
             members = [user_id for _, user_id in rows if user_id is not None]
             accepted = [draft for draft in drafts if draft.user_id in members]
             if not accepted:
@@ -353,13 +319,18 @@ class Database:
                 )
         except IntegrityError as error:
             if "uq_conversations_creator_name" in str(error.orig) or "UNIQUE" in str(error.orig):
-                raise DuplicateName() from None
+                raise NameTaken() from None
             raise
         return conversation_id, message_id
 
     @retried
-    async def join(self, conversation_id: int, user_id: int, max_members: int, now: int) -> None:
-        """Make the user a member, within the member limit even under concurrent joins."""
+    async def join(
+        self, conversation_id: int, user_id: int, max_members: int, now: int, page: int
+    ) -> list[StoredMessage]:
+        """Make the user a member, within the member limit even under concurrent joins.
+
+        Return the newest ``page`` messages, read in the same transaction.
+        """
         async with self._write() as session:
             conversation, is_member = await self._lock_conversation(
                 session, conversation_id, user_id
@@ -374,13 +345,14 @@ class Database:
                 .values(members_count=Conversation.members_count + 1)
             )
             if taken.rowcount != 1:
-                raise TooManyMembers()
+                raise MembersFull()
             await session.execute(
                 insert(Member).values(
                     conversation_id=conversation_id, user_id=user_id,
                     last_read_message_id=conversation.last_message_id, joined_at=now,
                 )
             )
+            return await self._list_messages(session, conversation_id, 0, page)
 
     @retried
     async def leave(self, conversation_id: int, user_id: int) -> bool:
@@ -408,7 +380,7 @@ class Database:
         async with self._write() as session:
             conversation, _ = await self._lock_conversation(session, conversation_id, user_id)
             if conversation.creator_id != user_id:
-                raise NoRights()
+                raise NotCreator()
             await self._delete_rows(session, conversation_id)
 
     @staticmethod
@@ -429,7 +401,7 @@ class Database:
             )
 
     async def membership(self, conversation_id: int, user_id: int) -> bool:
-        """Return whether the user is a member; raise NoSuchConversation if it is gone."""
+        """Return whether the user is a member; raise ConversationMissing if it is gone."""
         async with self._read() as session:
             row = (
                 await session.execute(
@@ -442,7 +414,7 @@ class Database:
                 )
             ).first()
         if row is None:
-            raise NoSuchConversation()
+            raise ConversationMissing()
         return row[1] is not None
 
     async def joined_conversations(self, user_id: int, offset: int, limit: int) -> list[ConversationRow]:
@@ -487,12 +459,12 @@ class Database:
             ).all()
         return [ConversationRow(*row) for row in rows]
 
-    async def conversation_info(self, conversation_id: int) -> tuple[ConversationRow, list[tuple[int, str, str]]]:
-        """A conversation and its members' (user_id, name, avatar), in joining order."""
+    async def conversation_info(self, conversation_id: int) -> tuple[ConversationRow, list[tuple[int, Profile]]]:
+        """A conversation and its members (user id, profile), in joining order."""
         async with self._read() as session:
             conversation = await session.get(Conversation, conversation_id)
             if conversation is None:
-                raise NoSuchConversation()
+                raise ConversationMissing()
             users = (
                 await session.execute(
                     select(User.id, User.name, User.avatar)
@@ -504,7 +476,7 @@ class Database:
         row = ConversationRow(
             conversation.id, conversation.name, conversation.creator_id, conversation.members_count
         )
-        return row, [tuple(user) for user in users]
+        return row, [(uid, Profile(name, avatar)) for uid, name, avatar in users]
 
     async def user_conversation_ids(self, user_id: int) -> list[int]:
         async with self._read() as session:

@@ -1,9 +1,43 @@
-"""Which failures of the database or the cache mean "unreachable now" (503), not a bug (500)."""
+"""What storage reports: the refusals its transactions decide, and which failures mean "unreachable now".
+
+A refusal is a fact about the data ("that conversation does not exist"),
+decided inside a transaction; the API layer gives each its code and status
+(``server.errors.from_refusal``). Storage knows nothing of HTTP.
+"""
 
 from __future__ import annotations
 
 import redis.exceptions
 import sqlalchemy.exc
+
+
+class Refusal(Exception):
+    """A transaction refused what it was asked to do; nothing was written."""
+
+
+class ConversationMissing(Refusal):
+    """The conversation does not exist (or no longer does)."""
+
+
+class NotMember(Refusal):
+    """The user is not a member of the conversation."""
+
+
+class AlreadyMember(Refusal):
+    """The user is already a member of the conversation."""
+
+
+class MembersFull(Refusal):
+    """The conversation has as many members as the limit allows."""
+
+
+class NameTaken(Refusal):
+    """The user already created a conversation with this name."""
+
+
+class NotCreator(Refusal):
+    """Only the conversation's creator may do this."""
+
 
 # MySQL client errors meaning "the server is not reachable now": can't connect
 # (2002, 2003), gone away or lost (2006, 2013), too many connections (1040).

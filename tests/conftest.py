@@ -88,11 +88,11 @@ def server(io_loop, server_settings: Settings) -> Iterator[ServerUnderTest]:
     chat_server = ChatServer(server_settings)
 
     async def start() -> int:
-        await chat_server.database.migrate()
+        port = await chat_server.start(port=0)  # migrates the schema; no client knows the port yet
         async with chat_server.database.engine.begin() as connection:
             for table in reversed(Base.metadata.sorted_tables):
                 await connection.execute(table.delete())
-        return await chat_server.start(port=0)
+        return port
 
     port = io_loop.run_sync(start)
     under_test = ServerUnderTest(chat_server, port, "mysql" if server_settings.database_url else "embedded")

@@ -49,6 +49,11 @@ async def eventually(predicate, message="condition never became true", attempts:
     raise AssertionError(message() if callable(message) else message)
 
 
+def delete_event(conversation_id: int) -> dict:
+    """The frame announcing a conversation's deletion."""
+    return {"event": "delete_conversation", "data": {"conversation_id": conversation_id}}
+
+
 class Socket:
     """An open WebSocket of a user; frames are collected in the background."""
 
@@ -176,6 +181,20 @@ class User:
         response = await self.get(f"/v1/conversations/join/{conversation_id}")
         assert response.ok, response.body
         return response.body["messages"]
+
+    async def view(self, conversation_id: int, socket: Socket | str | None = None) -> list[dict]:
+        response = await self.get(f"/v1/conversations/view/{conversation_id}", socket=socket)
+        assert response.ok, response.body
+        return response.body["messages"]
+
+    async def stop_view(self, conversation_id: int, socket: Socket | str | None = None) -> None:
+        response = await self.get(f"/v1/conversations/stopView/{conversation_id}", socket=socket)
+        assert response.body == {"response": True}, response.body
+
+    async def info(self, conversation_id: int) -> dict:
+        response = await self.get(f"/v1/conversations/info/{conversation_id}")
+        assert response.ok, response.body
+        return response.body["conversation"]
 
     async def conversations(self, mode: str = "joined", offset: int = 0) -> list[dict]:
         response = await self.get(f"/v1/conversations/get?mode={mode}&offset={offset}")

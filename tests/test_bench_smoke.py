@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 import bench.run
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_run_passes_its_delivery_checks(tmp_path):
     # Tiny sizes: this proves the load generator, the baseline and our server
     # still fit together and deliver exactly once in order; it measures nothing.

@@ -97,9 +97,9 @@ async def test_unreachable_database_is_503(server: ServerUnderTest, tmp_path):
     assert (await alice.get("/v1/messages/get?chat=0")).body["messages"] == []
 
 
+@pytest.mark.server(cors_origins=("https://app.example",))
 async def test_cors_preflight_and_headers(server: ServerUnderTest):
     alice, _ = await server.connected_user(1)
-    server.chat_server.chat.settings = _replace(server.chat_server.settings, cors_origins=("https://app.example",))
     preflight = await server.fetch(
         "OPTIONS", "/v1/messages/send",
         {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
@@ -119,15 +119,15 @@ async def test_cors_preflight_and_headers(server: ServerUnderTest):
     assert response.status == 400 and response.headers["Access-Control-Allow-Origin"] == "https://app.example"
 
 
+@pytest.mark.server(cors_origins=("*",))
 async def test_cors_wildcard(server: ServerUnderTest):
     alice, _ = await server.connected_user(1)
-    server.chat_server.chat.settings = _replace(server.chat_server.settings, cors_origins=("*",))
     response = await alice.get("/v1/messages/get?chat=0", headers={"Origin": "https://any.example"})
     assert response.headers["Access-Control-Allow-Origin"] == "https://any.example"
 
 
+@pytest.mark.server(cors_origins=("https://app.example",))
 async def test_websocket_origin_is_checked(server: ServerUnderTest):
-    server.chat_server.chat.settings = _replace(server.chat_server.settings, cors_origins=("https://app.example",))
     user = server.user(1)
     url = f"{server.ws_url}/v1/ws?{user.launch}"
     with pytest.raises(HTTPClientError) as error:

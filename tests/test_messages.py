@@ -202,3 +202,26 @@ async def test_flooding_is_refused_with_429_and_nothing_stored(server: ServerUnd
     assert await bob.send("bob is fine")
     texts = [m["message"] for m in (await bob.get("/v1/messages/get?chat=0")).body["messages"]]
     assert "one too many" not in texts and len(texts) == len(accepted) + 1
+
+
+async def test_a_failure_after_the_commit_still_answers_every_waiting_sender(server: ServerUnderTest, monkeypatch):
+    """Group commit: whatever fails after the batch is stored, every request gets its id."""
+    import asyncio
+
+    from server import wire
+
+    alice, _ = await server.connected_user(1)
+    conversation_id = await alice.create("batch")
+
+    def broken_frame(message):
+        raise RuntimeError("injected: building the frame failed")
+
+    monkeypatch.setattr(wire, "new_message", broken_frame)
+    responses = await asyncio.gather(
+        *(alice.post("/v1/messages/send", {"text": f"m{n}", "conversation_id": conversation_id}) for n in range(8))
+    )
+    assert all(r.ok for r in responses), [r.body for r in responses]
+    monkeypatch.undo()
+    stored = (await alice.get(f"/v1/messages/get?chat={conversation_id}")).body["messages"]
+    assert sorted(m["id"] for m in stored[1:]) == sorted(r.body["id"] for r in responses)
+    assert not server.chat_server.chat.outbox, "a batch task was left behind"

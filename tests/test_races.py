@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from storage.models import Member
-from tests.helpers import Response, ServerUnderTest, Socket, User, eventually
+from tests.helpers import Response, ServerUnderTest, Socket, User, delete_event, eventually
 
 pytestmark = pytest.mark.gen_test
 
@@ -23,10 +23,6 @@ ROUNDS = 10
 def outcome(response: Response) -> tuple[int, int | None]:
     """(HTTP status, error code) — (200, None) for a success."""
     return (response.status, None) if response.ok else (response.status, response.error_code)
-
-
-def delete_event(conversation_id: int) -> dict:
-    return {"event": "delete_conversation", "data": {"conversation_id": conversation_id}}
 
 
 def events_named(frames: list[dict], name: str) -> list[dict]:
@@ -269,7 +265,7 @@ async def test_view_racing_a_disconnect_leaves_no_ghost_viewer(server: ServerUnd
             viewer.get(f"/v1/conversations/view/{conversation_id}"), close_after(socket, round_number)
         )
         assert outcome(response) in ((200, None), (428, 3)), response.body
-        await eventually(lambda: not server.registry.is_open(viewer.user_id))
+        await eventually(lambda: not server.registry.user_sockets(viewer.user_id))
         count = (await alice.get(f"/v1/conversations/info/{conversation_id}")).body["conversation"]["viewers"]
         assert count == 0, f"round {round_number}: a closed socket is still counted as a viewer"
         assert server.registry.size()["socket_views"] == 0
@@ -285,7 +281,7 @@ async def test_global_subscription_racing_a_disconnect_leaves_nothing(server: Se
 
         response, _ = await asyncio.gather(reader.get("/v1/messages/get?chat=0"), close_after(socket, round_number))
         assert outcome(response) in ((200, None), (428, 4)), response.body
-        await eventually(lambda: not server.registry.is_open(reader.user_id))
+        await eventually(lambda: not server.registry.user_sockets(reader.user_id))
         assert server.registry.size()["global"] == 0, f"round {round_number}: a closed socket is still subscribed"
 
 

@@ -14,7 +14,7 @@ import secrets
 
 import pytest
 
-from tests.helpers import ServerUnderTest, Socket, User, eventually
+from tests.helpers import ServerUnderTest, Socket, User, delete_event, eventually
 
 pytestmark = pytest.mark.gen_test
 
@@ -24,32 +24,11 @@ MESSAGE_FIELDS = {"id", "name", "avatar", "user_id", "message", "time"}
 async def close_and_wait(server: ServerUnderTest, socket: Socket) -> None:
     """Close a socket and wait until the server has taken it out of the registry."""
     socket.close()
-    await eventually(lambda: not server.registry.is_open(socket.user_id, socket.socket_id))
+    await eventually(lambda: not server.registry.user_sockets(socket.user_id, socket.socket_id))
 
 
 def viewers_change(conversation_id: int, viewers: int) -> dict:
     return {"event": "conversationViewersChange", "data": {"conversation_id": conversation_id, "viewers": viewers}}
-
-
-def delete_event(conversation_id: int) -> dict:
-    return {"event": "delete_conversation", "data": {"conversation_id": conversation_id}}
-
-
-async def view(user: User, conversation_id: int, socket: Socket | str | None = None) -> list[dict]:
-    response = await user.get(f"/v1/conversations/view/{conversation_id}", socket=socket)
-    assert response.ok, response.body
-    return response.body["messages"]
-
-
-async def stop_view(user: User, conversation_id: int, socket: Socket | str | None = None) -> None:
-    response = await user.get(f"/v1/conversations/stopView/{conversation_id}", socket=socket)
-    assert response.body == {"response": True}, response.body
-
-
-async def info(user: User, conversation_id: int) -> dict:
-    response = await user.get(f"/v1/conversations/info/{conversation_id}")
-    assert response.ok, response.body
-    return response.body["conversation"]
 
 
 async def drain_all(*sockets: Socket) -> None:
@@ -67,7 +46,7 @@ async def test_view_returns_the_newest_fifty_oldest_first(server: ServerUnderTes
     conversation_id = await alice.create("long")
     sent = [await alice.send(f"m{i}", conversation_id) for i in range(60)]
 
-    messages = await view(bob, conversation_id)
+    messages = await bob.view(conversation_id)
 
     assert [m["id"] for m in messages] == sent[-50:]
     assert messages[0] == {
@@ -86,7 +65,7 @@ async def test_short_conversation_is_viewed_whole(server: ServerUnderTest):
     bob, _ = await server.connected_user(2)
     conversation_id = await alice.create("short")
     await alice.send("hello", conversation_id)
-    assert [m["message"] for m in await view(bob, conversation_id)] == ["Создана беседа.", "hello"]
+    assert [m["message"] for m in await bob.view(conversation_id)] == ["Создана беседа.", "hello"]
 
 
 async def test_viewer_gets_new_messages_until_stop_view(server: ServerUnderTest):
@@ -101,7 +80,7 @@ async def test_viewer_gets_new_messages_until_stop_view(server: ServerUnderTest)
     conversation_id = await alice.create("watched")
     await drain_all(alice_socket, bob_socket, carol_socket)
 
-    await view(bob, conversation_id)
+    await bob.view(conversation_id)
     assert await alice_socket.drain() == [viewers_change(conversation_id, 1)]
     assert await bob_socket.drain() == [viewers_change(conversation_id, 1)]
     await carol_socket.assert_silent()
@@ -115,7 +94,7 @@ async def test_viewer_gets_new_messages_until_stop_view(server: ServerUnderTest)
     assert await alice_socket.expect("new_message") == event
     await carol_socket.assert_silent()
 
-    await stop_view(bob, conversation_id)
+    await bob.stop_view(conversation_id)
     assert await alice_socket.drain() == [viewers_change(conversation_id, 0)]
     await carol_socket.assert_silent()
     await bob_socket.drain()  # whatever it was told about its own leaving
@@ -131,13 +110,13 @@ async def test_viewing_again_is_not_an_error_and_not_a_new_count(server: ServerU
     alice, alice_socket = await server.connected_user(1)
     bob, bob_socket = await server.connected_user(2)
     conversation_id = await alice.create("again")
-    first = await view(bob, conversation_id)
+    first = await bob.view(conversation_id)
     await drain_all(alice_socket, bob_socket)
 
-    assert await view(bob, conversation_id) == first
+    assert await bob.view(conversation_id) == first
     await alice_socket.assert_silent()
     await bob_socket.assert_silent()
-    assert (await info(alice, conversation_id))["viewers"] == 1
+    assert (await alice.info(conversation_id))["viewers"] == 1
     # Still exactly one copy of each message for the viewer.
     message_id = await alice.send("once", conversation_id)
     assert [(f["event"], f["data"]["id"]) for f in await bob_socket.drain()] == [("new_message", message_id)]
@@ -150,11 +129,11 @@ async def test_stop_view_when_not_viewing_is_success_and_silent(server: ServerUn
     conversation_id = await alice.create("never viewed")
     await drain_all(alice_socket, bob_socket)
 
-    await stop_view(bob, conversation_id)
-    await stop_view(bob, conversation_id)
+    await bob.stop_view(conversation_id)
+    await bob.stop_view(conversation_id)
     await alice_socket.assert_silent()
     await bob_socket.assert_silent()
-    assert (await info(bob, conversation_id))["viewers"] == 0
+    assert (await bob.info(conversation_id))["viewers"] == 0
 
 
 @pytest.mark.parametrize("route", ["view", "stopView"])
@@ -179,7 +158,7 @@ async def test_view_and_stop_view_errors(server: ServerUnderTest, route):
     # The socket check comes before the existence check.
     response = await server.user(3).get(f"/v1/conversations/{route}/987654")
     assert (response.status, response.error_code) == (428, 3)
-    assert (await info(alice, conversation_id))["viewers"] == 0
+    assert (await alice.info(conversation_id))["viewers"] == 0
 
 
 async def test_viewers_cannot_write_or_read_as_members(server: ServerUnderTest):
@@ -187,7 +166,7 @@ async def test_viewers_cannot_write_or_read_as_members(server: ServerUnderTest):
     alice, alice_socket = await server.connected_user(1)
     bob, _ = await server.connected_user(2)
     conversation_id = await alice.create("read only")
-    await view(bob, conversation_id)
+    await bob.view(conversation_id)
     await alice_socket.drain()
 
     response = await bob.post("/v1/messages/send", {"text": "let me in", "conversation_id": conversation_id})
@@ -211,19 +190,19 @@ async def test_two_tabs_of_one_user_count_once(server: ServerUnderTest):
     conversation_id = await alice.create("tabs")
     await drain_all(alice_socket, dave_socket, *tabs)
 
-    await view(bob, conversation_id)  # no X-Socket-Id: every tab views
+    await bob.view(conversation_id)  # no X-Socket-Id: every tab views
     for socket in (alice_socket, *tabs):
         assert await socket.drain() == [viewers_change(conversation_id, 1)]
     await dave_socket.assert_silent()
 
-    await view(dave, conversation_id)
+    await dave.view(conversation_id)
     for socket in (alice_socket, *tabs, dave_socket):
         assert await socket.drain() == [viewers_change(conversation_id, 2)]
 
     message_id = await alice.send("to both tabs", conversation_id)
     for socket in (*tabs, dave_socket):
         assert (await socket.expect("new_message"))["id"] == message_id
-    assert (await info(alice, conversation_id))["viewers"] == 2
+    assert (await alice.info(conversation_id))["viewers"] == 2
 
 
 async def test_viewing_from_a_second_tab_is_not_a_new_viewer(server: ServerUnderTest):
@@ -232,14 +211,14 @@ async def test_viewing_from_a_second_tab_is_not_a_new_viewer(server: ServerUnder
     bob = server.user(2)
     first, second = await bob.connect(), await bob.connect()
     conversation_id = await alice.create("second tab")
-    await view(bob, conversation_id, socket=first)
+    await bob.view(conversation_id, socket=first)
     await drain_all(alice_socket, first, second)
 
-    await view(bob, conversation_id, socket=second)
+    await bob.view(conversation_id, socket=second)
     await alice_socket.assert_silent()
     await first.assert_silent()
     await second.assert_silent()
-    assert (await info(alice, conversation_id))["viewers"] == 1
+    assert (await alice.info(conversation_id))["viewers"] == 1
 
 
 async def test_counts_appear_in_lists_and_info(server: ServerUnderTest):
@@ -254,15 +233,15 @@ async def test_counts_appear_in_lists_and_info(server: ServerUnderTest):
     async def counts() -> tuple[dict, dict, int]:
         joined = {c["id"]: c["viewers"] for c in await alice.conversations("joined")}
         fresh = {c["id"]: c["viewers"] for c in await carol.conversations("new")}
-        return joined, fresh, (await info(carol, watched))["viewers"]
+        return joined, fresh, (await carol.info(watched))["viewers"]
 
     assert await counts() == ({watched: 0, quiet: 0}, {watched: 0, quiet: 0}, 0)
-    await view(bob, watched)
-    await view(dave, watched)
+    await bob.view(watched)
+    await dave.view(watched)
     assert await counts() == ({watched: 2, quiet: 0}, {watched: 2, quiet: 0}, 2)
     # A viewer's own "new" list shows the count too.
     assert {c["id"]: c["viewers"] for c in await bob.conversations("new")} == {watched: 2, quiet: 0}
-    await stop_view(bob, watched)
+    await bob.stop_view(watched)
     assert await counts() == ({watched: 1, quiet: 0}, {watched: 1, quiet: 0}, 1)
 
 
@@ -276,18 +255,18 @@ async def test_closing_one_of_two_viewing_tabs_keeps_the_count(server: ServerUnd
     vera = server.user(3)
     first, second = await vera.connect(), await vera.connect()
     conversation_id = await alice.create("tabs closing")
-    await view(vera, conversation_id)
+    await vera.view(conversation_id)
     await drain_all(alice_socket, bob_socket, first, second)
 
     await close_and_wait(server, first)
     await alice_socket.assert_silent()
     await second.assert_silent()
-    assert (await info(alice, conversation_id))["viewers"] == 1
+    assert (await alice.info(conversation_id))["viewers"] == 1
 
     await close_and_wait(server, second)
     assert await alice_socket.drain() == [viewers_change(conversation_id, 0)]
     await bob_socket.assert_silent()
-    assert (await info(alice, conversation_id))["viewers"] == 0
+    assert (await alice.info(conversation_id))["viewers"] == 0
 
 
 async def test_closed_socket_leaves_every_room(server: ServerUnderTest):
@@ -302,7 +281,7 @@ async def test_closed_socket_leaves_every_room(server: ServerUnderTest):
     member_of = await alice.create("bob is a member")
     viewed = await alice.create("bob views")
     await bob.join(member_of)
-    await view(bob, viewed, socket=first)
+    await bob.view(viewed, socket=first)
     assert (await bob.get("/v1/messages/get?chat=0", socket=first)).ok
     await drain_all(alice_socket, first, second)
 
@@ -310,7 +289,7 @@ async def test_closed_socket_leaves_every_room(server: ServerUnderTest):
     assert await alice_socket.drain() == [viewers_change(viewed, 0)]
     assert first.socket_id not in server.registry.audience(viewed)
     assert server.registry.size()["global"] == 0
-    assert not await server.cache.has_socket(2, first.socket_id)
+    assert first.socket_id not in await server.cache.sockets_of(2)
     # The other tab still belongs to the member room.
     message_id = await alice.send("still here?", member_of)
     assert (await second.expect("new_message"))["id"] == message_id
@@ -331,7 +310,7 @@ async def test_closed_socket_leaves_every_room(server: ServerUnderTest):
 
 
 async def _no_socket_cached(server: ServerUnderTest, user_id: int) -> bool:
-    return not await server.cache.has_socket(user_id)
+    return not await server.cache.sockets_of(user_id)
 
 
 # Join and deletion
@@ -347,7 +326,7 @@ async def test_join_ends_viewing(server: ServerUnderTest):
     bob, bob_socket = await server.connected_user(2, name="Bob")
     carol, carol_socket = await server.connected_user(3)
     conversation_id = await alice.create("join me")
-    await view(bob, conversation_id)
+    await bob.view(conversation_id)
     await drain_all(alice_socket, bob_socket, carol_socket)
 
     messages = await bob.join(conversation_id)
@@ -358,7 +337,7 @@ async def test_join_ends_viewing(server: ServerUnderTest):
         frames = await socket.drain()
         assert sorted(frames, key=str) == sorted([joined, viewers_change(conversation_id, 0)], key=str)
     assert await carol_socket.drain() == [joined]  # not concerned by the count
-    conversation = await info(carol, conversation_id)
+    conversation = await carol.info(conversation_id)
     assert (conversation["viewers"], conversation["members"]) == (0, 2)
 
     message_id = await alice.send("one copy", conversation_id)
@@ -375,7 +354,7 @@ async def test_delete_drops_viewers_with_a_zero_count_first(server: ServerUnderT
     carol, carol_socket = await server.connected_user(4)
     conversation_id = await alice.create("doomed")
     await bob.join(conversation_id)
-    await view(vera, conversation_id)
+    await vera.view(conversation_id)
     await drain_all(alice_socket, bob_socket, vera_socket, carol_socket)
 
     assert (await alice.call("DELETE", f"/v1/conversations/delete/{conversation_id}")).ok
@@ -394,7 +373,7 @@ async def test_last_member_leaving_drops_viewers(server: ServerUnderTest):
     vera, vera_socket = await server.connected_user(3)
     carol, carol_socket = await server.connected_user(4)
     conversation_id = await alice.create("last one out")
-    await view(vera, conversation_id)
+    await vera.view(conversation_id)
     await drain_all(alice_socket, vera_socket, carol_socket)
 
     assert (await alice.get(f"/v1/conversations/leave/{conversation_id}")).ok
@@ -418,7 +397,7 @@ async def test_view_with_socket_id_applies_to_that_socket_only(server: ServerUnd
     conversation_id = await alice.create("scoped")
     await drain_all(alice_socket, first, second)
 
-    await view(bob, conversation_id, socket=first)
+    await bob.view(conversation_id, socket=first)
     assert await alice_socket.drain() == [viewers_change(conversation_id, 1)]
     assert await first.drain() == [viewers_change(conversation_id, 1)]
     await second.assert_silent()
@@ -428,13 +407,13 @@ async def test_view_with_socket_id_applies_to_that_socket_only(server: ServerUnd
     await second.assert_silent()
     await alice_socket.drain()
 
-    await stop_view(bob, conversation_id, socket=second)  # that tab was not viewing
+    await bob.stop_view(conversation_id, socket=second)  # that tab was not viewing
     await alice_socket.assert_silent()
     await alice.send("first tab still", conversation_id)
     assert (await first.expect("new_message"))["message"] == "first tab still"
     await alice_socket.drain()
 
-    await stop_view(bob, conversation_id, socket=first)
+    await bob.stop_view(conversation_id, socket=first)
     assert await alice_socket.drain() == [viewers_change(conversation_id, 0)]
     await alice.send("nobody watching", conversation_id)
     await first.assert_silent()
@@ -447,11 +426,11 @@ async def test_stop_view_without_socket_id_stops_every_tab(server: ServerUnderTe
     bob = server.user(2)
     first, second = await bob.connect(), await bob.connect()
     conversation_id = await alice.create("stop all")
-    await view(bob, conversation_id, socket=first)
-    await view(bob, conversation_id, socket=second)
+    await bob.view(conversation_id, socket=first)
+    await bob.view(conversation_id, socket=second)
     await drain_all(alice_socket, first, second)
 
-    await stop_view(bob, conversation_id)
+    await bob.stop_view(conversation_id)
     assert await alice_socket.drain() == [viewers_change(conversation_id, 0)]
     await drain_all(first, second)
     await alice.send("unseen", conversation_id)
@@ -516,7 +495,7 @@ async def test_socket_id_not_open_for_this_user_is_no_socket(server: ServerUnder
     await alice.send("global, after the refusals")
     await bob_socket.assert_silent()
     await alice_socket.assert_silent()
-    assert (await info(alice, conversation_id))["viewers"] == 0
+    assert (await alice.info(conversation_id))["viewers"] == 0
     assert [m.text for m in await server.database.list_messages(0, 0, 100)] == ["global, after the refusals"]
     # The caller's real socket still works.
     assert (await bob.get("/v1/messages/get?chat=0", socket=bob_socket)).ok
@@ -545,16 +524,16 @@ async def test_hundreds_of_sockets_leave_nothing_behind(server: ServerUnderTest)
         tabs = user.sockets
         if index % 3 == 0:
             await user.join(joined)
-            await view(user, viewed, socket=tabs[0])
+            await user.view(viewed, socket=tabs[0])
         elif index % 3 == 1:
-            await view(user, viewed)  # every tab views
+            await user.view(viewed)  # every tab views
             assert (await user.get("/v1/messages/get?chat=0", socket=tabs[1])).ok
         else:
             assert (await user.get("/v1/messages/get?chat=0")).ok  # every tab subscribes
-            await view(user, viewed, socket=tabs[2])
+            await user.view(viewed, socket=tabs[2])
 
     await asyncio.gather(*(take_part(i, user) for i, user in enumerate(users)))
-    assert (await info(creator, viewed))["viewers"] == 30
+    assert (await creator.info(viewed))["viewers"] == 30
     size = server.registry.size()
     assert size["viewers"] == 1 and size["socket_views"] == 10 * 10 + 10 + 10 and size["global"] == 10 * 10 + 10
     # Messages flow to all of them while they are open.
@@ -563,7 +542,7 @@ async def test_hundreds_of_sockets_leave_nothing_behind(server: ServerUnderTest)
     for socket in sockets:
         socket.close()
     await eventually(lambda: server.registry.size()["sockets"] == 1)
-    assert (await info(creator, viewed))["viewers"] == 0
+    assert (await creator.info(viewed))["viewers"] == 0
     creator_socket.close()
     await eventually(lambda: server.registry.size()["sockets"] == 0)
 
@@ -572,7 +551,7 @@ async def test_hundreds_of_sockets_leave_nothing_behind(server: ServerUnderTest)
 
     async def no_socket_ids_cached() -> bool:
         still_cached[:] = [user_id for user_id in [1, *(u.user_id for u in users)]
-                           if await server.cache.has_socket(user_id)]
+                           if await server.cache.sockets_of(user_id)]
         return not still_cached
 
     await eventually(no_socket_ids_cached, lambda: f"socket ids still cached for users {still_cached}")

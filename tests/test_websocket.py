@@ -24,7 +24,7 @@ async def test_connected_event_and_unique_socket_ids(server: ServerUnderTest):
     sockets = [await alice.connect() for _ in range(3)]
     assert len({s.socket_id for s in sockets}) == 3
     for socket in sockets:
-        assert await server.cache.has_socket(1, socket.socket_id)
+        assert socket.socket_id in await server.cache.sockets_of(1)
     assert server.registry.size()["sockets"] == 3 and server.registry.size()["users"] == 1
 
 
@@ -46,7 +46,7 @@ async def test_closing_sockets_one_by_one(server: ServerUnderTest):
     alice = server.user(1)
     first, second = await alice.connect(), await alice.connect()
     first.close()
-    await eventually(lambda: _not(server.cache.has_socket(1, first.socket_id)))
+    await eventually(lambda: _lacks(server.cache.sockets_of(1), first.socket_id))
     assert (await alice.get("/v1/messages/get?chat=0")).ok
     second.close()
     await eventually(lambda: _no_socket(server, 1))
@@ -63,12 +63,12 @@ async def test_lost_cache_does_not_disconnect_anyone(server: ServerUnderTest):
         await client.aclose()
     else:
         await server.cache.forget_all_sockets()
-    assert not await server.cache.has_socket(1)
+    assert not await server.cache.sockets_of(1)
     # The live connection is what counts; the cache copy comes back with
     # the next periodic refresh (run here rather than waited for).
     assert (await alice.get("/v1/messages/get?chat=0")).ok
     await server.chat_server.chat.refresh_socket_cache()
-    assert await server.cache.has_socket(1, socket.socket_id)
+    assert socket.socket_id in await server.cache.sockets_of(1)
 
 
 async def test_stale_socket_ids_are_dropped_at_start_and_expire(server: ServerUnderTest):
@@ -76,7 +76,7 @@ async def test_stale_socket_ids_are_dropped_at_start_and_expire(server: ServerUn
     restarted = ChatServer(server.chat_server.settings)
     await restarted.start(port=0)
     try:
-        assert not await restarted.cache.has_socket(4242)
+        assert not await restarted.cache.sockets_of(4242)
     finally:
         await restarted.stop()
     if server.backend == "mysql":
@@ -95,7 +95,7 @@ async def test_a_stalled_reader_is_closed_and_does_not_hold_up_the_rest(server: 
     conversation_id = await alice.create("firehose")
     await bob.join(conversation_id)
     raw = await _open_raw_socket(server, staller.launch)  # never reads from here on
-    await eventually(lambda: server.cache.has_socket(3))
+    await eventually(lambda: server.cache.sockets_of(3))
     # A congested network in miniature: the kernel would otherwise absorb
     # megabytes for this socket before the server's own queue fills.
     [stalled] = [c for c in server.registry.connections() if c.user_id == 3]
@@ -106,9 +106,9 @@ async def test_a_stalled_reader_is_closed_and_does_not_hold_up_the_rest(server: 
     sent = []
     for number in range(1000):
         sent.append(await alice.send(f"{number:04} " + "x" * 990, conversation_id))
-        if not server.registry.is_open(3):
+        if not server.registry.user_sockets(3):
             break
-    assert server.registry.is_open(3) is False, "the stalled socket was never closed"
+    assert not server.registry.user_sockets(3), "the stalled socket was never closed"
     # Once it reads again, it finds a 1013 close after what it had buffered
     # (read now: the server aborts a closed socket that never answers).
     assert await _read_close_code(raw) == 1013
@@ -124,11 +124,11 @@ async def test_a_stalled_reader_is_closed_and_does_not_hold_up_the_rest(server: 
 
 
 async def _no_socket(server: ServerUnderTest, user_id: int) -> bool:
-    return not server.registry.is_open(user_id) and not await server.cache.has_socket(user_id)
+    return not server.registry.user_sockets(user_id) and not await server.cache.sockets_of(user_id)
 
 
-async def _not(awaitable) -> bool:
-    return not await awaitable
+async def _lacks(awaitable, item) -> bool:
+    return item not in await awaitable
 
 
 async def _open_raw_socket(server: ServerUnderTest, launch: str) -> stdlib_socket.socket:
@@ -177,3 +177,35 @@ async def _read_close_code(raw: stdlib_socket.socket) -> int | None:
             if opcode == 0x8:
                 raw.close()
                 return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+
+
+async def _user_rows(server: ServerUnderTest) -> int:
+    from sqlalchemy import func, select
+
+    from storage.models import User as UserRow
+
+    async with server.database.sessions() as session:
+        return await session.scalar(select(func.count()).select_from(UserRow))
+
+
+async def test_refused_handshakes_answer_json_and_write_nothing(server: ServerUnderTest):
+    """A plain GET, a foreign Origin, bad launch parameters or a bad profile: JSON, and no users row."""
+    user = server.user(77)
+    url = f"/v1/ws?{user.launch}"
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+    cases = [
+        ({}, url, 400),  # no Upgrade: not a WebSocket handshake
+        ({"Upgrade": "websocket"}, url, 400),  # no Connection: Upgrade
+        ({**upgrade, "Origin": "https://evil.example"}, url, 403),
+        ({**upgrade, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, url, 403),
+        (upgrade, url.replace("sign=", "sign=x"), 401),
+        (upgrade, url + "&avatar=ftp://nope", 400),
+    ]
+    for headers, path, status in cases:
+        response = await server.fetch("GET", path, headers, None)
+        assert response.status == status, (headers, response.body)
+        assert response.body["response"] is False and response.body["error"]["code"] == status
+    assert await _user_rows(server) == 0
+    await user.connect()
+    assert await _user_rows(server) == 1

@@ -1,7 +1,8 @@
-"""The only functions that build server → client frames (docs/API.md §3).
+"""The wire format: the only place that renders REST items and socket frames (docs/API.md §3-§5).
 
-Each returns the frame already JSON-encoded to UTF-8 bytes, so an event sent
-to a thousand sockets is encoded once.
+Items are plain dicts the handlers put in their JSON answers. Frames are
+returned already JSON-encoded to UTF-8 bytes, so an event sent to a thousand
+sockets is encoded once.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from storage.database import StoredMessage
+from storage.records import GLOBAL_CHAT_ID, ConversationInfo, ConversationSummary, StoredMessage
 
 
 def encode(event: str, data: dict[str, Any] | None = None) -> bytes:
@@ -19,21 +20,52 @@ def encode(event: str, data: dict[str, Any] | None = None) -> bytes:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-PONG = encode("pong")
-
-
-def connected(socket_id: str, user_id: int) -> bytes:
-    return encode("connected", {"socket_id": socket_id, "user_id": user_id})
+# REST items
 
 
 def message_item(message: StoredMessage) -> dict[str, Any]:
     """A message as the REST API and events show it; anonymous in the global chat."""
-    if message.conversation_id == 0:
+    if message.conversation_id == GLOBAL_CHAT_ID:
         return {"id": message.id, "message": message.text, "time": message.time}
     return {
         "id": message.id, "name": message.name, "avatar": message.avatar,
         "user_id": message.user_id, "message": message.text, "time": message.time,
     }
+
+
+def message_items(messages: list[StoredMessage]) -> list[dict[str, Any]]:
+    return [message_item(message) for message in messages]
+
+
+def conversation_item(summary: ConversationSummary) -> dict[str, Any]:
+    """A conversation of a list: with unread count and last message in the joined list."""
+    row = summary.row
+    if summary.unread is None:
+        return {"id": row.id, "name": row.name, "members": row.members, "viewers": summary.viewers,
+                "creator_id": row.creator_id}
+    return {
+        "id": row.id, "name": row.name, "members": row.members, "unreadCount": summary.unread,
+        "message": row.last_message or "", "senderAvatar": row.last_sender_avatar or "",
+        "viewers": summary.viewers, "creator_id": row.creator_id,
+    }
+
+
+def conversation_info(info: ConversationInfo) -> dict[str, Any]:
+    row = info.row
+    return {
+        "id": row.id, "name": row.name, "creator_id": row.creator_id, "members": row.members,
+        "viewers": info.viewers,
+        "users": [{"user_id": uid, "name": p.name, "avatar": p.avatar} for uid, p in info.users],
+    }
+
+
+# Socket frames
+
+PONG = encode("pong")
+
+
+def connected(socket_id: str, user_id: int) -> bytes:
+    return encode("connected", {"socket_id": socket_id, "user_id": user_id})
 
 
 def new_message(message: StoredMessage) -> bytes:

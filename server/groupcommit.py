@@ -1,0 +1,90 @@
+"""Group commit: items submitted for one key while a batch of that key is in flight wait for the next batch.
+
+Under load a conversation then commits many messages per round of database
+work instead of one transaction each (docs/BENCHMARKS.md has the measured
+effect), and they are stored and delivered in one order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, AsyncContextManager, Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
+
+log = logging.getLogger("chat")
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# commit(key, items) → (one outcome per item: a result, or the exception its submitter gets;
+#                       anything the delivery needs to know of the commit)
+Commit = Callable[[Hashable, Sequence[Any]], Awaitable[tuple[Sequence[Any], Any]]]
+# deliver(key, items, outcomes, context) → runs after a successful commit, before anyone is answered.
+Deliver = Callable[[Hashable, Sequence[Any], Sequence[Any], Any], Awaitable[None]]
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Batches per key, one batch in flight per key; every submitter is answered, whatever happens.
+
+    A batch is committed, then delivered (events, cache), then each submitter
+    gets its result. A failure of the commit is every submitter's error; a
+    failure after the commit is logged and does not change the answers: the
+    items are stored, and answering an error would invite a duplicate.
+    """
+
+    def __init__(
+        self, commit: Commit, deliver: Deliver,
+        guard: Callable[[Hashable], AsyncContextManager[None]] = lambda key: contextlib.nullcontext(),
+    ) -> None:
+        self._commit = commit
+        self._deliver = deliver
+        self._guard = guard  # held around a batch's commit and delivery (a per-key lock)
+        self._waiting: dict[Hashable, list[tuple[Item, asyncio.Future]]] = {}  # key → items not yet in a batch
+        self._tasks: set[asyncio.Task[None]] = set()  # batches in flight, kept so none is garbage-collected
+
+    async def submit(self, key: Hashable, item: Item) -> Result:
+        """Queue an item for the key's next batch; return its result once delivered."""
+        result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            self._waiting[key] = [(item, result)]
+            task = asyncio.ensure_future(self._run(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            waiting.append((item, result))
+        return await result
+
+    async def _run(self, key: Hashable) -> None:
+        batch = self._waiting.pop(key)
+        items = [item for item, _ in batch]
+        outcomes: Sequence[Result | BaseException] = ()
+        try:
+            async with self._guard(key):
+                outcomes, context = await self._commit(key, items)
+                try:
+                    await self._deliver(key, items, outcomes, context)
+                except Exception:
+                    log.exception("delivery of a committed batch of %d (key %s) failed", len(items), key)
+        except BaseException as error:
+            outcomes = [error] * len(items)
+            if not isinstance(error, Exception):
+                raise
+        finally:
+            for index, (_, result) in enumerate(batch):
+                if result.done():
+                    continue
+                outcome = outcomes[index] if index < len(outcomes) else RuntimeError("batch ended without a result")
+                if isinstance(outcome, BaseException):
+                    result.set_exception(outcome)
+                else:
+                    result.set_result(outcome)
+
+    async def close(self) -> None:
+        """Wait for the batches in flight (at shutdown, after no new item can arrive)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def __len__(self) -> int:
+        return len(self._tasks)

@@ -1,0 +1,84 @@
+"""The chat's own value types: what storage returns and the service, the registry and the events pass around.
+
+This module imports nothing of the project (and nothing of SQLAlchemy), so
+every layer can use it: storage builds these records, the registry keeps
+profiles, the wire format renders messages and conversations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# The global (anonymous) chat is chat/conversation 0 on the wire; its
+# messages are stored with no conversation (NULL).
+GLOBAL_CHAT_ID = 0
+# The first message of every conversation, from its creator.
+CONVERSATION_CREATED_TEXT = "Создана беседа."
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """A user's name and avatar, as their latest WebSocket launch carried them."""
+
+    name: str
+    avatar: str
+
+
+def default_profile(user_id: int) -> Profile:
+    """The profile of a user whose launch carried none."""
+    return Profile(name=f"id{user_id}", avatar="")
+
+
+@dataclasses.dataclass(frozen=True)
+class Draft:
+    """A message on its way into the database."""
+
+    user_id: int
+    text: str
+    time: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredMessage:
+    """A committed message with its sender's profile."""
+
+    id: int
+    conversation_id: int  # GLOBAL_CHAT_ID for the global chat
+    user_id: int
+    name: str
+    avatar: str
+    text: str
+    time: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversationRow:
+    """A conversation as the lists show it; the last message only in the joined list."""
+
+    id: int
+    name: str
+    creator_id: int
+    members: int
+    last_message: str | None = None
+    last_sender_avatar: str | None = None
+    # Changes with every commit that changes a member's unread count: the
+    # cached counters are served only while they carry the same version.
+    counter_version: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversationSummary:
+    """A row of a conversation list with what the cache and the live sockets add."""
+
+    row: ConversationRow
+    viewers: int
+    unread: int | None = None  # only in the joined list
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversationInfo:
+    """A conversation with its members' profiles, in joining order."""
+
+    row: ConversationRow
+    viewers: int
+    users: list[tuple[int, Profile]]
