@@ -33,6 +33,7 @@ from storage.cache import Cache
 from storage.database import Database
 from storage.records import (
     GLOBAL_CHAT_ID,
+    CommittedBatch,
     ConversationInfo,
     ConversationSummary,
     Draft,
@@ -163,19 +164,21 @@ class ChatService:
         self, conversation_id: int, batch: Sequence[PendingMessage]
     ) -> tuple[list[int | BaseException], list[int]]:
         """Commit a conversation's waiting messages in one transaction; the members come along."""
-        message_ids, members = await self.database.add_messages(conversation_id, [pending.draft for pending in batch])
-        return [NotAMember() if message_id is None else message_id for message_id in message_ids], members
+        committed = await self.database.add_messages(conversation_id, [pending.draft for pending in batch])
+        return [NotAMember() if message_id is None else message_id for message_id in committed.message_ids], committed
 
     async def _deliver_messages(
         self, conversation_id: int, batch: Sequence[PendingMessage], outcomes: Sequence[int | BaseException],
-        members: list[int],
+        committed: CommittedBatch,
     ) -> None:
         """Update unread counters, then send the events of a committed batch."""
         stored = [(pending, mid) for pending, mid in zip(batch, outcomes) if isinstance(mid, int)]
         if conversation_id != GLOBAL_CHAT_ID and stored:
             # Counters first: a receiver may ask for its list as soon as the event lands.
-            set_to, add = unread_changes(members, [pending.draft.user_id for pending, _ in stored])
-            await self._cache_quietly(self.cache.unread_on_messages(conversation_id, set_to, add), conversation_id)
+            set_to, add = unread_changes(committed.members, [pending.draft.user_id for pending, _ in stored])
+            await self._cache_quietly(
+                self.cache.unread_apply(conversation_id, committed.order.counter_version, set_to, add), conversation_id
+            )
         audience = None if conversation_id == GLOBAL_CHAT_ID else self.registry.audience(conversation_id)
         for pending, message_id in stored:
             frame = wire.new_message(self._stored_message(conversation_id, message_id, pending))
@@ -193,19 +196,15 @@ class ChatService:
         )
 
     async def _cache_quietly(self, operation, conversation_id: int) -> None:
-        """Apply a counter update after commit; if the cache fails, drop the counters instead.
+        """Apply a counter update after commit; a failure only logs.
 
-        The database already holds the truth; a counter the cache could not
-        update must not survive, or it would be wrong once the cache is back.
+        The database already holds the truth, and counters that missed this
+        update no longer match its version, so nobody is served them again.
         """
         try:
             await operation
-        except Exception:
-            log.exception("unread counters of conversation %s not updated", conversation_id)
-            try:
-                await self.cache.unread_drop(conversation_id)
-            except Exception:
-                log.warning("could not drop the unread counters of conversation %s", conversation_id)
+        except Exception as error:
+            log.warning("unread counters of conversation %s not updated: %s", conversation_id, error)
 
     # Conversations
 
@@ -218,21 +217,20 @@ class ChatService:
             rows = await self.database.new_conversations(user_id, offset, PAGE_CONVERSATIONS)
             return [ConversationSummary(row, self.registry.viewer_count(row.id)) for row in rows]
         rows = await self.database.joined_conversations(user_id, offset, PAGE_CONVERSATIONS)
-        unread = await self._unread_counts([row.id for row in rows], user_id)
+        unread = await self._unread_counts({row.id: row.counter_version for row in rows}, user_id)
         return [
             ConversationSummary(row, self.registry.viewer_count(row.id), unread.get(row.id, 0)) for row in rows
         ]
 
-    async def _unread_counts(self, conversation_ids: list[int], user_id: int) -> dict[int, int]:
-        """The user's cached counters, rebuilding from the database those the cache lost."""
-        counts = await self.cache.unread_get(conversation_ids, user_id)
+    async def _unread_counts(self, versions: dict[int, int], user_id: int) -> dict[int, int]:
+        """The user's counters: cached where the cache is at the database's version, else rebuilt."""
+        counts = await self.cache.unread_get(versions, user_id)
         missing = [cid for cid, count in counts.items() if count is None]
         if missing:
-            async with self.locks.hold(*missing):
-                rebuilt = await self.database.unread_counts(missing)
-                await self.cache.unread_prime(rebuilt)
+            rebuilt = await self.database.unread_counts(missing)
+            await self._cache_quietly(self.cache.unread_prime(rebuilt), missing[0])
             for conversation_id in missing:
-                counts[conversation_id] = rebuilt[conversation_id].get(user_id, 0)
+                counts[conversation_id] = rebuilt[conversation_id].counts.get(user_id, 0) if conversation_id in rebuilt else 0
         return counts  # type: ignore[return-value]
 
     async def create_conversation(self, user_id: int, socket_id: str | None, name: str) -> int:
@@ -248,10 +246,12 @@ class ChatService:
         """Make the user a member (ending their viewing); return the newest messages."""
         self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
-            messages = await self.database.join(
+            messages, order = await self.database.join(
                 conversation_id, user_id, self.max_members, int(time.time()), PAGE_MESSAGES
             )
-            await self._cache_quietly(self.cache.unread_set(conversation_id, user_id, 0), conversation_id)
+            await self._cache_quietly(
+                self.cache.unread_apply(conversation_id, order.counter_version, {user_id: 0}), conversation_id
+            )
             self.registry.join_room(conversation_id, user_id)
             if self.registry.stop_viewing(conversation_id, user_id):
                 self._announce_viewers(conversation_id)
@@ -263,13 +263,16 @@ class ChatService:
         """End the user's membership; the last one out deletes the conversation."""
         self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
-            deleted = await self.database.leave(conversation_id, user_id)
+            deleted, order = await self.database.leave(conversation_id, user_id)
             self.registry.leave_room(conversation_id, user_id)
             self.registry.send_all(wire.leaved_conversation(conversation_id, user_id))
             if deleted:
                 await self._forget_conversation(conversation_id)
             else:
-                await self._cache_quietly(self.cache.unread_remove(conversation_id, user_id), conversation_id)
+                await self._cache_quietly(
+                    self.cache.unread_apply(conversation_id, order.counter_version, {}, remove=[user_id]),
+                    conversation_id,
+                )
 
     async def delete(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
         """Delete a conversation with everything in it; creator only."""
@@ -290,8 +293,8 @@ class ChatService:
         """Mark the conversation read for a member."""
         self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
-            await self.database.mark_read(conversation_id, user_id)
-            await self._cache_quietly(self.cache.unread_set(conversation_id, user_id, 0), conversation_id)
+            version = await self.database.mark_read(conversation_id, user_id)
+            await self._cache_quietly(self.cache.unread_apply(conversation_id, version, {user_id: 0}), conversation_id)
 
     async def info(self, user_id: int, socket_id: str | None, conversation_id: int) -> ConversationInfo:
         """A conversation with its members' profiles and its viewer count."""

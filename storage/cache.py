@@ -1,11 +1,17 @@
 """The cache: open socket ids per user and unread counters per conversation.
 
-Nothing here is the truth. Socket ids mirror the live connections of this
-process (re-added on every refresh, expiring when a crashed process stops
-refreshing them); unread counters are rebuilt from the database whenever a
-conversation's counters are missing. A conversation's counters are valid only
-while its hash exists ("primed"): increments are applied only to a primed
-hash, so a counter lost with Redis is never restarted from zero.
+Nothing here is the truth. Socket ids mirror the live connections (re-added
+on every refresh, expiring when a crashed process stops refreshing them).
+
+Unread counters carry the version of the database they reflect: every commit
+that changes a conversation's counts bumps ``conversations.counter_version``,
+and the change is applied to the cached counters only if they are at the
+version just before it (then they move to the new one); anything else drops
+them. Readers serve a cached counter only when its version equals the one
+the database shows them, and otherwise rebuild it from the database. So a
+counter that missed an update (Redis was away, restarted from an old
+snapshot, or paused past a timeout) is never served again, whatever happened
+to the cache meanwhile.
 
 Two implementations with one interface: :class:`RedisCache` and
 :class:`MemoryCache`, chosen by :func:`create_cache`.
@@ -18,13 +24,15 @@ from typing import Iterable, Mapping, Sequence
 
 import redis.asyncio as redis
 
+from storage.records import UnreadCounts
+
 # Socket-id sets expire unless refreshed; the server refreshes them every
 # SOCKET_REFRESH_SECS, so ids left by a crashed process vanish within a minute.
 SOCKET_TTL_SECS = 60
 SOCKET_REFRESH_SECS = 20
 # Counters of quiet conversations are dropped after a day and rebuilt on demand.
 UNREAD_TTL_SECS = 24 * 3600
-PRIMED_FIELD = "_primed"
+VERSION_FIELD = "_v"
 REDIS_MAX_CONNECTIONS = 64
 REDIS_POOL_TIMEOUT_SECS = 5
 
@@ -53,30 +61,23 @@ class Cache(abc.ABC):
         """Drop every socket id: at start-up no socket of ours is open."""
 
     @abc.abstractmethod
-    async def unread_on_messages(
-        self, conversation_id: int, set_to: Mapping[int, int], add: Mapping[int, int]
+    async def unread_apply(
+        self, conversation_id: int, version: int, set_to: Mapping[int, int], add: Mapping[int, int] = {},
+        remove: Iterable[int] = (),
     ) -> None:
-        """Set some members' counters and add to others', if the conversation is primed."""
-
-    @abc.abstractmethod
-    async def unread_set(self, conversation_id: int, user_id: int, count: int) -> None:
-        """Set one member's counter, if primed."""
-
-    @abc.abstractmethod
-    async def unread_remove(self, conversation_id: int, user_id: int) -> None:
-        """Drop a member's counter (they left)."""
+        """Apply the change that took the counters to ``version``, if they are at ``version - 1``; else drop them."""
 
     @abc.abstractmethod
     async def unread_drop(self, conversation_id: int) -> None:
         """Drop a conversation's counters (it was deleted)."""
 
     @abc.abstractmethod
-    async def unread_get(self, conversation_ids: Sequence[int], user_id: int) -> dict[int, int | None]:
-        """The user's counters; None where a conversation is not primed."""
+    async def unread_get(self, versions: Mapping[int, int], user_id: int) -> dict[int, int | None]:
+        """The user's counters where the cache holds them at the given version; None elsewhere."""
 
     @abc.abstractmethod
-    async def unread_prime(self, counts: Mapping[int, Mapping[int, int]]) -> None:
-        """Replace conversations' counters with ones rebuilt from the database."""
+    async def unread_prime(self, counts: Mapping[int, UnreadCounts]) -> None:
+        """Store counters rebuilt from the database, unless the cache already holds a newer version."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -87,7 +88,7 @@ class MemoryCache(Cache):
 
     def __init__(self) -> None:
         self._sockets: dict[int, set[str]] = {}  # user id → open socket ids
-        self._unread: dict[int, dict[int, int]] = {}  # conversation id → user id → count
+        self._unread: dict[int, UnreadCounts] = {}  # conversation id → its counters and their version
 
     async def add_socket(self, user_id: int, socket_id: str) -> None:
         self._sockets.setdefault(user_id, set()).add(socket_id)
@@ -115,46 +116,68 @@ class MemoryCache(Cache):
         self._sockets.clear()
         self._unread.clear()
 
-    async def unread_on_messages(
-        self, conversation_id: int, set_to: Mapping[int, int], add: Mapping[int, int]
+    async def unread_apply(
+        self, conversation_id: int, version: int, set_to: Mapping[int, int], add: Mapping[int, int] = {},
+        remove: Iterable[int] = (),
     ) -> None:
-        counters = self._unread.get(conversation_id)
-        if counters is None:
+        cached = self._unread.get(conversation_id)
+        if cached is None or cached.version >= version:
             return
-        counters.update(set_to)
+        if cached.version != version - 1:
+            del self._unread[conversation_id]
+            return
+        counts = dict(cached.counts)
+        counts.update(set_to)
         for user_id, count in add.items():
-            counters[user_id] = counters.get(user_id, 0) + count
-
-    async def unread_set(self, conversation_id: int, user_id: int, count: int) -> None:
-        if conversation_id in self._unread:
-            self._unread[conversation_id][user_id] = count
-
-    async def unread_remove(self, conversation_id: int, user_id: int) -> None:
-        self._unread.get(conversation_id, {}).pop(user_id, None)
+            counts[user_id] = counts.get(user_id, 0) + count
+        for user_id in remove:
+            counts.pop(user_id, None)
+        self._unread[conversation_id] = UnreadCounts(version, counts)
 
     async def unread_drop(self, conversation_id: int) -> None:
         self._unread.pop(conversation_id, None)
 
-    async def unread_get(self, conversation_ids: Sequence[int], user_id: int) -> dict[int, int | None]:
-        return {cid: self._unread.get(cid, {}).get(user_id) for cid in conversation_ids}
+    async def unread_get(self, versions: Mapping[int, int], user_id: int) -> dict[int, int | None]:
+        result: dict[int, int | None] = {}
+        for conversation_id, version in versions.items():
+            cached = self._unread.get(conversation_id)
+            result[conversation_id] = (
+                cached.counts.get(user_id, 0) if cached is not None and cached.version == version else None
+            )
+        return result
 
-    async def unread_prime(self, counts: Mapping[int, Mapping[int, int]]) -> None:
-        for conversation_id, counters in counts.items():
-            self._unread[conversation_id] = dict(counters)
+    async def unread_prime(self, counts: Mapping[int, UnreadCounts]) -> None:
+        for conversation_id, rebuilt in counts.items():
+            cached = self._unread.get(conversation_id)
+            if cached is None or cached.version < rebuilt.version:
+                self._unread[conversation_id] = UnreadCounts(rebuilt.version, dict(rebuilt.counts))
 
 
-# Applied only to a primed hash (see the module docstring). ARGV is
-# (n, user, count × n for HSET, then user, count pairs for HINCRBY).
-_UNREAD_ON_MESSAGES_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[1])
-for i = 2, 2 * n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-for i = 2 * n + 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+# KEYS[1] the conversation's hash; ARGV: version, n_set, n_add, then user/count
+# pairs to set, user/count pairs to add, then users to remove. The hash moves
+# from version - 1 to version, or is dropped: a hash that missed a change must
+# not serve again (see the module docstring).
+_UNREAD_APPLY_LUA = """
+local cached = redis.call('HGET', KEYS[1], '_v')
+if not cached then return 0 end
+local version = tonumber(ARGV[1])
+if tonumber(cached) >= version then return 0 end
+if tonumber(cached) ~= version - 1 then redis.call('DEL', KEYS[1]) return -1 end
+local n_set, n_add = tonumber(ARGV[2]), tonumber(ARGV[3])
+local i = 4
+for _ = 1, n_set do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) i = i + 2 end
+for _ = 1, n_add do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) i = i + 2 end
+while i <= #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) i = i + 1 end
+redis.call('HSET', KEYS[1], '_v', version)
 return 1
 """
-_UNREAD_SET_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+# KEYS[1] the hash; ARGV: version, ttl, then user/count pairs. Never replaces a newer version.
+_UNREAD_PRIME_LUA = """
+local cached = redis.call('HGET', KEYS[1], '_v')
+if cached and tonumber(cached) >= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '_v', ARGV[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
@@ -170,8 +193,8 @@ class RedisCache(Cache):
         )
         self.client = redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self.prefix = prefix
-        self._unread_on_messages = self.client.register_script(_UNREAD_ON_MESSAGES_LUA)
-        self._unread_set = self.client.register_script(_UNREAD_SET_LUA)
+        self._unread_apply = self.client.register_script(_UNREAD_APPLY_LUA)
+        self._unread_prime = self.client.register_script(_UNREAD_PRIME_LUA)
 
     def _sockets_key(self, user_id: int) -> str:
         return f"{self.prefix}sockets:{user_id}"
@@ -206,41 +229,38 @@ class RedisCache(Cache):
         for start in range(0, len(keys), 1000):
             await self.client.delete(*keys[start : start + 1000])
 
-    async def unread_on_messages(
-        self, conversation_id: int, set_to: Mapping[int, int], add: Mapping[int, int]
+    async def unread_apply(
+        self, conversation_id: int, version: int, set_to: Mapping[int, int], add: Mapping[int, int] = {},
+        remove: Iterable[int] = (),
     ) -> None:
-        args: list[int] = [len(set_to)]
+        args: list[int] = [version, len(set_to), len(add)]
         for counters in (set_to, add):
             for user_id, count in counters.items():
                 args += (user_id, count)
-        await self._unread_on_messages(keys=[self._unread_key(conversation_id)], args=args)
-
-    async def unread_set(self, conversation_id: int, user_id: int, count: int) -> None:
-        await self._unread_set(keys=[self._unread_key(conversation_id)], args=[user_id, count])
-
-    async def unread_remove(self, conversation_id: int, user_id: int) -> None:
-        await self.client.hdel(self._unread_key(conversation_id), str(user_id))
+        args += list(remove)
+        await self._unread_apply(keys=[self._unread_key(conversation_id)], args=args)
 
     async def unread_drop(self, conversation_id: int) -> None:
         await self.client.delete(self._unread_key(conversation_id))
 
-    async def unread_get(self, conversation_ids: Sequence[int], user_id: int) -> dict[int, int | None]:
+    async def unread_get(self, versions: Mapping[int, int], user_id: int) -> dict[int, int | None]:
         async with self.client.pipeline(transaction=False) as pipe:
-            for conversation_id in conversation_ids:
-                pipe.hget(self._unread_key(conversation_id), str(user_id))
+            for conversation_id in versions:
+                pipe.hmget(self._unread_key(conversation_id), VERSION_FIELD, str(user_id))
             values = await pipe.execute()
-        return {
-            cid: None if value is None else int(value)
-            for cid, value in zip(conversation_ids, values)
-        }
+        result: dict[int, int | None] = {}
+        for (conversation_id, version), (cached_version, count) in zip(versions.items(), values):
+            fresh = cached_version is not None and int(cached_version) == version
+            result[conversation_id] = (int(count) if count is not None else 0) if fresh else None
+        return result
 
-    async def unread_prime(self, counts: Mapping[int, Mapping[int, int]]) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            for conversation_id, counters in counts.items():
-                key = self._unread_key(conversation_id)
-                pipe.delete(key)
-                pipe.hset(key, mapping={PRIMED_FIELD: 1, **{str(u): c for u, c in counters.items()}})
-                pipe.expire(key, UNREAD_TTL_SECS)
+    async def unread_prime(self, counts: Mapping[int, UnreadCounts]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for conversation_id, rebuilt in counts.items():
+                args: list[int] = [rebuilt.version, UNREAD_TTL_SECS]
+                for user_id, count in rebuilt.counts.items():
+                    args += (user_id, count)
+                await self._unread_prime(keys=[self._unread_key(conversation_id)], args=args, client=pipe)
             await pipe.execute()
 
     async def close(self) -> None:

@@ -29,14 +29,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from storage.errors import AlreadyMember, ConversationMissing, MembersFull, NameTaken, NotCreator, NotMember
-from storage.models import Conversation, Member, Message, User
+from storage.models import Conversation, GlobalChat, Member, Message, User
 from storage.records import (
     CONVERSATION_CREATED_TEXT,
     GLOBAL_CHAT_ID,
+    CommittedBatch,
     ConversationRow,
     Draft,
     Profile,
+    Sequenced,
     StoredMessage,
+    UnreadCounts,
     default_profile,
 )
 
@@ -54,6 +57,8 @@ TRANSACTION_ATTEMPTS = 3
 CONVERSATIONS = Conversation.__table__
 MEMBERS = Member.__table__
 MESSAGES = Message.__table__
+GLOBAL_CHAT = GlobalChat.__table__
+GLOBAL_CHAT_ROW = 1
 
 
 def retried(transaction: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -220,23 +225,26 @@ class Database:
         ]
 
     @retried
-    async def add_messages(
-        self, conversation_id: int, drafts: Sequence[Draft]
-    ) -> tuple[list[int | None], list[int]]:
-        """Store messages in one transaction; return their ids and the members' ids.
+    async def add_messages(self, conversation_id: int, drafts: Sequence[Draft]) -> CommittedBatch:
+        """Store messages in one transaction; return their ids, the members' ids and the batch's order.
 
         A draft whose sender is not a member gets ``None`` instead of an id
         and the rest are stored; if the conversation does not exist, nothing
-        is (ConversationMissing). The conversation row stays locked until
-        commit, so a concurrent delete either sees these messages (and
-        deletes them) or makes this transaction find no conversation.
+        is (ConversationMissing). The conversation row (the global chat's row
+        for the global chat) stays locked until commit, so batches of one chat
+        commit one after another in ``seq`` order, and a concurrent delete
+        either sees these messages (and deletes them) or makes this
+        transaction find no conversation.
         """
         async with self._write() as session:
             if conversation_id == GLOBAL_CHAT_ID:
-                return await self._insert_messages(session, None, drafts), []
+                return await self._add_global_messages(session, drafts)
             rows = (
                 await session.execute(
-                    select(CONVERSATIONS.c.id, MEMBERS.c.user_id)
+                    select(
+                        CONVERSATIONS.c.seq, CONVERSATIONS.c.last_message_id, CONVERSATIONS.c.counter_version,
+                        MEMBERS.c.user_id,
+                    )
                     .outerjoin(MEMBERS, MEMBERS.c.conversation_id == CONVERSATIONS.c.id)
                     .where(CONVERSATIONS.c.id == conversation_id)
                     .with_for_update(of=CONVERSATIONS)
@@ -244,17 +252,19 @@ class Database:
             ).all()
             if not rows:
                 raise ConversationMissing()
-            members = [user_id for _, user_id in rows if user_id is not None]
+            seq, last_message_id, counter_version, _ = rows[0]
+            members = [row.user_id for row in rows if row.user_id is not None]
             accepted = [draft for draft in drafts if draft.user_id in members]
+            order = Sequenced(seq + 1, last_message_id, counter_version + 1)
             if not accepted:
-                return [None] * len(drafts), members
+                return CommittedBatch([None] * len(drafts), members, Sequenced(seq, last_message_id, counter_version))
             ids = iter(await self._insert_messages(session, conversation_id, accepted))
             message_ids = [next(ids) if draft.user_id in members else None for draft in drafts]
             stored = [message_id for message_id in message_ids if message_id is not None]
             await session.execute(
                 update(CONVERSATIONS)
                 .where(CONVERSATIONS.c.id == conversation_id)
-                .values(last_message_id=stored[-1])
+                .values(last_message_id=stored[-1], seq=order.seq, counter_version=order.counter_version)
             )
             # Sending marks the conversation read for the sender, up to their own last message.
             last_sent = {draft.user_id: mid for draft, mid in zip(drafts, message_ids) if mid is not None}
@@ -263,7 +273,28 @@ class Database:
                 .where(MEMBERS.c.conversation_id == conversation_id, MEMBERS.c.user_id.in_(last_sent))
                 .values(last_read_message_id=case(last_sent, value=MEMBERS.c.user_id))
             )
-            return message_ids, members
+            return CommittedBatch(message_ids, members, order)
+
+    async def _add_global_messages(self, session: AsyncSession, drafts: Sequence[Draft]) -> CommittedBatch:
+        """Global messages, in the global chat's order: its row is locked like a conversation's."""
+        head = (
+            await session.execute(
+                select(GLOBAL_CHAT.c.seq, GLOBAL_CHAT.c.last_message_id)
+                .where(GLOBAL_CHAT.c.id == GLOBAL_CHAT_ROW)
+                .with_for_update()
+            )
+        ).first()
+        if head is None:  # the row is created by the migration; recreated if someone emptied the table
+            await session.execute(insert(GLOBAL_CHAT).values(id=GLOBAL_CHAT_ROW, seq=0, last_message_id=0))
+            head = (0, 0)
+        message_ids = await self._insert_messages(session, None, drafts)
+        order = Sequenced(head[0] + 1, head[1])
+        await session.execute(
+            update(GLOBAL_CHAT)
+            .where(GLOBAL_CHAT.c.id == GLOBAL_CHAT_ROW)
+            .values(seq=order.seq, last_message_id=message_ids[-1])
+        )
+        return CommittedBatch(list(message_ids), [], order)
 
     @staticmethod
     async def _insert_messages(
@@ -289,7 +320,10 @@ class Database:
 
     @retried
     async def create_conversation(self, user_id: int, name: str, now: int) -> tuple[int, int]:
-        """Create a conversation with its creator as member; return (id, first message id)."""
+        """Create a conversation with its creator as member; return (id, first message id).
+
+        Its creation is the conversation's first event: seq 1.
+        """
         try:
             async with self._write() as session:
                 result = await session.execute(
@@ -309,7 +343,7 @@ class Database:
                 await session.execute(
                     update(Conversation)
                     .where(Conversation.id == conversation_id)
-                    .values(last_message_id=message_id)
+                    .values(last_message_id=message_id, seq=1)
                 )
                 await session.execute(
                     insert(Member).values(
@@ -326,10 +360,10 @@ class Database:
     @retried
     async def join(
         self, conversation_id: int, user_id: int, max_members: int, now: int, page: int
-    ) -> list[StoredMessage]:
+    ) -> tuple[list[StoredMessage], Sequenced]:
         """Make the user a member, within the member limit even under concurrent joins.
 
-        Return the newest ``page`` messages, read in the same transaction.
+        Return the newest ``page`` messages, read in the same transaction, and the join's order.
         """
         async with self._write() as session:
             conversation, is_member = await self._lock_conversation(
@@ -339,10 +373,12 @@ class Database:
                 raise AlreadyMember()
             # The condition is checked by the database in the same statement
             # that takes the place, so two joins can never both take the last one.
+            order = _next(conversation)
             taken = await session.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation_id, Conversation.members_count < max_members)
-                .values(members_count=Conversation.members_count + 1)
+                .values(members_count=Conversation.members_count + 1, seq=order.seq,
+                        counter_version=order.counter_version)
             )
             if taken.rowcount != 1:
                 raise MembersFull()
@@ -352,11 +388,11 @@ class Database:
                     last_read_message_id=conversation.last_message_id, joined_at=now,
                 )
             )
-            return await self._list_messages(session, conversation_id, 0, page)
+            return await self._list_messages(session, conversation_id, 0, page), order
 
     @retried
-    async def leave(self, conversation_id: int, user_id: int) -> bool:
-        """Remove a member; delete the conversation when nobody is left. Return deleted."""
+    async def leave(self, conversation_id: int, user_id: int) -> tuple[bool, Sequenced]:
+        """Remove a member; delete the conversation when nobody is left. Return (deleted, the leave's order)."""
         async with self._write() as session:
             conversation = await self._lock_membership(session, conversation_id, user_id)
             await session.execute(
@@ -364,24 +400,27 @@ class Database:
                     Member.conversation_id == conversation_id, Member.user_id == user_id
                 )
             )
+            order = _next(conversation)
             if conversation.members_count <= 1:
                 await self._delete_rows(session, conversation_id)
-                return True
+                return True, order
             await session.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation_id)
-                .values(members_count=Conversation.members_count - 1)
+                .values(members_count=Conversation.members_count - 1, seq=order.seq,
+                        counter_version=order.counter_version)
             )
-            return False
+            return False, order
 
     @retried
-    async def delete_conversation(self, conversation_id: int, user_id: int) -> None:
-        """Delete a conversation with everything in it; only its creator may."""
+    async def delete_conversation(self, conversation_id: int, user_id: int) -> Sequenced:
+        """Delete a conversation with everything in it; only its creator may. Return the deletion's order."""
         async with self._write() as session:
             conversation, _ = await self._lock_conversation(session, conversation_id, user_id)
             if conversation.creator_id != user_id:
                 raise NotCreator()
             await self._delete_rows(session, conversation_id)
+            return _next(conversation)
 
     @staticmethod
     async def _delete_rows(session: AsyncSession, conversation_id: int) -> None:
@@ -390,8 +429,8 @@ class Database:
         await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
 
     @retried
-    async def mark_read(self, conversation_id: int, user_id: int) -> None:
-        """Mark every message of the conversation read for a member."""
+    async def mark_read(self, conversation_id: int, user_id: int) -> int:
+        """Mark every message of the conversation read for a member; return the new counter version."""
         async with self._write() as session:
             conversation = await self._lock_membership(session, conversation_id, user_id)
             await session.execute(
@@ -399,6 +438,11 @@ class Database:
                 .where(Member.conversation_id == conversation_id, Member.user_id == user_id)
                 .values(last_read_message_id=conversation.last_message_id)
             )
+            version = conversation.counter_version + 1
+            await session.execute(
+                update(Conversation).where(Conversation.id == conversation_id).values(counter_version=version)
+            )
+            return version
 
     async def membership(self, conversation_id: int, user_id: int) -> bool:
         """Return whether the user is a member; raise ConversationMissing if it is gone."""
@@ -426,7 +470,7 @@ class Database:
                 await session.execute(
                     select(
                         Conversation.id, Conversation.name, Conversation.creator_id,
-                        Conversation.members_count, last.c.text, sender.c.avatar,
+                        Conversation.members_count, last.c.text, sender.c.avatar, Conversation.counter_version,
                     )
                     .join(Member, Member.conversation_id == Conversation.id)
                     .outerjoin(last, last.c.id == Conversation.last_message_id)
@@ -484,25 +528,34 @@ class Database:
                 (await session.scalars(select(Member.conversation_id).where(Member.user_id == user_id))).all()
             )
 
-    async def unread_counts(self, conversation_ids: Sequence[int]) -> dict[int, dict[int, int]]:
-        """Count every member's unread messages from the truth: ids above their last read."""
-        counts: dict[int, dict[int, int]] = {cid: {} for cid in conversation_ids}
+    async def unread_counts(self, conversation_ids: Sequence[int]) -> dict[int, UnreadCounts]:
+        """Count every member's unread messages from the truth (ids above their last read), with the version.
+
+        One statement, so the counts and the version come from one snapshot.
+        """
+        counts: dict[int, UnreadCounts] = {}
         if not conversation_ids:
             return counts
         async with self._read() as session:
             rows = await session.execute(
-                select(Member.conversation_id, Member.user_id, func.count(Message.id))
+                select(Member.conversation_id, Conversation.counter_version, Member.user_id, func.count(Message.id))
+                .join(Conversation, Conversation.id == Member.conversation_id)
                 .outerjoin(
                     Message,
                     (Message.conversation_id == Member.conversation_id)
                     & (Message.id > Member.last_read_message_id),
                 )
                 .where(Member.conversation_id.in_(conversation_ids))
-                .group_by(Member.conversation_id, Member.user_id)
+                .group_by(Member.conversation_id, Conversation.counter_version, Member.user_id)
             )
-            for conversation_id, user_id, count in rows:
-                counts[conversation_id][user_id] = count
+            for conversation_id, version, user_id, count in rows:
+                counts.setdefault(conversation_id, UnreadCounts(version, {})).counts[user_id] = count
         return counts
+
+
+def _next(conversation: Conversation) -> Sequenced:
+    """The order of an announced change to a locked conversation: the next seq and counter version."""
+    return Sequenced(conversation.seq + 1, conversation.last_message_id, conversation.counter_version + 1)
 
 
 def _configure_sqlite(dbapi_connection, _record) -> None:

@@ -63,6 +63,24 @@ class Conversation(Base):
     # Denormalised for the "most recent activity first" list and its preview.
     last_message_id: Mapped[int] = mapped_column(Id, default=0)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # Numbers the conversation's announced events, bumped under the row lock
+    # by each transaction that announces something: the order every process
+    # publishes them in (server/hub.py).
+    seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Changes with every commit that changes a member's unread count; the
+    # cached counters are served only while they carry the same version.
+    counter_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class GlobalChat(Base):
+    """The global chat's one row: its event sequence, locked by each global send."""
+
+    __tablename__ = "global_chat"
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    last_message_id: Mapped[int] = mapped_column(Id, default=0, server_default="0")
 
 
 class Member(Base):

@@ -52,6 +52,24 @@ class StoredMessage:
 
 
 @dataclasses.dataclass(frozen=True)
+class Sequenced:
+    """Where a committed change stands in its chat's order of events (decided under the chat's row lock)."""
+
+    seq: int  # the change's own number: the chat's seq after this commit
+    last_message_id: int  # the chat's last message id before this commit
+    counter_version: int = 0  # the conversation's unread-counter version after this commit
+
+
+@dataclasses.dataclass(frozen=True)
+class CommittedBatch:
+    """Messages stored in one transaction: their ids (None: sender not a member), the members, the order."""
+
+    message_ids: list[int | None]
+    members: list[int]
+    order: Sequenced
+
+
+@dataclasses.dataclass(frozen=True)
 class ConversationRow:
     """A conversation as the lists show it; the last message only in the joined list."""
 
@@ -64,6 +82,14 @@ class ConversationRow:
     # Changes with every commit that changes a member's unread count: the
     # cached counters are served only while they carry the same version.
     counter_version: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class UnreadCounts:
+    """Every member's unread count of a conversation as of one counter version."""
+
+    version: int
+    counts: dict[int, int]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -345,3 +345,28 @@ async def test_unread_counts_under_concurrent_senders(server: ServerUnderTest):
     await _lose_cache(server)
     for user in users:
         assert await _unread(user, conversation_id) == expected[user.user_id]
+
+
+async def test_counters_that_missed_an_update_are_never_served(server: ServerUnderTest):
+    """The cache holds counters at a version; a stale copy (an old snapshot, a lost update) is rebuilt, not served."""
+    alice, _ = await server.connected_user(1)
+    bob, _ = await server.connected_user(2)
+    conversation_id = await alice.create("versions")
+    await bob.join(conversation_id)
+    await alice.send("one", conversation_id)
+    assert (await bob.conversations())[0]["unreadCount"] == 1  # primes the cache at the current version
+    cache = server.chat_server.cache
+    [row] = await server.database.joined_conversations(bob.user_id, 0, 10)
+    assert await cache.unread_get({conversation_id: row.counter_version}, bob.user_id) == {conversation_id: 1}
+    # What a cache restored from an old snapshot holds: the primed counters of
+    # an earlier version, while the database moved on (two more messages).
+    from storage.records import UnreadCounts
+
+    for text in ("two", "three"):
+        await alice.send(text, conversation_id)
+    await cache.unread_drop(conversation_id)
+    await cache.unread_prime({conversation_id: UnreadCounts(row.counter_version, {alice.user_id: 0, bob.user_id: 1})})
+    assert (await bob.conversations())[0]["unreadCount"] == 3
+    await alice.send("four", conversation_id)  # applies on the rebuilt counters
+    assert (await bob.conversations())[0]["unreadCount"] == 4
+    assert (await alice.conversations())[0]["unreadCount"] == 0
