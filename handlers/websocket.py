@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from asyncio import Future
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import tornado.ioloop
 import tornado.web
@@ -69,6 +68,9 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         self._queue: list[bytes] = []
         self._flushing = False
         self._registered = False
+        # Frames held back while the socket is set up (a resume sends what
+        # was missed first); None once released.
+        self._held: list[bytes] | None = []
 
     def check_origin(self, origin: str) -> bool:
         """Allow configured origins (a same-origin page never gets here)."""
@@ -95,7 +97,9 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
             {name: self.get_query_argument(name) for name in ("name", "avatar") if self.get_query_argument(name, "")},
         )
         self.user_id = user.user_id
-        self.socket_id = secrets.token_urlsafe(12)
+        self.socket_id = self.chat.new_socket_id()
+        self.position_tail = wire.position_tail(self.socket_id)
+        self._resume = self.get_query_argument("resume", "") or None
         self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
         await super().get(*args, **kwargs)
 
@@ -109,7 +113,7 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         assert self._profile is not None
         self._registered = True  # from here a close must unregister, even mid-open
         try:
-            await self.chat.open_connection(self, self._profile)
+            await self.chat.open_connection(self, self._profile, self._resume)
         except Exception as error:
             self._registered = False
             if is_storage_unavailable(error):
@@ -118,8 +122,12 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
             else:
                 log.exception("socket %s not opened", self.socket_id)
                 self.close(CLOSE_INTERNAL_ERROR, "Internal error")
-            return
-        self.send(wire.connected(self.socket_id, self.user_id))
+
+    def release(self, first: Sequence[bytes]) -> None:
+        """Send ``first`` (the greeting and any missed frames), then the live frames held meanwhile."""
+        held, self._held = self._held or [], None
+        for frame in (*first, *held):
+            self.send(frame)
 
     def on_message(self, message: str | bytes) -> None:
         """Invoked for each client frame: answer pings, ignore the rest."""
@@ -150,6 +158,9 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
 
     def send(self, frame: bytes) -> None:
         """Queue a pre-encoded text frame; never blocks on the client."""
+        if self._held is not None:
+            self._held.append(frame)
+            return
         if self.ws_connection is None or self.ws_connection.is_closing():
             return
         if not self._flushing:

@@ -23,8 +23,10 @@ from handlers.base import NotFoundHandler
 from handlers.websocket import ChatSocketHandler, StaticHandler
 from server.auth import load_or_create_secret
 from server.chat import ChatService
+from server.hub import Hub
 from server.registry import Registry
 from server.settings import Settings
+from storage.bus import create_bus
 from storage.cache import SOCKET_REFRESH_SECS, create_cache
 from storage.database import Database
 
@@ -68,9 +70,11 @@ class ChatServer:
             settings = dataclasses.replace(settings, vk_secret=load_or_create_secret(settings.data_dir))
         self.settings = settings
         self.database = Database(settings.effective_database_url)
-        self.cache = create_cache(settings.redis_url, settings.redis_prefix)
+        self.bus = create_bus(settings.redis_url, settings.redis_prefix, settings.resume_window)
+        self.cache = create_cache(settings.redis_url, settings.redis_prefix, self.bus.process_id)
         self.registry = Registry()
-        self.chat = ChatService(settings, self.database, self.cache, self.registry)
+        self.hub = Hub(self.bus, self.cache, self.database, self.registry, settings)
+        self.chat = ChatService(settings, self.database, self.cache, self.registry, self.hub)
         self.http_server: tornado.httpserver.HTTPServer | None = None
         self._refresh: tornado.ioloop.PeriodicCallback | None = None
 
@@ -115,8 +119,7 @@ class ChatServer:
     async def start(self, port: int | None = None) -> int:
         """Migrate, reset stale socket ids, listen; return the bound port."""
         await self.database.migrate()
-        # No socket of this process is open yet; ids a crashed one left are stale.
-        await self.cache.forget_all_sockets()
+        await self.hub.start()
         self.http_server = tornado.httpserver.HTTPServer(
             self.make_app(), max_buffer_size=MAX_BUFFERED_BODY_BYTES, xheaders=False
         )
@@ -146,6 +149,8 @@ class ChatServer:
         await self.chat.outbox.close()
         for connection in connections:
             connection.close(1001, "Server is shutting down")
+        await self.hub.stop()
+        await self.bus.close()
         await self.cache.close()
         await self.database.close()
 

@@ -12,7 +12,7 @@ never waits on any one of them.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, Sequence
 
 from storage.records import Profile
 
@@ -22,12 +22,16 @@ class Connection(Protocol):
 
     socket_id: str
     user_id: int
+    position_tail: bytes  # what ends this socket's positions: its id and the frame's closing
 
     def send(self, frame: bytes) -> None:
         """Queue a pre-encoded frame; never blocks, never raises."""
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection."""
+
+    def release(self, first: "Sequence[bytes]") -> None:
+        """Send ``first``, then the frames held since the socket was registered."""
 
 
 class Registry:
@@ -56,19 +60,17 @@ class Registry:
     def remove(self, connection: Connection) -> list[int] | None:
         """Forget a closed socket and all it listened to.
 
-        Return the conversations whose viewer count fell, or None if the
-        socket was not registered (already forgotten).
+        Return the conversations it was viewing, or None if the socket was
+        not registered (already forgotten).
         """
         socket_id, user_id = connection.socket_id, connection.user_id
         if self._sockets.get(socket_id) is not connection:
             return None
         del self._sockets[socket_id]
         self._global.discard(socket_id)
-        changed = [
-            cid
-            for cid in list(self._socket_views.get(socket_id, ()))
-            if self.stop_viewing(cid, user_id, [socket_id])
-        ]
+        changed = list(self._socket_views.get(socket_id, ()))
+        for conversation_id in changed:
+            self.stop_viewing(conversation_id, user_id, [socket_id])
         sockets = self._user_sockets[user_id]
         sockets.discard(socket_id)
         if not sockets:
@@ -90,6 +92,13 @@ class Registry:
 
     def connections(self) -> list[Connection]:
         return list(self._sockets.values())
+
+    def connection(self, socket_id: str) -> Connection | None:
+        return self._sockets.get(socket_id)
+
+    def socket_state(self, socket_id: str) -> tuple[bool, list[int]]:
+        """What a socket listens to beyond its user's rooms: (global chat, conversations viewed)."""
+        return socket_id in self._global, sorted(self._socket_views.get(socket_id, ()))
 
     def profile(self, user_id: int) -> Profile | None:
         return self._profiles.get(user_id)
@@ -175,9 +184,6 @@ class Registry:
             del self._viewers[conversation_id]
         return True
 
-    def viewer_count(self, conversation_id: int) -> int:
-        return len(self._viewers.get(conversation_id, ()))
-
     # Delivery
 
     def audience(self, conversation_id: int) -> list[str]:
@@ -191,18 +197,30 @@ class Registry:
             socket_ids.extend(sockets)
         return socket_ids
 
-    def send(self, socket_ids: Iterable[str], frame: bytes) -> None:
+    def viewers_audience(self, conversation_id: int, member_ids: Iterable[int]) -> set[str]:
+        """Sockets that get a viewer count: the members' (as the count's event names them) and the viewing ones.
+
+        The members come from the event: a viewer who joins stops viewing
+        before the room knows them, and still gets the count.
+        """
+        socket_ids = {socket_id for user_id in member_ids for socket_id in self._user_sockets.get(user_id, ())}
+        for sockets in self._viewers.get(conversation_id, {}).values():
+            socket_ids.update(sockets)
+        return socket_ids
+
+    def global_sockets(self) -> list[str]:
+        return list(self._global)
+
+    def send(self, socket_ids: Iterable[str], position_head: bytes) -> None:
+        """Send a frame to sockets, each with its own position: ``position_head`` (the frame, open) + its tail."""
         for socket_id in socket_ids:
             connection = self._sockets.get(socket_id)
             if connection is not None:
-                connection.send(frame)
+                connection.send(position_head + connection.position_tail)
 
-    def send_global(self, frame: bytes) -> None:
-        self.send(list(self._global), frame)
-
-    def send_all(self, frame: bytes) -> None:
+    def send_all(self, position_head: bytes) -> None:
         for connection in list(self._sockets.values()):
-            connection.send(frame)
+            connection.send(position_head + connection.position_tail)
 
     def size(self) -> dict[str, int]:
         """How many entries each table holds (all zero when nobody is connected)."""

@@ -60,12 +60,46 @@ def conversation_info(info: ConversationInfo) -> dict[str, Any]:
 
 
 # Socket frames
+#
+# Every event frame carries its position: "<epoch>.<log entry id>.<socket id>",
+# appended as a last member "pos". The frame is encoded once per event; each
+# socket adds only its own tail (see Registry.send).
+
+
+def position(epoch: str, entry_id: str, socket_id: str) -> str:
+    return f"{epoch}.{entry_id}.{socket_id}"
+
+
+def parse_position(value: str) -> tuple[str, str, str]:
+    """(epoch, entry id, socket id) of a position; ValueError if it is not one."""
+    epoch, entry_id, socket_id = value.split(".")
+    if not (epoch and entry_id and socket_id) or len(value) > 200:
+        raise ValueError("not a position")
+    return epoch, entry_id, socket_id
+
+
+def position_head(frame: bytes, epoch: str, entry_id: str) -> bytes:
+    """The frame with its position opened, up to the socket's part."""
+    return frame[:-1] + b',"pos":"' + f"{epoch}.{entry_id}.".encode()
+
+
+def position_tail(socket_id: str) -> bytes:
+    """What closes a socket's positioned frames: its id, then the frame."""
+    return socket_id.encode() + b'"}'
 
 PONG = encode("pong")
 
 
 def connected(socket_id: str, user_id: int) -> bytes:
     return encode("connected", {"socket_id": socket_id, "user_id": user_id})
+
+
+def resumed(socket_id: str, user_id: int, missed: int) -> bytes:
+    return encode("resumed", {"socket_id": socket_id, "user_id": user_id, "missed": missed})
+
+
+def resume_failed(socket_id: str, user_id: int, reason: str) -> bytes:
+    return encode("resume_failed", {"socket_id": socket_id, "user_id": user_id, "reason": reason})
 
 
 def new_message(message: StoredMessage) -> bytes:

@@ -57,8 +57,8 @@ class Cache(abc.ABC):
         """Re-add the live sockets and extend their expiry."""
 
     @abc.abstractmethod
-    async def forget_all_sockets(self) -> None:
-        """Drop every socket id: at start-up no socket of ours is open."""
+    async def forget_process_sockets(self, process_id: str) -> None:
+        """Drop the socket ids a dead process left."""
 
     @abc.abstractmethod
     async def unread_apply(
@@ -108,8 +108,8 @@ class MemoryCache(Cache):
         for user_id, socket_ids in sockets_by_user.items():
             self._sockets.setdefault(user_id, set()).update(socket_ids)
 
-    async def forget_all_sockets(self) -> None:
-        self._sockets.clear()
+    async def forget_process_sockets(self, process_id: str) -> None:
+        return None  # one process: nobody else's sockets
 
     def clear(self) -> None:
         """Lose everything, as a restarted Redis would."""
@@ -185,7 +185,7 @@ return 1
 class RedisCache(Cache):
     """Redis cache (``redis.asyncio``); every key starts with ``prefix``."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, process_id: str = "") -> None:
         # A bounded pool that makes a burst of requests wait for a connection
         # instead of failing ("Too many connections") or opening hundreds.
         pool = redis.BlockingConnectionPool.from_url(
@@ -193,6 +193,9 @@ class RedisCache(Cache):
         )
         self.client = redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self.prefix = prefix
+        # Each process also lists the socket ids it wrote, so that the
+        # survivors can remove them at once if it dies (server/hub.py).
+        self.process_key = f"{prefix}procsockets:{process_id}"
         self._unread_apply = self.client.register_script(_UNREAD_APPLY_LUA)
         self._unread_prime = self.client.register_script(_UNREAD_PRIME_LUA)
 
@@ -206,12 +209,14 @@ class RedisCache(Cache):
         key = self._sockets_key(user_id)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.sadd(key, socket_id).expire(key, SOCKET_TTL_SECS)
+            pipe.sadd(self.process_key, f"{user_id}:{socket_id}").expire(self.process_key, SOCKET_TTL_SECS)
             await pipe.execute()
 
     async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for user_id, socket_id in sockets:
                 pipe.srem(self._sockets_key(user_id), socket_id)
+                pipe.srem(self.process_key, f"{user_id}:{socket_id}")
             await pipe.execute()
 
     async def sockets_of(self, user_id: int) -> set[str]:
@@ -222,12 +227,19 @@ class RedisCache(Cache):
             for user_id, socket_ids in sockets_by_user.items():
                 key = self._sockets_key(user_id)
                 pipe.sadd(key, *socket_ids).expire(key, SOCKET_TTL_SECS)
+                pipe.sadd(self.process_key, *(f"{user_id}:{s}" for s in socket_ids))
+            pipe.expire(self.process_key, SOCKET_TTL_SECS)
             await pipe.execute()
 
-    async def forget_all_sockets(self) -> None:
-        keys = [key async for key in self.client.scan_iter(match=f"{self.prefix}sockets:*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            await self.client.delete(*keys[start : start + 1000])
+    async def forget_process_sockets(self, process_id: str) -> None:
+        key = f"{self.prefix}procsockets:{process_id}"
+        members = await self.client.smembers(key)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for member in members:
+                user_id, _, socket_id = member.partition(":")
+                pipe.srem(self._sockets_key(int(user_id)), socket_id)
+            pipe.delete(key)
+            await pipe.execute()
 
     async def unread_apply(
         self, conversation_id: int, version: int, set_to: Mapping[int, int], add: Mapping[int, int] = {},
@@ -267,6 +279,6 @@ class RedisCache(Cache):
         await self.client.aclose()
 
 
-def create_cache(redis_url: str, prefix: str) -> Cache:
+def create_cache(redis_url: str, prefix: str, process_id: str = "") -> Cache:
     """Redis when a URL is configured, the in-process cache otherwise."""
-    return RedisCache(redis_url, prefix) if redis_url else MemoryCache()
+    return RedisCache(redis_url, prefix, process_id) if redis_url else MemoryCache()

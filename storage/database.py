@@ -413,14 +413,15 @@ class Database:
             return False, order
 
     @retried
-    async def delete_conversation(self, conversation_id: int, user_id: int) -> Sequenced:
-        """Delete a conversation with everything in it; only its creator may. Return the deletion's order."""
+    async def delete_conversation(self, conversation_id: int, user_id: int) -> tuple[Sequenced, list[int]]:
+        """Delete a conversation with everything in it; only its creator may. Return its order and its members."""
         async with self._write() as session:
             conversation, _ = await self._lock_conversation(session, conversation_id, user_id)
             if conversation.creator_id != user_id:
                 raise NotCreator()
+            members = list(await session.scalars(select(Member.user_id).where(Member.conversation_id == conversation_id)))
             await self._delete_rows(session, conversation_id)
-            return _next(conversation)
+            return _next(conversation), members
 
     @staticmethod
     async def _delete_rows(session: AsyncSession, conversation_id: int) -> None:
@@ -521,6 +522,44 @@ class Database:
             conversation.id, conversation.name, conversation.creator_id, conversation.members_count
         )
         return row, [(uid, Profile(name, avatar)) for uid, name, avatar in users]
+
+    async def profile(self, user_id: int) -> Profile | None:
+        """The stored profile of a user, if they ever connected."""
+        async with self._read() as session:
+            user = await session.get(User, user_id)
+        return None if user is None else Profile(name=user.name, avatar=user.avatar)
+
+    async def member_ids(self, conversation_id: int, must_exist: bool = False) -> list[int]:
+        """The conversation's members; none if it does not exist, or ConversationMissing if it ``must_exist``."""
+        async with self._read() as session:
+            rows = (
+                await session.execute(
+                    select(Conversation.id, Member.user_id)
+                    .outerjoin(Member, Member.conversation_id == Conversation.id)
+                    .where(Conversation.id == conversation_id)
+                )
+            ).all()
+        if not rows and must_exist:
+            raise ConversationMissing()
+        return [user_id for _, user_id in rows if user_id is not None]
+
+    async def messages_between(self, chat: int, after_id: int, upto_id: int) -> list[StoredMessage]:
+        """A chat's messages with ids in (after_id, upto_id], oldest first."""
+        where = Message.conversation_id.is_(None) if chat == GLOBAL_CHAT_ID else Message.conversation_id == chat
+        async with self._read() as session:
+            rows = (
+                await session.execute(
+                    select(Message, User.name, User.avatar)
+                    .join(User, User.id == Message.user_id)
+                    .where(where, Message.id > after_id, Message.id <= upto_id)
+                    .order_by(Message.id)
+                )
+            ).all()
+        return [
+            StoredMessage(id=m.id, conversation_id=chat, user_id=m.user_id, name=name, avatar=avatar,
+                          text=m.text, time=m.created_at)
+            for m, name, avatar in rows
+        ]
 
     async def user_conversation_ids(self, user_id: int) -> list[int]:
         async with self._read() as session:

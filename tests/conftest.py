@@ -1,8 +1,11 @@
 """Fixtures: a real server per test, on each backend, with real clients.
 
-Every test runs twice: on MySQL/MariaDB + Redis (``mysql``) and on the
-embedded SQLite + in-process cache (``embedded``). ``CHAT_TEST_BACKENDS``
-picks a subset. The MySQL database and the SQLite file are created for the
+Every test runs three times: on MySQL/MariaDB + Redis (``mysql``), on the
+embedded SQLite + in-process cache (``embedded``), and on two processes
+that share one MySQL database and one Redis prefix (``two-processes``):
+every user's WebSockets open on the first and every HTTP call goes to the
+second, so each rule of the contract is checked across processes.
+``CHAT_TEST_BACKENDS`` picks a subset. The MySQL database and the SQLite file are created for the
 session and emptied before each test; every test gets its own Redis key
 prefix, deleted afterwards, so parallel runs never meet.
 """
@@ -27,7 +30,9 @@ from tests.helpers import ServerUnderTest
 
 MYSQL_URL = os.environ.get("CHAT_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306")
 REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-BACKENDS = [b.strip() for b in os.environ.get("CHAT_TEST_BACKENDS", "mysql,embedded").split(",") if b.strip()]
+BACKENDS = [
+    b.strip() for b in os.environ.get("CHAT_TEST_BACKENDS", "mysql,embedded,two-processes").split(",") if b.strip()
+]
 TEST_SECRET = "test-secret-" + uuid.uuid4().hex
 
 
@@ -68,13 +73,13 @@ def server_settings(request: pytest.FixtureRequest, backend: str, data_dir: Path
     # No send rate limit unless a test asks for one: many tests send in bursts.
     values = dict(host="127.0.0.1", port=0, vk_secret=TEST_SECRET, data_dir=str(data_dir), max_members=100,
                   send_rate_limit=0)
-    if backend == "mysql":
+    if backend in ("mysql", "two-processes"):
         values.update(
             database_url=request.getfixturevalue("mysql_database_url"), redis_url=REDIS_URL, redis_prefix=prefix
         )
     values.update(options)
     yield Settings(**values)
-    if backend == "mysql":
+    if backend in ("mysql", "two-processes"):
         client = redis_sync.Redis.from_url(REDIS_URL)
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
         if keys:
@@ -83,21 +88,30 @@ def server_settings(request: pytest.FixtureRequest, backend: str, data_dir: Path
 
 
 @pytest.fixture
-def server(io_loop, server_settings: Settings) -> Iterator[ServerUnderTest]:
-    """A started server with empty tables, and clients that close at teardown."""
-    chat_server = ChatServer(server_settings)
+def server(io_loop, backend: str, server_settings: Settings) -> Iterator[ServerUnderTest]:
+    """A started server with empty tables, and clients that close at teardown.
 
-    async def start() -> int:
+    With ``two-processes`` two servers share the database and Redis: sockets
+    open on the first (``server.chat_server``), HTTP calls go to the second.
+    """
+    chat_server = ChatServer(server_settings)
+    http_server = ChatServer(server_settings) if backend == "two-processes" else chat_server
+
+    async def start() -> tuple[int, int]:
         port = await chat_server.start(port=0)  # migrates the schema; no client knows the port yet
         async with chat_server.database.engine.begin() as connection:
             for table in reversed(Base.metadata.sorted_tables):
                 if table.name != "global_chat":
                     await connection.execute(table.delete())
             await connection.execute(Base.metadata.tables["global_chat"].update().values(seq=0, last_message_id=0))
-        return port
+        http_port = port if http_server is chat_server else await http_server.start(port=0)
+        return port, http_port
 
-    port = io_loop.run_sync(start)
-    under_test = ServerUnderTest(chat_server, port, "mysql" if server_settings.database_url else "embedded")
+    port, http_port = io_loop.run_sync(start)
+    under_test = ServerUnderTest(chat_server, port, "embedded" if backend == "embedded" else "mysql",
+                                 http_port=http_port, topology=backend, http_chat_server=http_server)
     yield under_test
     under_test.close_sockets()
     io_loop.run_sync(chat_server.stop)
+    if http_server is not chat_server:
+        io_loop.run_sync(http_server.stop)

@@ -61,8 +61,10 @@ class Socket:
         self.connection = connection
         self.socket_id = socket_id
         self.user_id = user_id
-        self.frames: asyncio.Queue[dict | None] = asyncio.Queue()
+        self.frames: asyncio.Queue[tuple[dict, str | None] | None] = asyncio.Queue()
         self.close_code: int | None = None
+        # The position of the last frame taken with next_frame (what a client resumes from).
+        self.position: str | None = None
         self._reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -72,10 +74,18 @@ class Socket:
                 self.close_code = self.connection.close_code
                 await self.frames.put(None)
                 return
-            await self.frames.put(json.loads(message))
+            frame = json.loads(message)
+            await self.frames.put((frame, frame.pop("pos", None)))
 
     async def next_frame(self) -> dict | None:
-        return await asyncio.wait_for(self.frames.get(), EVENT_TIMEOUT_SECS)
+        """The next frame, without its position (kept in ``self.position``); None once closed."""
+        item = await asyncio.wait_for(self.frames.get(), EVENT_TIMEOUT_SECS)
+        if item is None:
+            return None
+        frame, position = item
+        if position is not None:
+            self.position = position
+        return frame
 
     async def expect(self, event: str) -> dict:
         """The next frame must be ``event``; return its data."""
@@ -135,6 +145,7 @@ class User:
         assert first["event"] == "connected", first
         assert first["data"]["user_id"] == self.user_id
         socket = Socket(connection, first["data"]["socket_id"], self.user_id)
+        socket.position = first["pos"]
         self.sockets.append(socket)
         self.server.sockets.append(socket)
         return socket
@@ -205,11 +216,14 @@ class User:
 class ServerUnderTest:
     """A started ChatServer and what tests need to reach it."""
 
-    def __init__(self, chat_server: Any, port: int, backend: str) -> None:
-        self.chat_server = chat_server
-        self.backend = backend
+    def __init__(self, chat_server: Any, port: int, backend: str, http_port: int | None = None,
+                 topology: str = "", http_chat_server: Any = None) -> None:
+        self.chat_server = chat_server  # the server holding the sockets
+        self.http_chat_server = http_chat_server or chat_server  # the one answering HTTP
+        self.backend = backend  # "mysql" (MySQL + Redis) or "embedded"
+        self.topology = topology or backend  # "two-processes": HTTP goes to another server than the sockets
         self.secret = chat_server.settings.vk_secret
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.base_url = f"http://127.0.0.1:{http_port or port}"
         self.ws_url = f"ws://127.0.0.1:{port}"
         self.sockets: list[Socket] = []
         self.http = AsyncHTTPClient(force_instance=True, max_clients=200)

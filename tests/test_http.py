@@ -79,7 +79,7 @@ async def test_internal_errors_are_json_500(server: ServerUnderTest):
 
 async def test_unreachable_database_is_503(server: ServerUnderTest, tmp_path):
     alice, _ = await server.connected_user(1)
-    chat = server.chat_server.chat
+    chat = server.http_chat_server.chat  # the process answering HTTP
     working = chat.database
     if server.backend == "mysql":
         broken = Database("mysql+aiomysql://root@127.0.0.1:1/chat")  # nothing listens on port 1

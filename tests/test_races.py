@@ -248,12 +248,16 @@ async def close_after(socket: Socket, round_number: int) -> None:
     socket.close()
 
 
+async def viewers_of(user: User, conversation_id: int, expected: int) -> bool:
+    response = await user.get(f"/v1/conversations/info/{conversation_id}")
+    return response.body["conversation"]["viewers"] == expected
+
+
 async def test_view_racing_a_disconnect_leaves_no_ghost_viewer(server: ServerUnderTest):
     """A view whose only socket closes while the request runs must not leave a viewer behind.
 
     view either fails with code 3 (428: the socket was already gone) or
-    succeeds; once the server has processed the close, the viewer count is
-    0 again and the registry holds nothing of that user.
+    succeeds; shortly after the close, the viewer count is 0 again and the registry holds nothing of that user.
     """
     alice, alice_socket = await server.connected_user(1)
     conversation_id = await alice.create("ghosts")
@@ -266,8 +270,10 @@ async def test_view_racing_a_disconnect_leaves_no_ghost_viewer(server: ServerUnd
         )
         assert outcome(response) in ((200, None), (428, 3)), response.body
         await eventually(lambda: not server.registry.user_sockets(viewer.user_id))
-        count = (await alice.get(f"/v1/conversations/info/{conversation_id}")).body["conversation"]["viewers"]
-        assert count == 0, f"round {round_number}: a closed socket is still counted as a viewer"
+        # Ending a closed socket's views is announced through the log: it
+        # lands shortly after the close; a ghost viewer never goes away.
+        await eventually(lambda: viewers_of(alice, conversation_id, 0),
+                         f"round {round_number}: a closed socket is still counted as a viewer")
         assert server.registry.size()["socket_views"] == 0
     await alice_socket.drain()
 

@@ -1,0 +1,534 @@
+"""The hub: this process's side of the bus. It publishes the chat's events, applies the log to the
+local sockets, answers what only all processes together know, and resumes reconnecting sockets.
+
+Every event goes through the log (``storage/bus.py``), also with one process:
+a process applies the log in order to its registry, so every socket on every
+process gets every event in the same order, and a socket's every frame
+carries its position in the log. ``publish`` returns once this process has
+applied the entry, so an HTTP answer still follows its own events on this
+process's sockets.
+
+What only all processes together know: whether a user has an open socket
+anywhere (the 428 rule), their sockets, distinct viewers, the send rate. A
+process that believes it is alone (no other heartbeat) answers from its own
+registry and limiter, so one process pays nothing for the others.
+
+Resume: a socket's positions name the log entry and the socket. A client
+that reconnects with one gets, after ``resumed``, every entry since then that
+its old socket would have received (its memberships as each entry names
+them, its global-chat subscription and views as its record says), then live
+events. Anything that makes this inexact (another epoch, an entry no longer
+in the log, an unknown socket, another user's socket, the window passed)
+answers ``resume_failed``: resumed always means complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import itertools
+import logging
+import secrets
+import time
+from typing import Any, Sequence
+
+from server import wire
+from server.ratelimit import RateLimiter
+from server.registry import Connection, Registry
+from server.settings import Settings
+from storage.bus import ALL, CONVERSATION, GLOBAL, STARTED, SUBSCRIPTION, VIEWERS, Bus, Entry, EntryBatch, id_key
+from storage.cache import SOCKET_REFRESH_SECS, Cache
+from storage.database import Database
+from storage.records import GLOBAL_CHAT_ID, Profile, Sequenced, StoredMessage, default_profile
+
+log = logging.getLogger("chat.hub")
+
+# How long an entry held back for its predecessor waits before the gap is filled from the database.
+GAP_WAIT_SECS = 2.0
+GAP_POLL_SECS = 0.05
+# How long publish waits for this process to apply its own entry (the reader may be cut off).
+APPLIED_WAIT_SECS = 5.0
+# Entries kept in memory for sockets that open while the log moves on.
+RECENT_ENTRIES = 20_000
+# A socket's record keeps this many subscription states (a resume needs the one at its position).
+HISTORY_STATES = 20
+# How long a closed socket is remembered, to undo a view that raced its close.
+CLOSED_MEMORY_SECS = 60.0
+
+
+class ResumeFailed(Exception):
+    """A resume cannot be exact; the reason is told to the client."""
+
+
+class Hub:
+    """Publishing, applying and resuming over a bus, for one process."""
+
+    def __init__(self, bus: Bus, cache: Cache, database: Database, registry: Registry, settings: Settings) -> None:
+        self.bus = bus
+        self.cache = cache
+        self.database = database
+        self.registry = registry
+        self.window_secs = settings.resume_window
+        self.rate = settings.send_rate_limit
+        self.local_limiter = RateLimiter(settings.send_rate_limit)
+        self.peers = 0  # other live processes, as the last heartbeat saw them
+        self._applied = (0, 0)  # id of the last entry applied here
+        self._applied_id = "0-0"
+        self._waiters: list[tuple[tuple[int, int], int, asyncio.Future[None]]] = []  # heap: entry id → publisher
+        self._tiebreak = itertools.count()
+        self._recent: collections.deque[tuple[str, Entry]] = collections.deque(maxlen=RECENT_ENTRIES)
+        self._history: dict[str, list[list[Any]]] = {}  # local socket → [[entry id, global, views], ...]
+        # Sockets of this process closed lately: a view appended while one
+        # closed arrives after its close, and must be undone (see _apply_subscription).
+        self._closed: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.closing: set[str] = set()  # sockets closed whose views are still being ended
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._beating: asyncio.Task[None] | None = None
+
+    # Lifetime
+
+    async def start(self) -> None:
+        self._mark_applied(await self.bus.start(self._apply))
+        self.peers, _, _ = await self.bus.beat()
+        self._beating = asyncio.ensure_future(self._beat_forever())
+
+    async def stop(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _beat_forever(self) -> None:
+        from storage.bus import HEARTBEAT_SECS
+
+        while True:
+            try:
+                self.peers, dead, lost = await self.bus.beat()
+                if lost:
+                    log.warning("Redis lost this process's state (restarted or flushed): restoring it")
+                    await self.restore()
+                for process_id in dead:
+                    await self._reap(process_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("heartbeat failed: %s", error)
+            await asyncio.sleep(HEARTBEAT_SECS)
+
+    async def restore(self) -> None:
+        """Tell Redis again what this process holds, after Redis lost it: socket ids, views, socket records.
+
+        Counts that were lost with it are announced again as the views return.
+        """
+        await self.cache.refresh_sockets(self.registry.connected_users())
+        for socket_id in list(self._history):
+            connection = self.registry.connection(socket_id)
+            if connection is None:
+                continue
+            for conversation_id in self.registry.socket_state(socket_id)[1]:
+                members = await self._members(conversation_id)
+                await self.bus.change_viewers(conversation_id, connection.user_id, [socket_id], True, members)
+            await self._save_socket(socket_id, connection.user_id)
+
+    async def _reap(self, process_id: str) -> None:
+        """Clean up after a process that died: its sockets stop counting, its views end (and are announced)."""
+        if not await self.bus.claim_dead(process_id):
+            return
+        log.warning("process %s stopped beating: removing its sockets and views", process_id)
+        await self.cache.forget_process_sockets(process_id)
+        for conversation_id, user_id, socket_id in await self.bus.dead_process_views(process_id):
+            members = await self._members(conversation_id)
+            await self.bus.change_viewers(conversation_id, user_id, [socket_id], False, members, closed=True)
+        await self.bus.forget_process(process_id)
+
+    # Applying the log
+
+    def _mark_applied(self, entry_id: str) -> None:
+        self._applied_id = entry_id
+        self._applied = id_key(entry_id)
+        while self._waiters and self._waiters[0][0] <= self._applied:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def applied(self, entry_id: str) -> None:
+        """Return once this process has applied the entry (or after APPLIED_WAIT_SECS)."""
+        if not entry_id or id_key(entry_id) <= self._applied:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (id_key(entry_id), next(self._tiebreak), waiter))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), APPLIED_WAIT_SECS)
+        except asyncio.TimeoutError:
+            log.warning("entry %s not applied here within %.0f s", entry_id, APPLIED_WAIT_SECS)
+
+    def _apply(self, batch: EntryBatch) -> None:
+        """Invoked with each batch of log entries, in log order: deliver them to this process's sockets."""
+        epoch = self.bus.epoch
+        for entry_id, entry in batch:
+            if id_key(entry_id) <= self._applied:
+                continue  # already applied (a reader that reconnected)
+            self._recent.append((entry_id, entry))
+            try:
+                self._apply_one(epoch, entry_id, entry)
+            except Exception:
+                log.exception("applying log entry %s failed", entry_id)
+            self._mark_applied(entry_id)
+
+    def _apply_one(self, epoch: str, entry_id: str, entry: Entry) -> None:
+        registry, meta, kind = self.registry, entry.meta, entry.kind
+        if kind == ALL:
+            self._apply_room_change(meta)
+            registry.send_all(wire.position_head(entry.frame, epoch, entry_id))
+            if meta.get("room") == "drop":
+                registry.drop_conversation(meta["c"])
+        elif kind == CONVERSATION:
+            registry.send(registry.audience(meta["c"]), wire.position_head(entry.frame, epoch, entry_id))
+        elif kind == GLOBAL:
+            registry.send(registry.global_sockets(), wire.position_head(entry.frame, epoch, entry_id))
+        elif kind == VIEWERS:
+            frame = wire.viewers_change(meta["c"], meta["n"])
+            registry.send(registry.viewers_audience(meta["c"], meta["m"]), wire.position_head(frame, epoch, entry_id))
+        elif kind == SUBSCRIPTION:
+            self._apply_subscription(entry_id, meta)
+        elif kind == STARTED and meta.get("p") != self.bus.process_id:
+            self.peers = max(self.peers, 1)  # a new process: stop answering alone at once
+
+    def _apply_room_change(self, meta: dict[str, Any]) -> None:
+        room, conversation_id, user_id = meta.get("room"), meta.get("c"), meta.get("u")
+        if room == "join":
+            self.registry.join_room(conversation_id, user_id)
+        elif room == "leave":
+            self.registry.leave_room(conversation_id, user_id)
+
+    def _apply_subscription(self, entry_id: str, meta: dict[str, Any]) -> None:
+        if meta["op"] == "view" and meta.get("p") != self.bus.process_id:
+            ghosts = [s for s in meta["s"] if s in self._closed]
+            if ghosts:  # another process's view raced the socket's close here, which could not end it
+                self._spawn(self._end_views(meta["c"], meta["u"], ghosts))
+        local = [s for s in meta.get("s") or [] if self.registry.connection(s) is not None]
+        if not local:
+            return
+        op, user_id = meta["op"], meta["u"]
+        if op == "global":
+            self.registry.subscribe_global(local)
+        elif op == "view":
+            self.registry.start_viewing(meta["c"], user_id, local)
+        elif op == "unview":
+            self.registry.stop_viewing(meta["c"], user_id, local)
+        for socket_id in local:
+            self._remember_state(socket_id, user_id, entry_id)
+
+    def _remember_state(self, socket_id: str, user_id: int, entry_id: str) -> None:
+        """Record what a local socket listens to from this entry on (a resume needs it)."""
+        history = self._history.setdefault(socket_id, [])
+        subscribed, views = self.registry.socket_state(socket_id)
+        history.append([entry_id, subscribed, views])
+        del history[:-HISTORY_STATES]
+        self._spawn(self._save_socket(socket_id, user_id))
+
+    async def _save_socket(self, socket_id: str, user_id: int) -> None:
+        try:
+            await self.bus.save_socket(socket_id, {"u": user_id, "h": self._history.get(socket_id, [])},
+                                       self.window_secs + 2 * SOCKET_REFRESH_SECS)
+        except Exception as error:
+            log.warning("socket %s record not saved: %s", socket_id, error)
+
+    # Publishing
+
+    async def publish(self, entries: Sequence[Entry]) -> None:
+        """Append entries to the log; return once applied here."""
+        await self.applied(await self.bus.append(entries))
+
+    async def publish_in_order(
+        self, chain: int, order: Sequenced, last_message_id: int, entries: Sequence[Entry],
+        closes: bool = False, members: Sequence[int] = (),
+    ) -> None:
+        """Append a chat's event ``order.seq`` after its predecessor; return once applied here.
+
+        ``last_message_id`` is the chat's last message id after this event.
+        When the predecessor is late (its process may have died between its
+        commit and its append), the gap is filled from the database.
+        """
+        name = "g" if chain == GLOBAL_CHAT_ID else str(chain)
+        last = await self.bus.append_in_order(
+            name, order.seq - 1, order.seq, last_message_id, entries, closes, members
+        )
+        if last is None:
+            await self._wait_or_fill(name, chain, order)
+            return
+        await self.applied(last)
+
+    async def _wait_or_fill(self, name: str, chain: int, order: Sequenced) -> None:
+        deadline = time.monotonic() + GAP_WAIT_SECS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(GAP_POLL_SECS)
+            head = await self.bus.chain_head(name)
+            if head is None or head[0] >= order.seq:
+                return  # released (or the chat was closed)
+        head = await self.bus.chain_head(name)
+        if head is not None and head[0] >= order.seq:
+            return
+        missing: list[StoredMessage] = []
+        if head is not None:
+            missing = await self.database.messages_between(chain, head[1], order.last_message_id)
+        members = await self._members(chain) if chain != GLOBAL_CHAT_ID and missing else []
+        log.warning("chat %s: events before %d never arrived; filling %d messages from the database",
+                    name, order.seq, len(missing))
+        await self.bus.fill_gap(name, order.seq - 1, order.last_message_id,
+                                [message_entry(message, members) for message in missing])
+
+    # Who is connected, anywhere
+
+    async def require_socket(self, user_id: int, socket_id: str | None) -> None:
+        """Raise LookupError unless the user (that socket) is open on some process."""
+        if self.registry.user_sockets(user_id, socket_id):
+            return
+        if self.peers:
+            cached = await self.cache.sockets_of(user_id)
+            if cached and (socket_id is None or socket_id in cached):
+                return
+        raise LookupError("no open socket")
+
+    async def sockets_for(self, user_id: int, socket_id: str | None) -> list[str]:
+        """The sockets a request acts for: the one it names, or all the user's; LookupError if none."""
+        local = self.registry.user_sockets(user_id, socket_id)
+        if self.peers and (socket_id is None or not local):
+            cached = await self.cache.sockets_of(user_id)
+            sockets = sorted(set(local) | (cached if socket_id is None else cached & {socket_id}))
+        else:
+            sockets = local
+        if not sockets:
+            raise LookupError("no open socket")
+        return sockets
+
+    async def profile(self, user_id: int) -> Profile:
+        """The user's profile: from their socket here, else from the database."""
+        profile = self.registry.profile(user_id)
+        if profile is None:
+            profile = await self.database.profile(user_id) or default_profile(user_id)
+        return profile
+
+    async def take_send_token(self, user_id: int) -> float:
+        """The send-rate limit, shared by every process when there are several; 0 or seconds to wait."""
+        if self.rate <= 0:
+            return 0.0
+        if self.peers:
+            return await self.bus.take_token(user_id, self.rate, self.local_limiter.burst)
+        return self.local_limiter.take(user_id)
+
+    async def viewer_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        return await self.bus.viewer_counts(conversation_ids)
+
+    async def _members(self, conversation_id: int) -> list[int]:
+        return await self.database.member_ids(conversation_id)
+
+    # Subscriptions
+
+    async def subscribe_global(self, user_id: int, socket_ids: Sequence[str]) -> None:
+        await self.publish([Entry(SUBSCRIPTION, {"op": "global", "u": user_id, "s": list(socket_ids)})])
+
+    async def change_viewers(
+        self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
+    ) -> None:
+        await self.applied(await self.bus.change_viewers(conversation_id, user_id, socket_ids, viewing, members))
+        ghosts = [s for s in socket_ids if s in self._closed] if viewing else []
+        if ghosts:  # a socket of this process closed meanwhile: its close could not end this view
+            await self._end_views(conversation_id, user_id, ghosts)
+
+    # Sockets opening and closing
+
+    def new_socket_id(self) -> str:
+        """A new socket's id: this process's id (whoever cleans up after it finds its views by it), then a secret."""
+        return self.bus.process_id + secrets.token_urlsafe(9)
+
+    async def connect(self, connection: Connection, profile: Profile, resume: str | None) -> bytes:
+        """Register an open socket (resuming an old one's place if asked); return its first frame.
+
+        With a resume, the missed frames are sent after the first frame and
+        before anything live (the connection holds live frames meanwhile).
+        """
+        user_id, socket_id = connection.user_id, connection.socket_id
+        old: dict[str, Any] | None = None
+        failure = after = old_socket = ""
+        if resume:
+            try:
+                old, after, old_socket = await self._resumable(user_id, resume)
+            except ResumeFailed as error:
+                failure = str(error)
+        before = self._applied_id
+        rooms = await self.database.user_conversation_ids(user_id)
+        first = self.registry.add(connection, profile)
+        if first:
+            self.registry.set_rooms(user_id, rooms)
+            self._catch_up_rooms(user_id, before)
+        at = self._applied_id
+        state: tuple[bool, list[int]] = (False, [])
+        replay: list[bytes] = []
+        if old is not None:
+            try:
+                state, replay = await self._replay(old, old_socket, after, at, connection)
+            except ResumeFailed as error:
+                old, failure = None, str(error)
+        if state[0]:
+            self.registry.subscribe_global([socket_id])
+        for conversation_id in state[1]:
+            self.registry.start_viewing(conversation_id, user_id, [socket_id])
+        self._history[socket_id] = [[at, state[0], list(state[1])]]
+        self._spawn(self._save_socket(socket_id, user_id))
+        if state[1]:
+            self._spawn(self._carry_views(user_id, socket_id, state[1]))
+        head = wire.position_head
+        if old is not None:
+            first_frame = head(wire.resumed(socket_id, user_id, len(replay)), self.bus.epoch, at)
+        elif resume:
+            first_frame = head(wire.resume_failed(socket_id, user_id, failure), self.bus.epoch, at)
+        else:
+            first_frame = head(wire.connected(socket_id, user_id), self.bus.epoch, at)
+        connection.release([first_frame + connection.position_tail, *replay])
+        return first_frame
+
+    def _catch_up_rooms(self, user_id: int, after: str) -> None:
+        """Apply the room changes of this user that the log brought while their rooms were read."""
+        after_key = id_key(after)
+        changes = []
+        for entry_id, entry in reversed(self._recent):
+            if id_key(entry_id) <= after_key:
+                break
+            if entry.kind == ALL and entry.meta.get("u") == user_id:
+                changes.append(entry.meta)
+        for meta in reversed(changes):
+            self._apply_room_change(meta)
+
+    async def _carry_views(self, user_id: int, socket_id: str, conversation_ids: Sequence[int]) -> None:
+        for conversation_id in conversation_ids:
+            try:
+                members = await self._members(conversation_id)
+                if user_id not in members:
+                    await self.bus.change_viewers(conversation_id, user_id, [socket_id], True, members)
+            except Exception as error:
+                log.warning("views of resumed socket %s not carried to conversation %s: %s",
+                            socket_id, conversation_id, error)
+
+    async def _resumable(self, user_id: int, position: str) -> tuple[dict[str, Any], str, str]:
+        """The old socket's record, the entry to resume after and the old socket; ResumeFailed if not exact."""
+        try:
+            epoch, entry_id, old_socket = wire.parse_position(position)
+            entry_key = id_key(entry_id)
+        except ValueError:
+            raise ResumeFailed("unknown position") from None
+        if epoch != self.bus.epoch:
+            raise ResumeFailed("history lost (the server or its Redis restarted)")
+        if entry_key[0] < (time.time() - self.window_secs) * 1000:
+            raise ResumeFailed("too late: the resume window has passed")
+        record = await self.bus.load_socket(old_socket)
+        if record is None or record.get("u") != user_id:
+            raise ResumeFailed("unknown position")
+        await self.applied(entry_id)  # the position may come from a process ahead of this one
+        return record, entry_id, old_socket
+
+    async def _replay(
+        self, record: dict[str, Any], old_socket: str, after: str, upto: str, connection: Connection
+    ) -> tuple[tuple[bool, list[int]], list[bytes]]:
+        """The frames the old socket would have got after ``after``, and its subscriptions at the end."""
+        after_key = id_key(after)
+        states = [state for state in record["h"] if id_key(state[0]) <= after_key]
+        if not states:
+            raise ResumeFailed("unknown position")
+        _, subscribed, views = states[-1]
+        views = set(views)
+        entries = self._recent_after(after, upto)
+        if entries is None:
+            entries = await self.bus.read(after, upto)
+        if entries is None:
+            raise ResumeFailed("history trimmed: the position is no longer in the log")
+        user_id = record["u"]
+        frames = []
+        epoch = self.bus.epoch
+        for entry_id, entry in entries:
+            meta, kind = entry.meta, entry.kind
+            if kind == SUBSCRIPTION:
+                if old_socket in (meta.get("s") or []) and not meta.get("closed"):
+                    if meta["op"] == "global":
+                        subscribed = True
+                    elif meta["op"] == "view":
+                        views.add(meta["c"])
+                    elif meta["op"] == "unview":
+                        views.discard(meta["c"])
+                continue
+            if kind == ALL:
+                frame = entry.frame
+            elif kind == GLOBAL and subscribed:
+                frame = entry.frame
+            elif kind in (CONVERSATION, VIEWERS) and (user_id in meta.get("m", ()) or meta["c"] in views):
+                frame = entry.frame if kind == CONVERSATION else wire.viewers_change(meta["c"], meta["n"])
+            else:
+                continue
+            if kind == ALL and meta.get("room") == "drop":
+                views.discard(meta["c"])
+            frames.append(wire.position_head(frame, epoch, entry_id) + connection.position_tail)
+        return (subscribed, sorted(views)), frames
+
+    def _recent_after(self, after: str, upto: str) -> EntryBatch | None:
+        """The entries after ``after`` from memory, if memory still holds ``after`` itself."""
+        if not self._recent or id_key(self._recent[0][0]) > id_key(after):
+            return None
+        after_key, upto_key = id_key(after), id_key(upto)
+        found = False
+        batch = []
+        for entry_id, entry in self._recent:
+            key = id_key(entry_id)
+            if key == after_key:
+                found = True
+            elif key > after_key and key <= upto_key:
+                batch.append((entry_id, entry))
+        return batch if found else None
+
+    async def disconnect(self, connection: Connection) -> bool:
+        """Forget a closed socket: its views end (announced), its record stays for a resume. False if unknown."""
+        views = self.registry.remove(connection)
+        if views is None:
+            return False
+        socket_id, user_id = connection.socket_id, connection.user_id
+        self._history.pop(socket_id, None)
+        now = time.monotonic()
+        self._closed[socket_id] = now
+        while next(iter(self._closed.values())) < now - CLOSED_MEMORY_SECS:
+            self._closed.popitem(last=False)
+        self.closing.add(socket_id)
+        try:
+            for conversation_id in views:
+                await self._end_views(conversation_id, user_id, [socket_id])
+        finally:
+            self.closing.discard(socket_id)
+        try:
+            await self.bus.expire_sockets([socket_id], self.window_secs)
+        except Exception as error:
+            log.warning("socket %s record not expired: %s", socket_id, error)
+        return True
+
+    async def _end_views(self, conversation_id: int, user_id: int, socket_ids: list[str]) -> None:
+        """End closed sockets' views of a conversation (announced if the count falls)."""
+        try:
+            members = await self._members(conversation_id)
+            await self.bus.change_viewers(conversation_id, user_id, socket_ids, False, members, closed=True)
+        except Exception as error:
+            log.warning("views of closed sockets %s not ended in conversation %s: %s",
+                        socket_ids, conversation_id, error)
+
+    async def refresh(self) -> None:
+        """Push back the expiry of live sockets' records."""
+        await self.bus.expire_sockets(list(self._history), self.window_secs + 2 * SOCKET_REFRESH_SECS)
+
+
+def message_entry(message: StoredMessage, members: Sequence[int]) -> Entry:
+    """The log entry announcing a stored message."""
+    if message.conversation_id == GLOBAL_CHAT_ID:
+        return Entry(GLOBAL, {}, wire.new_message(message))
+    return Entry(CONVERSATION, {"c": message.conversation_id, "m": list(members)}, wire.new_message(message))

@@ -1,0 +1,743 @@
+"""The bus: the chat's ordered log of events, and what several processes must share to apply it.
+
+Every event (a new message, a join, a viewer count, a subscription change) is
+an :class:`Entry` appended to one log; every process reads the log in the
+same order and applies each entry to its own sockets (``server/hub.py``).
+An entry's id in the log is its position: the same order everywhere, and a
+place a reconnecting client can resume from.
+
+Order within a chat. A chat's events are numbered by ``seq`` in the database,
+under the chat's row lock, so their commit order is known; but processes
+append after commit, and a slower process could append an earlier event
+later. :meth:`Bus.append_in_order` therefore appends an event only when the
+chat's head in the log is its predecessor, and otherwise holds it back until
+the predecessor arrives; the append and the head check are one atomic step
+(a Lua script in Redis). If the predecessor never arrives (its process died
+between commit and append), the holder fills the gap after a short wait with
+what the database says (:meth:`Bus.fill_gap`). Nothing is ever appended
+before its commit.
+
+Two implementations with one interface, like the cache: :class:`MemoryBus`
+(one process, no Redis: a log in memory, applied as it is appended) and
+:class:`RedisBus` (a Redis stream read by every process, Lua scripts for the
+steps that must be atomic, process heartbeats so the survivors clean up after
+a process that died).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import redis.asyncio as redis
+
+from storage.cache import REDIS_MAX_CONNECTIONS, REDIS_POOL_TIMEOUT_SECS
+
+log = logging.getLogger("chat.bus")
+
+# Kinds of entries (who gets them; see server/hub.py).
+ALL = "all"  # every socket
+GLOBAL = "global"  # sockets subscribed to the global chat
+CONVERSATION = "conversation"  # a conversation's members' and viewers' sockets
+VIEWERS = "viewers"  # a viewer count change: a conversation's members and viewers
+SUBSCRIPTION = "subscription"  # a socket started or stopped listening (not delivered)
+STARTED = "started"  # a process started: the log is never empty, so every position names an entry
+STOPPED = "stopped"  # a process stopped cleanly (it also wakes that process's own reader, to end it)
+
+# How long a chat's head and its held-back events are kept when nothing happens.
+HEAD_TTL_SECS = 7 * 24 * 3600
+HELD_TTL_SECS = 3600
+# A process is alive while it beats; the others reap it after PEER_TIMEOUT_SECS.
+HEARTBEAT_SECS = 5.0
+PEER_TIMEOUT_SECS = 15.0
+# Entries read per round trip by each process's reader.
+READ_COUNT = 1000
+READ_BLOCK_MS = 5000
+# A process id is this many hex characters; a socket id starts with its process's id.
+PROCESS_ID_CHARS = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One event of the log: who gets it (``kind`` and ``meta``) and its frame, without a position."""
+
+    kind: str
+    # JSON-able facts the appliers and the resume filter need: "c" conversation,
+    # "m" member ids, "u" user, "s" socket ids, "room" and "op" for changes, "p" the publishing process.
+    meta: dict[str, Any]
+    frame: bytes = b""
+
+
+EntryBatch = list[tuple[str, Entry]]  # (entry id, entry), in log order
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A log id as a sortable pair ("1700000000000-3" → (1700000000000, 3)); raises ValueError if malformed."""
+    ms, _, seq = entry_id.partition("-")
+    if not ms.isdigit() or not seq.isdigit() or len(entry_id) > 40:
+        raise ValueError(f"not a log id: {entry_id!r}")
+    return int(ms), int(seq)
+
+
+class Bus(abc.ABC):
+    """The ordered event log and the shared state beside it."""
+
+    process_id: str  # this process, in the heartbeats and in what it owns
+    epoch: str  # changes whenever the log's history may have been lost (a new Redis, a restart)
+
+    @abc.abstractmethod
+    async def start(self, apply: Callable[[EntryBatch], None]) -> str:
+        """Start reading the log from its current end, calling ``apply`` in order; return that end's id."""
+
+    @abc.abstractmethod
+    async def append(self, entries: Sequence[Entry]) -> str:
+        """Append entries in order; return the last one's id."""
+
+    @abc.abstractmethod
+    async def append_in_order(
+        self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
+        closes: bool = False, members: Sequence[int] = (),
+    ) -> str | None:
+        """Append a chat's event number ``seq`` once the chat's head is ``prev``; None when held back.
+
+        ``closes`` ends the chat (a deleted conversation): its viewers are
+        dropped (a count of 0 is announced to ``members`` and them just
+        before the last entry, the delete)
+        and nothing of it is appended afterwards.
+        """
+
+    @abc.abstractmethod
+    async def fill_gap(self, chain: str, seq: int, last_message_id: int, entries: Sequence[Entry]) -> str | None:
+        """Append ``entries`` as the chat's events up to ``seq`` if its head is still behind; release what waited."""
+
+    @abc.abstractmethod
+    async def chain_head(self, chain: str) -> tuple[int, int] | None:
+        """The chat's head (seq, last message id) in the log, or None if unknown."""
+
+    @abc.abstractmethod
+    async def read(self, after: str, upto: str) -> EntryBatch | None:
+        """The entries after ``after`` up to ``upto``; None if ``after`` is not (or no longer) in the log."""
+
+    @abc.abstractmethod
+    async def change_viewers(
+        self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
+        closed: bool = False,
+    ) -> str:
+        """Start (or stop) sockets viewing a conversation; append the subscription and any count change.
+
+        Stopping with no socket ids stops all the user's viewing sockets;
+        ``closed`` says the sockets stop because they closed (a resume keeps
+        their views). Return the id of the last entry appended ("" if nothing changed).
+        """
+
+    @abc.abstractmethod
+    async def viewer_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        """Distinct users viewing each conversation, on every process."""
+
+    @abc.abstractmethod
+    async def save_socket(self, socket_id: str, record: dict[str, Any], ttl_secs: float) -> None:
+        """Keep what a socket listened to, for a resume (expires after ``ttl_secs``)."""
+
+    @abc.abstractmethod
+    async def expire_sockets(self, socket_ids: Iterable[str], ttl_secs: float) -> None:
+        """Push the expiry of socket records to ``ttl_secs`` from now."""
+
+    @abc.abstractmethod
+    async def load_socket(self, socket_id: str) -> dict[str, Any] | None:
+        """A socket's record, or None once it expired (or never existed)."""
+
+    @abc.abstractmethod
+    async def take_token(self, user_id: int, rate: float, burst: float) -> float:
+        """The send-rate bucket shared by every process: 0, or the seconds to wait."""
+
+    @abc.abstractmethod
+    async def beat(self) -> tuple[int, list[str], bool]:
+        """Say this process is alive; return the number of other live processes, the dead ones,
+        and whether the shared state lost this process since the last beat (Redis restarted or was flushed)."""
+
+    @abc.abstractmethod
+    async def claim_dead(self, process_id: str) -> bool:
+        """Take the cleanup of a dead process (only one survivor gets it)."""
+
+    @abc.abstractmethod
+    async def dead_process_views(self, process_id: str) -> list[tuple[int, int, str]]:
+        """The (conversation, user, socket) views a dead process held."""
+
+    @abc.abstractmethod
+    async def forget_process(self, process_id: str) -> None:
+        """Drop what is left of a dead process, once cleaned up."""
+
+    async def close(self) -> None:
+        """Stop reading and release connections."""
+
+
+# ---------------------------------------------------------------- in memory
+
+
+class MemoryBus(Bus):
+    """One process, no Redis: the log is a list in memory, applied as it is appended."""
+
+    def __init__(self, window_secs: float) -> None:
+        self.process_id = secrets.token_hex(PROCESS_ID_CHARS // 2)
+        # A restart loses the log: positions from before it cannot resume.
+        self.epoch = secrets.token_urlsafe(6)
+        self.window_secs = window_secs
+        self._log: collections.deque[tuple[str, Entry]] = collections.deque()  # the window's entries
+        self._ids: dict[str, int] = {}  # entry id → its index since start (to find it)
+        self._first_index = 0  # index of _log[0]
+        self._last_ms = 0
+        self._seq = 0
+        self._apply: Callable[[EntryBatch], None] | None = None
+        self._heads: dict[str, tuple[int, int] | None] = {}  # chat → (seq, last message id); None: closed
+        self._held: dict[str, dict[int, tuple[int, int, bool, list[Entry], list[int]]]] = {}
+        self._viewers: dict[int, dict[str, int]] = {}  # conversation → viewing socket → user
+        self._sockets: dict[str, tuple[dict[str, Any], float]] = {}  # socket → (record, expires at)
+        self._buckets: dict[int, tuple[float, float]] = {}
+
+    async def start(self, apply: Callable[[EntryBatch], None]) -> str:
+        started = self._add([Entry(STARTED, {"p": self.process_id})])
+        self._apply = apply
+        return started
+
+    def _next_id(self) -> str:
+        now = int(time.time() * 1000)
+        if now <= self._last_ms:
+            self._seq += 1
+        else:
+            self._last_ms, self._seq = now, 0
+        return f"{self._last_ms}-{self._seq}"
+
+    def _add(self, entries: Sequence[Entry]) -> str:
+        batch = []
+        for entry in entries:
+            entry_id = self._next_id()
+            self._ids[entry_id] = self._first_index + len(self._log)
+            self._log.append((entry_id, entry))
+            batch.append((entry_id, entry))
+        self._trim()
+        if self._apply is not None and batch:
+            self._apply(batch)
+        return batch[-1][0] if batch else ""
+
+    def _trim(self) -> None:
+        oldest_ms = (time.time() - self.window_secs - 60) * 1000
+        while self._log and id_key(self._log[0][0])[0] < oldest_ms:
+            entry_id, _ = self._log.popleft()
+            del self._ids[entry_id]
+            self._first_index += 1
+
+    async def append(self, entries: Sequence[Entry]) -> str:
+        return self._add(entries)
+
+    async def append_in_order(
+        self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
+        closes: bool = False, members: Sequence[int] = (),
+    ) -> str | None:
+        if chain in self._heads and self._heads[chain] is None:
+            return ""  # closed: the conversation is gone
+        head = self._heads.get(chain)
+        if (head is None and prev == 0) or (head is not None and head[0] == prev):
+            return self._publish_from(chain, seq, last_message_id, list(entries), closes, list(members))
+        if head is not None and head[0] >= seq:
+            return ""  # already in the log (a gap filled it)
+        self._held.setdefault(chain, {})[prev] = (seq, last_message_id, closes, list(entries), list(members))
+        return None
+
+    def _publish_from(
+        self, chain: str, seq: int, last_message_id: int, entries: list[Entry], closes: bool, members: list[int]
+    ) -> str:
+        last = ""
+        while True:
+            if closes:
+                conversation_id = int(chain)
+                viewers = self._viewers.pop(conversation_id, {})
+                if viewers:  # the count of 0 goes just before the last entry (the delete)
+                    entries = [*entries[:-1], Entry(VIEWERS, {"c": conversation_id, "n": 0, "m": members}), entries[-1]]
+            last = self._add(entries) or last
+            if closes:
+                self._heads[chain] = None
+                self._held.pop(chain, None)
+                return last
+            self._heads[chain] = (seq, last_message_id)
+            held = self._held.get(chain, {}).pop(seq, None)
+            if held is None:
+                return last
+            seq, last_message_id, closes, entries, members = held
+
+    async def fill_gap(self, chain: str, seq: int, last_message_id: int, entries: Sequence[Entry]) -> str | None:
+        head = self._heads.get(chain)
+        if chain in self._heads and head is None:
+            return ""
+        if head is not None and head[0] >= seq:
+            return ""
+        return self._publish_from(chain, seq, last_message_id, list(entries), False, [])
+
+    async def chain_head(self, chain: str) -> tuple[int, int] | None:
+        return self._heads.get(chain)
+
+    async def read(self, after: str, upto: str) -> EntryBatch | None:
+        index = self._ids.get(after)
+        if index is None:
+            return None
+        upto_key = id_key(upto)
+        return [(i, e) for i, e in list(self._log)[index - self._first_index + 1:] if id_key(i) <= upto_key]
+
+    async def change_viewers(
+        self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
+        closed: bool = False,
+    ) -> str:
+        if self._heads.get(str(conversation_id), ()) is None:
+            return ""  # deleted
+        viewers = self._viewers.setdefault(conversation_id, {})
+        before = len(set(viewers.values()))
+        if viewing:
+            changed = [s for s in socket_ids if s not in viewers]
+            viewers.update({s: user_id for s in changed})
+        else:
+            changed = [s for s, u in viewers.items() if u == user_id and (not socket_ids or s in socket_ids)]
+            for socket_id in changed:
+                del viewers[socket_id]
+        after = len(set(viewers.values()))
+        if not viewers:
+            del self._viewers[conversation_id]
+        if not changed:
+            return ""
+        meta: dict[str, Any] = {
+            "op": "view" if viewing else "unview", "c": conversation_id, "u": user_id, "s": changed, "p": self.process_id
+        }
+        if closed:
+            meta["closed"] = True
+        entries = [Entry(SUBSCRIPTION, meta)]
+        if after != before:
+            entries.append(Entry(VIEWERS, {"c": conversation_id, "n": after, "m": list(members)}))
+        return self._add(entries)
+
+    async def viewer_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        return {cid: len(set(self._viewers.get(cid, {}).values())) for cid in conversation_ids}
+
+    async def save_socket(self, socket_id: str, record: dict[str, Any], ttl_secs: float) -> None:
+        self._sockets[socket_id] = (record, time.monotonic() + ttl_secs)
+
+    async def expire_sockets(self, socket_ids: Iterable[str], ttl_secs: float) -> None:
+        now = time.monotonic()
+        for socket_id in socket_ids:
+            if socket_id in self._sockets:
+                self._sockets[socket_id] = (self._sockets[socket_id][0], now + ttl_secs)
+        self._sockets = {s: v for s, v in self._sockets.items() if v[1] > now}
+
+    async def load_socket(self, socket_id: str) -> dict[str, Any] | None:
+        record = self._sockets.get(socket_id)
+        return record[0] if record is not None and record[1] > time.monotonic() else None
+
+    async def take_token(self, user_id: int, rate: float, burst: float) -> float:
+        raise NotImplementedError("one process: the service's own limiter decides")
+
+    async def beat(self) -> tuple[int, list[str], bool]:
+        return 0, [], False
+
+    async def claim_dead(self, process_id: str) -> bool:
+        return False
+
+    async def dead_process_views(self, process_id: str) -> list[tuple[int, int, str]]:
+        return []
+
+    async def forget_process(self, process_id: str) -> None:
+        return None
+
+
+# ---------------------------------------------------------------- Redis
+
+# Appends the entries ARGV[from..] (triples kind, meta, frame) to the log, trimming entries older than
+# the resume window; `drain` then releases the chat's held-back successors, and `close` ends a chat.
+_LUA_HELPERS = """
+local function publish(log, minid, entries)
+  local last = false
+  for _, e in ipairs(entries) do
+    last = redis.call('XADD', log, 'MINID', '~', minid, '*', 'k', e[1], 'm', e[2], 'f', e[3])
+  end
+  return last
+end
+local function close(log, minid, head, held, viewers, c, members)
+  local last = false
+  if redis.call('HLEN', viewers) > 0 then
+    local meta = '{"c":' .. c .. ',"n":0,"m":' .. members .. '}'
+    last = redis.call('XADD', log, 'MINID', '~', minid, '*', 'k', 'viewers', 'm', meta, 'f', '')
+  end
+  redis.call('DEL', viewers, held)
+  redis.call('SET', head, 'x', 'EX', %(head_ttl)d)
+  return last
+end
+local function run(log, minid, head, held, viewers, seq, lm, closes, entries, members, c)
+  local last = false
+  while true do
+    if closes == '1' then
+      -- The viewers' count of 0 goes just before the last entry (the delete).
+      last = publish(log, minid, {unpack(entries, 1, #entries - 1)}) or last
+      last = close(log, minid, head, held, viewers, c, members) or last
+      return publish(log, minid, {entries[#entries]}) or last
+    end
+    last = publish(log, minid, entries) or last
+    local nxt = redis.call('HGET', held, tostring(seq))
+    if not nxt then
+      redis.call('SET', head, seq .. ':' .. lm, 'EX', %(head_ttl)d)
+      return last
+    end
+    redis.call('HDEL', held, tostring(seq))
+    local h = cmsgpack.unpack(nxt)
+    seq, lm, closes, entries, members = h[1], h[2], h[3], h[4], h[5]
+  end
+end
+local function entries_from(first)
+  local entries = {}
+  for i = first, #ARGV, 3 do entries[#entries + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]} end
+  return entries
+end
+""" % {"head_ttl": HEAD_TTL_SECS}
+
+# KEYS: log, head, held, viewers. ARGV: prev, seq, last message id, closes, minid, members (JSON), chat, entries…
+_APPEND_IN_ORDER_LUA = _LUA_HELPERS + """
+local head = redis.call('GET', KEYS[2])
+if head == 'x' then return {'closed', ''} end
+local prev, seq = tonumber(ARGV[1]), tonumber(ARGV[2])
+local head_seq = nil
+if head then head_seq = tonumber(string.match(head, '^(%d+)')) end
+local entries = entries_from(8)
+if (head_seq == nil and prev == 0) or head_seq == prev then
+  return {'ok', run(KEYS[1], ARGV[5], KEYS[2], KEYS[3], KEYS[4], seq, ARGV[3], ARGV[4], entries, ARGV[6], ARGV[7]) or ''}
+end
+if head_seq ~= nil and head_seq >= seq then return {'dup', ''} end
+redis.call('HSET', KEYS[3], ARGV[1], cmsgpack.pack({seq, ARGV[3], ARGV[4], entries, ARGV[6]}))
+redis.call('EXPIRE', KEYS[3], %(held_ttl)d)
+return {'held', ''}
+""".replace("%(held_ttl)d", str(HELD_TTL_SECS))
+
+# KEYS: log, head, held, viewers. ARGV: seq, last message id, minid, chat, entries…
+_FILL_GAP_LUA = _LUA_HELPERS + """
+local head = redis.call('GET', KEYS[2])
+if head == 'x' then return {'closed', ''} end
+local head_seq = nil
+if head then head_seq = tonumber(string.match(head, '^(%d+)')) end
+if head_seq ~= nil and head_seq >= tonumber(ARGV[1]) then return {'dup', ''} end
+return {'ok', run(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[1]), ARGV[2], '0', entries_from(5), '[]', ARGV[4]) or ''}
+"""
+
+# KEYS: log, viewers (socket → user), head of the conversation, the prefix of the views each process's
+# sockets hold (a socket id starts with its process's id: OWNER_CHARS characters).
+# ARGV: conversation, user, viewing (1/0), minid, members (JSON), closed (1/0: the sockets closed), process, sockets…
+_CHANGE_VIEWERS_LUA = """
+if redis.call('GET', KEYS[3]) == 'x' then return 0 end
+local function distinct()
+  local users, n = {}, 0
+  for _, u in ipairs(redis.call('HVALS', KEYS[1 + 1])) do
+    if not users[u] then users[u] = true n = n + 1 end
+  end
+  return n
+end
+local c, user, viewing = ARGV[1], ARGV[2], ARGV[3]
+local before = distinct()
+local changed = {}
+if viewing == '1' then
+  for i = 8, #ARGV do
+    if redis.call('HSETNX', KEYS[2], ARGV[i], user) == 1 then
+      changed[#changed + 1] = ARGV[i]
+      redis.call('SADD', KEYS[4] .. string.sub(ARGV[i], 1, OWNER_CHARS), c .. ':' .. user .. ':' .. ARGV[i])
+    end
+  end
+else
+  local targets = {}
+  if #ARGV >= 8 then
+    for i = 8, #ARGV do targets[#targets + 1] = ARGV[i] end
+  else
+    local all = redis.call('HGETALL', KEYS[2])
+    for i = 1, #all, 2 do if all[i + 1] == user then targets[#targets + 1] = all[i] end end
+  end
+  for _, s in ipairs(targets) do
+    if redis.call('HGET', KEYS[2], s) == user then
+      redis.call('HDEL', KEYS[2], s)
+      changed[#changed + 1] = s
+    end
+    redis.call('SREM', KEYS[4] .. string.sub(s, 1, OWNER_CHARS), c .. ':' .. user .. ':' .. s)
+  end
+end
+local after = distinct()
+if #changed == 0 then return '' end
+local op = 'unview'
+if viewing == '1' then op = 'view' end
+local closed = ''
+if ARGV[6] == '1' then closed = ',"closed":true' end
+local last = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[4], '*', 'k', 'subscription',
+  'm', '{"op":"' .. op .. '","c":' .. c .. ',"u":' .. user .. ',"s":' .. cjson.encode(changed) .. closed .. ',"p":"' .. ARGV[7] .. '"}',
+  'f', '')
+if after ~= before then
+  last = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[4], '*', 'k', 'viewers',
+    'm', '{"c":' .. c .. ',"n":' .. after .. ',"m":' .. ARGV[5] .. '}', 'f', '')
+end
+return last
+""".replace("OWNER_CHARS", str(PROCESS_ID_CHARS))
+
+# KEYS[1] the user's bucket. ARGV: rate, burst, now (s). Returns the wait in ms (0: taken).
+_TAKE_TOKEN_LUA = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 't', 'at')
+local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens < 1 then wait = math.ceil((1 - tokens) / rate * 1000) else tokens = tokens - 1 end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return wait
+"""
+
+
+def _encode_meta(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, separators=(",", ":"))
+
+
+def _decode(fields: Mapping[bytes, bytes]) -> Entry:
+    meta = json.loads(fields[b"m"])
+    return Entry(fields[b"k"].decode(), meta, fields.get(b"f", b""))
+
+
+class RedisBus(Bus):
+    """The log is a Redis stream; every process reads it with a blocking XREAD on its own connection."""
+
+    def __init__(self, url: str, prefix: str, window_secs: float) -> None:
+        self.process_id = secrets.token_hex(PROCESS_ID_CHARS // 2)
+        self.epoch = ""
+        self.prefix = prefix
+        self.window_secs = window_secs
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_SECS
+        )
+        self.client = redis.Redis.from_pool(pool)
+        # The reader blocks on its own connection, never on the pool's.
+        self.reader = redis.Redis.from_url(url, socket_timeout=READ_BLOCK_MS / 1000 + 5)
+        self.log_key = f"{prefix}log"
+        self._append_in_order = self.client.register_script(_APPEND_IN_ORDER_LUA)
+        self._fill_gap = self.client.register_script(_FILL_GAP_LUA)
+        self._change_viewers = self.client.register_script(_CHANGE_VIEWERS_LUA)
+        self._take_token = self.client.register_script(_TAKE_TOKEN_LUA)
+        self._reading: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._beaten = False
+        self._last_read = "0-0"
+
+    # Keys. A chat's head and held events are per epoch: after Redis lost its
+    # data, old heads would hold back events that can never be released.
+
+    def _head_key(self, chain: str) -> str:
+        return f"{self.prefix}head:{self.epoch}:{chain}"
+
+    def _held_key(self, chain: str) -> str:
+        return f"{self.prefix}held:{self.epoch}:{chain}"
+
+    def _viewers_key(self, conversation_id: int | str) -> str:
+        return f"{self.prefix}viewers:{conversation_id}"
+
+    def _views_key(self, process_id: str) -> str:
+        return f"{self.prefix}procviews:{process_id}"
+
+    def _socket_key(self, socket_id: str) -> str:
+        return f"{self.prefix}socket:{socket_id}"
+
+    def _min_id(self) -> str:
+        return str(int((time.time() - self.window_secs - 60) * 1000))
+
+    async def _read_epoch(self) -> str:
+        # Redis's run_id changes with every Redis start: a restarted Redis may
+        # have come back from an old snapshot, with a log that lost its tail.
+        info = await self.client.info("server")
+        return str(info["run_id"])[:12]
+
+    async def start(self, apply: Callable[[EntryBatch], None]) -> str:
+        self.epoch = await self._read_epoch()
+        self._last_read = await self.append([Entry(STARTED, {"p": self.process_id})])
+        await self.beat()
+        self._reading = asyncio.ensure_future(self._read_forever(apply))
+        return self._last_read
+
+    async def _read_forever(self, apply: Callable[[EntryBatch], None]) -> None:
+        while not self._stopping:
+            try:
+                reply = await self.reader.xread({self.log_key: self._last_read}, count=READ_COUNT, block=READ_BLOCK_MS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("reading the event log failed (%s); retrying", error)
+                await asyncio.sleep(0.5)
+                try:
+                    self.epoch = await self._read_epoch()
+                except Exception:
+                    pass
+                continue
+            if not reply:
+                continue
+            batch = [(entry_id.decode(), _decode(fields)) for entry_id, fields in reply[0][1]]
+            self._last_read = batch[-1][0]
+            try:
+                apply(batch)
+            except Exception:
+                log.exception("applying %d log entries failed", len(batch))
+
+    @staticmethod
+    def _flatten(entries: Sequence[Entry]) -> list[Any]:
+        args: list[Any] = []
+        for entry in entries:
+            args += (entry.kind, _encode_meta(entry.meta), entry.frame)
+        return args
+
+    async def append(self, entries: Sequence[Entry]) -> str:
+        min_id = self._min_id()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.xadd(self.log_key, {"k": entry.kind, "m": _encode_meta(entry.meta), "f": entry.frame},
+                          minid=min_id, approximate=True)
+            ids = await pipe.execute()
+        return ids[-1].decode() if ids else ""
+
+    async def append_in_order(
+        self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
+        closes: bool = False, members: Sequence[int] = (),
+    ) -> str | None:
+        outcome, last = await self._append_in_order(
+            keys=[self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain)],
+            args=[prev, seq, last_message_id, "1" if closes else "0", self._min_id(), json.dumps(list(members)),
+                  chain, *self._flatten(entries)],
+        )
+        return None if outcome == b"held" else last.decode()
+
+    async def fill_gap(self, chain: str, seq: int, last_message_id: int, entries: Sequence[Entry]) -> str | None:
+        _, last = await self._fill_gap(
+            keys=[self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain)],
+            args=[seq, last_message_id, self._min_id(), chain, *self._flatten(entries)],
+        )
+        return last.decode()
+
+    async def chain_head(self, chain: str) -> tuple[int, int] | None:
+        head = await self.client.get(self._head_key(chain))
+        if head is None or head == b"x":
+            return None
+        seq, _, last_message_id = head.decode().partition(":")
+        return int(seq), int(last_message_id or 0)
+
+    async def read(self, after: str, upto: str) -> EntryBatch | None:
+        first = await self.client.xrange(self.log_key, min=after, max=after)
+        if not first:
+            return None
+        batch: EntryBatch = []
+        start = "(" + after
+        while True:
+            chunk = await self.client.xrange(self.log_key, min=start, max=upto, count=READ_COUNT)
+            batch += [(entry_id.decode(), _decode(fields)) for entry_id, fields in chunk]
+            if len(chunk) < READ_COUNT:
+                return batch
+            start = "(" + batch[-1][0]
+
+    async def change_viewers(
+        self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
+        closed: bool = False,
+    ) -> str:
+        last = await self._change_viewers(
+            keys=[self.log_key, self._viewers_key(conversation_id), self._head_key(str(conversation_id)),
+                  self._views_key("")],
+            args=[conversation_id, user_id, "1" if viewing else "0", self._min_id(), json.dumps(list(members)),
+                  "1" if closed else "0", self.process_id, *socket_ids],
+        )
+        return last.decode() if isinstance(last, bytes) else ""
+
+    async def viewer_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        if not conversation_ids:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for conversation_id in conversation_ids:
+                pipe.hvals(self._viewers_key(conversation_id))
+            values = await pipe.execute()
+        return {cid: len(set(users)) for cid, users in zip(conversation_ids, values)}
+
+    async def save_socket(self, socket_id: str, record: dict[str, Any], ttl_secs: float) -> None:
+        await self.client.set(self._socket_key(socket_id), json.dumps(record), ex=max(1, int(ttl_secs)))
+
+    async def expire_sockets(self, socket_ids: Iterable[str], ttl_secs: float) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for socket_id in socket_ids:
+                pipe.expire(self._socket_key(socket_id), max(1, int(ttl_secs)))
+            await pipe.execute()
+
+    async def load_socket(self, socket_id: str) -> dict[str, Any] | None:
+        record = await self.client.get(self._socket_key(socket_id))
+        return None if record is None else json.loads(record)
+
+    async def take_token(self, user_id: int, rate: float, burst: float) -> float:
+        wait_ms = await self._take_token(keys=[f"{self.prefix}rate:{user_id}"], args=[rate, burst, time.time()])
+        return int(wait_ms) / 1000
+
+    async def beat(self) -> tuple[int, list[str], bool]:
+        now = time.time()
+        key = f"{self.prefix}procs"
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {self.process_id: now})
+            pipe.zrange(key, 0, -1, withscores=True)
+            added, processes = await pipe.execute()
+        # Our own entry was gone: Redis lost what we told it (a restart without a snapshot, a flush).
+        lost = bool(added) and self._beaten
+        self._beaten = True
+        live = dead = 0
+        dead_ids = []
+        for process_id, beaten in processes:
+            process_id = process_id.decode()
+            if process_id == self.process_id:
+                continue
+            if beaten >= now - PEER_TIMEOUT_SECS:
+                live += 1
+            else:
+                dead += 1
+                dead_ids.append(process_id)
+        return live, dead_ids, lost
+
+    async def claim_dead(self, process_id: str) -> bool:
+        return bool(await self.client.set(f"{self.prefix}reaping:{process_id}", self.process_id, nx=True, ex=60))
+
+    async def dead_process_views(self, process_id: str) -> list[tuple[int, int, str]]:
+        views = []
+        for member in await self.client.smembers(self._views_key(process_id)):
+            conversation_id, user_id, socket_id = member.decode().split(":", 2)
+            views.append((int(conversation_id), int(user_id), socket_id))
+        return views
+
+    async def forget_process(self, process_id: str) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrem(f"{self.prefix}procs", process_id)
+            pipe.delete(self._views_key(process_id))
+            await pipe.execute()
+
+    async def leave(self) -> None:
+        """Say this process is gone (a clean shutdown), so nobody waits for it to time out."""
+        await self.client.zrem(f"{self.prefix}procs", self.process_id)
+
+    async def close(self) -> None:
+        # Cancelling a blocked XREAD can wedge redis-py's connection; an
+        # entry of our own wakes the reader, which then sees it must stop.
+        self._stopping = True
+        try:
+            await self.leave()
+            await self.append([Entry(STOPPED, {"p": self.process_id})])
+        except Exception:
+            pass
+        if self._reading is not None:
+            done, _ = await asyncio.wait([self._reading], timeout=1.0)
+            if not done:
+                self._reading.cancel()
+        await self.reader.aclose()
+        await self.client.aclose()
+
+
+def create_bus(redis_url: str, prefix: str, window_secs: float) -> Bus:
+    """Redis when a URL is configured, the in-process log otherwise."""
+    return RedisBus(redis_url, prefix, window_secs) if redis_url else MemoryBus(window_secs)
