@@ -85,9 +85,7 @@ def as_api_error(error: BaseException | None) -> ApiError:
 
 
 def error_body(error: ApiError, code: int) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": code, "message": error.message}
-    if isinstance(error, InvalidParameter):
-        body["param"] = error.param
+    body: dict[str, Any] = {"code": code, "message": error.message, **error.details()}
     return {"response": False, "error": body}
 
 

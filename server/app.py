@@ -18,11 +18,12 @@ import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
-from handlers import conversations, dev, messages
+from handlers import conversations, dev, health, messages
 from handlers.base import NotFoundHandler
 from handlers.websocket import ChatSocketHandler, StaticHandler
 from server.auth import load_or_create_secret
 from server.chat import ChatService
+from server.health import Readiness
 from server.registry import Registry
 from server.settings import Settings
 from storage.cache import SOCKET_REFRESH_SECS, create_cache
@@ -48,10 +49,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# Probes arrive every few seconds from every balancer; their successes are not news.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """One line per request: method, path (never the query: it carries signatures), status, ms."""
     status = handler.get_status()
-    level = logging.INFO if status < 500 else logging.ERROR
+    if handler.request.path in PROBE_PATHS:
+        level = logging.DEBUG if status < 400 else logging.WARNING  # the reason is logged by server.health
+    else:
+        level = logging.INFO if status < 500 else logging.ERROR
     access_log.log(
         level, "%s %s %d %.1fms", handler.request.method, handler.request.path, status,
         1000.0 * handler.request.request_time(),
@@ -71,6 +79,7 @@ class ChatServer:
         self.cache = create_cache(settings.redis_url, settings.redis_prefix)
         self.registry = Registry()
         self.chat = ChatService(settings, self.database, self.cache, self.registry)
+        self.readiness = Readiness(self.database, self.cache)
         self.http_server: tornado.httpserver.HTTPServer | None = None
         self._refresh: tornado.ioloop.PeriodicCallback | None = None
 
@@ -94,6 +103,8 @@ class ChatServer:
             (r"/v1/conversations/stopView/([^/]*)", conversations.StopViewHandler, services),
             (r"/v1/conversations/info/([^/]*)", conversations.InfoHandler, services),
             (r"/v1/ws", ChatSocketHandler, services),
+            (r"/healthz", health.HealthHandler, services),
+            (r"/readyz", health.ReadyHandler, {**services, "readiness": self.readiness}),
         ]
         if self.dev_signin_enabled:
             routes.append((r"/v1/dev/signin", dev.DevSigninHandler, services))
