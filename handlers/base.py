@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import tornado.web
 import voluptuous as vol
 
+from server import metrics
 from server.auth import LaunchUser, verify_launch_params
 from server.chat import ChatService
 from server.errors import (
@@ -114,6 +115,7 @@ class JsonErrorsMixin:
         self.finish(json.dumps(error_body(error, code), ensure_ascii=False))
 
     def log_exception(self, typ, value, tb) -> None:
+        metrics.count_storage_error(value)
         if isinstance(value, (ApiError, Refusal, tornado.web.HTTPError)):
             return  # expected outcomes, already answered; the access log has them
         if is_storage_unavailable(value):

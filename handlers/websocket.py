@@ -25,9 +25,16 @@ import tornado.websocket
 import voluptuous as vol
 from tornado.iostream import StreamClosedError
 
-from handlers.base import JsonErrorsMixin, authenticate, launch_params_from_header, origin_allowed, validate
+from handlers.base import (
+    JsonErrorsMixin,
+    as_api_error,
+    authenticate,
+    launch_params_from_header,
+    origin_allowed,
+    validate,
+)
 from handlers.validators import Text
-from server import wire
+from server import metrics, wire
 from server.chat import ChatService
 from server.errors import ForeignOrigin, NotAWebSocket
 from server.settings import Settings
@@ -76,6 +83,14 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Check the handshake, authenticate, store the profile, then upgrade; refusals are JSON."""
+        try:
+            await self._check_handshake()
+        except Exception as error:
+            metrics.HANDSHAKES.labels(metrics.reason_of(type(as_api_error(error)))).inc()
+            raise
+        await super().get(*args, **kwargs)
+
+    async def _check_handshake(self) -> None:
         headers = self.request.headers
         connection_tokens = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
         if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection_tokens:
@@ -97,7 +112,6 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         self.user_id = user.user_id
         self.socket_id = secrets.token_urlsafe(12)
         self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
-        await super().get(*args, **kwargs)
 
     async def open(self, *args: str, **kwargs: str) -> None:
         """Invoked when the handshake completes: register, then say ``connected``.
@@ -112,6 +126,8 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
             await self.chat.open_connection(self, self._profile)
         except Exception as error:
             self._registered = False
+            metrics.count_storage_error(error)
+            metrics.HANDSHAKES.labels(metrics.reason_of(type(as_api_error(error)))).inc()
             if is_storage_unavailable(error):
                 log.error("socket %s not opened, storage unavailable: %s", self.socket_id, error)
                 self.close(CLOSE_TRY_AGAIN_LATER, "Storage unavailable, reconnect later")
@@ -119,6 +135,7 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
                 log.exception("socket %s not opened", self.socket_id)
                 self.close(CLOSE_INTERNAL_ERROR, "Internal error")
             return
+        metrics.HANDSHAKES.labels("accepted").inc()
         self.send(wire.connected(self.socket_id, self.user_id))
 
     def on_message(self, message: str | bytes) -> None:
@@ -158,6 +175,7 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
             self._queue.append(frame)
         else:
             log.warning("socket %s of user %s is too slow, closing it", self.socket_id, self.user_id)
+            metrics.SLOW_SOCKETS_CLOSED.inc()
             self.close(CLOSE_TRY_AGAIN_LATER, "Too slow: reconnect and refetch")
             # on_close only runs once the client answers the close (or after
             # Tornado's timeout); this socket must stop counting as open now.

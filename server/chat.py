@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Iterable, Sequence
 
-from server import wire
+from server import metrics, wire
 from server.errors import AlreadyMember, NotAMember, SocketRequired, TooManyRequests
 from server.groupcommit import GroupCommit
 from server.locks import KeyedLocks
@@ -204,6 +204,7 @@ class ChatService:
         try:
             await operation
         except Exception as error:
+            metrics.count_storage_error(error)
             log.warning("unread counters of conversation %s not updated: %s", conversation_id, error)
 
     # Conversations

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+from server import metrics
 from storage.cache import Cache
 from storage.database import Database
 
@@ -44,8 +45,10 @@ class Readiness:
             await asyncio.wait_for(self.checks[name](), self.timeout_secs)
         except asyncio.TimeoutError:
             log.warning("not ready: %s did not answer within %.1f s", name, self.timeout_secs)
+            metrics.STORAGE_ERRORS.labels(name).inc()  # the check names match the metric's stores
             return TIMEOUT
         except Exception as error:
             log.warning("not ready: %s: %s", name, error)
+            metrics.STORAGE_ERRORS.labels(name).inc()
             return UNAVAILABLE
         return OK
