@@ -135,6 +135,13 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
 
     user: LaunchUser
     requires_auth: ClassVar[bool] = True
+    # What the route takes and answers, read by parse() and by server.apidoc
+    # (the OpenAPI document), so the two cannot disagree:
+    parameters: ClassVar[vol.Schema | None] = None  # query parameters, or a JSON/form body
+    path_parameters: ClassVar[dict[str, Any]] = {}  # name → validator of each path segment
+    returns: ClassVar[dict[str, Any]] = {}  # JSON Schema of each success member besides "response"
+    extra_errors: ClassVar[tuple[type[ApiError], ...]] = ()  # errors this route adds to the common ones
+    reply_media: ClassVar[tuple[str, dict[str, Any]] | None] = None  # (type, schema) of a success that is not {"response": true}
 
     def initialize(self, chat: ChatService, settings: Settings) -> None:
         self.chat = chat
@@ -223,9 +230,10 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
         values.update(parsed)
         return values
 
-    def parse(self, schema: vol.Schema, values: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The request's parameters validated by a schema (400 naming the parameter otherwise)."""
-        return validate(schema, self.arguments() if values is None else values)
+    def parse(self, values: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The request's parameters validated by the route's schema (400 naming the parameter otherwise)."""
+        assert self.parameters is not None, f"{type(self).__name__} declares no parameters"
+        return validate(self.parameters, self.arguments() if values is None else values)
 
     def reply(self, **fields: Any) -> None:
         self.finish(json.dumps({"response": True, **fields}, ensure_ascii=False))

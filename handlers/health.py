@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from handlers.base import ApiHandler
 from server.errors import NotReady
+from server.wire_schemas import closed_object
 from server.health import OK, Readiness
 
 
@@ -25,6 +26,8 @@ class ReadyHandler(ApiHandler):
     """Readiness: the database and the cache answer within the deadline."""
 
     requires_auth = False
+    returns = {"checks": closed_object({"database": {"const": "ok"}, "cache": {"const": "ok"}})}
+    extra_errors = (NotReady,)
 
     def initialize(self, readiness: Readiness, **services) -> None:  # type: ignore[override]
         super().initialize(**services)

@@ -32,6 +32,8 @@ class TokenMetricsHandler(ApiHandler):
     """Every metric, on the API port, for a caller with the metrics token."""
 
     requires_auth = False  # not a VK user: the token below stands instead
+    extra_errors = (NotAuthenticated,)
+    reply_media = (metrics.CONTENT_TYPE_LATEST, {"type": "string"})
 
     def get(self) -> None:
         supplied = self.request.headers.get("Authorization", "").encode()

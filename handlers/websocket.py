@@ -33,10 +33,10 @@ from handlers.base import (
     origin_allowed,
     validate,
 )
-from handlers.validators import Text
+from handlers.validators import HttpUrl, Text
 from server import metrics, wire
 from server.chat import ChatService
-from server.errors import ForeignOrigin, NotAWebSocket
+from server.errors import ForeignOrigin, NotAuthenticated, NotAWebSocket, StorageUnavailable
 from server.settings import Settings
 from storage.errors import is_storage_unavailable
 from storage.records import Profile
@@ -46,16 +46,11 @@ log = logging.getLogger("chat.ws")
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 TEXT_OPCODE = 0x1
-
-
-def avatar_url(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 500 or not value.startswith(("http://", "https://")):
-        raise vol.Invalid("expected an http(s) URL of at most 500 characters")
-    return value
+WS_VERSIONS = ("7", "8", "13")  # the protocol versions Tornado speaks
 
 
 PROFILE_SCHEMA = vol.Schema(
-    {vol.Optional("name"): Text(1, 100, strip=True), vol.Optional("avatar"): avatar_url},
+    {vol.Optional("name"): Text(1, 100, strip=True), vol.Optional("avatar"): HttpUrl(500)},
     extra=vol.REMOVE_EXTRA,
 )
 
@@ -65,6 +60,9 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
 
     socket_id: str
     user_id: int
+    # For the OpenAPI document (server.apidoc): the handshake's own parameters and refusals.
+    parameters = PROFILE_SCHEMA
+    extra_errors = (NotAWebSocket, ForeignOrigin, NotAuthenticated, StorageUnavailable)
 
     def initialize(self, chat: ChatService, settings: Settings) -> None:
         self.chat = chat
@@ -94,6 +92,10 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         headers = self.request.headers
         connection_tokens = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
         if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection_tokens:
+            raise NotAWebSocket()
+        # What Tornado's handshake needs next; it would answer its own
+        # non-JSON 400 or 426 without them, after the profile was stored.
+        if not headers.get("Sec-WebSocket-Key") or headers.get("Sec-WebSocket-Version") not in WS_VERSIONS:
             raise NotAWebSocket()
         # Tornado's own cross-origin rule (Sec-Fetch-Site, then Origin against
         # Host, then check_origin), asked before anything is written; the

@@ -21,9 +21,10 @@ import tornado.web
 
 from handlers import conversations, dev, health, messages
 from handlers import metrics as metrics_handlers
+from handlers.apidoc import OpenApiHandler
 from handlers.base import NotFoundHandler
 from handlers.websocket import ChatSocketHandler, StaticHandler
-from server import metrics
+from server import apidoc, metrics
 from server.auth import load_or_create_secret
 from server.chat import ChatService
 from server.health import Readiness
@@ -108,6 +109,7 @@ class ChatServer:
 
     def make_app(self) -> tornado.web.Application:
         services = {"chat": self.chat, "settings": self.settings}
+        openapi: dict[str, Any] = {}
         routes: list[Any] = [
             (r"/v1/messages/get", messages.GetMessagesHandler, services),
             (r"/v1/messages/send", messages.SendMessageHandler, services),
@@ -123,12 +125,15 @@ class ChatServer:
             (r"/v1/ws", ChatSocketHandler, services),
             (r"/healthz", health.HealthHandler, services),
             (r"/readyz", health.ReadyHandler, {**services, "readiness": self.readiness}),
+            # Filled in below, once the route table it describes is complete.
+            (r"/v1/openapi.json", OpenApiHandler, {**services, "document": openapi}),
         ]
         if self.dev_signin_enabled:
             routes.append((r"/v1/dev/signin", dev.DevSigninHandler, services))
         if self.settings.metrics_token:
             routes.append((r"/metrics", metrics_handlers.TokenMetricsHandler, services))
         route_names = {handler: route_template(pattern) for pattern, handler, _ in routes}
+        openapi.update(apidoc.openapi_document((name, handler) for handler, name in route_names.items()))
         if WEB_DIR.is_dir():
             routes.append(
                 (r"/((?!v1/).*)", StaticHandler, {"path": str(WEB_DIR), "default_filename": "index.html"})
