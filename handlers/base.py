@@ -77,6 +77,8 @@ def as_api_error(error: BaseException | None) -> ApiError:
     if isinstance(error, Refusal):
         return from_refusal(error)
     if isinstance(error, tornado.web.HTTPError):
+        if error.status_code == 400:  # Tornado could not parse a body it reads itself (a malformed multipart)
+            return InvalidParameter("body", "Malformed request body")
         return {404: RouteNotFound, 405: MethodNotAllowed, 413: BodyTooLarge}.get(
             error.status_code, InternalError
         )()

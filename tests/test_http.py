@@ -224,3 +224,12 @@ async def test_unknown_route_with_a_body_is_json_404(server: ServerUnderTest):
     alice, _ = await server.connected_user(1)
     response = await alice.post("/v1/nothing/here", {"padding": "p" * 100_000})
     assert (response.status, response.error_code) == (404, 404)
+
+
+async def test_a_body_tornado_cannot_parse_is_json_400(server: ServerUnderTest):
+    """Found by schemathesis: routes that let Tornado parse the body (the handshake) answered 500."""
+    alice = server.user(1)
+    response = await alice.get("/v1/ws", headers={"Content-Type": "multipart/form-data"}, raw_body=None)
+    assert (response.status, response.error_code) == (400, 400)
+    response = await alice.call("GET", "/v1/ws", raw_body=b"x", content_type="multipart/form-data")
+    assert (response.status, response.error_code) == (400, 400)
