@@ -114,7 +114,16 @@ class JsonErrorsMixin:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if isinstance(error, TooManyRequests):
             self.set_header("Retry-After", str(error.retry_after_secs))
+        if isinstance(error, MethodNotAllowed):
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.finish(json.dumps(error_body(error, code), ensure_ascii=False))
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this route implements (for the Allow header a 405 must carry)."""
+        return [
+            method for method in self.SUPPORTED_METHODS  # type: ignore[attr-defined]
+            if getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+        ]
 
     def log_exception(self, typ, value, tb) -> None:
         metrics.count_storage_error(value)

@@ -233,3 +233,12 @@ async def test_a_body_tornado_cannot_parse_is_json_400(server: ServerUnderTest):
     assert (response.status, response.error_code) == (400, 400)
     response = await alice.call("GET", "/v1/ws", raw_body=b"x", content_type="multipart/form-data")
     assert (response.status, response.error_code) == (400, 400)
+
+
+async def test_a_405_says_which_methods_the_route_allows(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    response = await alice.call("PUT", "/v1/messages/send", {"text": "x"})
+    assert (response.status, response.error_code) == (405, 405)
+    assert response.headers["Allow"] == "POST, OPTIONS"
+    response = await alice.call("TRACE", "/healthz")
+    assert (response.status, response.headers["Allow"]) == (405, "GET, OPTIONS")
