@@ -13,8 +13,8 @@ from typing import Any
 
 import voluptuous as vol
 
-# Digits beyond this are refused before int() is asked to parse them.
-MAX_INTEGER_DIGITS = 18
+# Digits beyond this are refused before int() is asked to parse them (enough for MAX_PATH_ID).
+MAX_INTEGER_DIGITS = 19
 MAX_PATH_ID = 2**63 - 1
 
 

@@ -174,6 +174,27 @@ def operation(path: str, handler: type, method: str, tag: str) -> dict[str, Any]
     return op
 
 
+def add_links(paths: dict[str, Any]) -> None:
+    """Link each answer carrying a conversation_id to the operations that take one in their path.
+
+    Tools that follow links (schemathesis's stateful phase) then act on
+    conversations that exist instead of guessing ids.
+    """
+    targets = [
+        op["operationId"] for operations in paths.values() for op in operations.values()
+        if any(p.get("in") == "path" and p["name"] == "conversation_id" for p in op.get("parameters", ()))
+    ]
+    for operations in paths.values():
+        for op in operations.values():
+            success = op["responses"].get("200", {}).get("content", {}).get(JSON, {}).get("schema", {})
+            if "conversation_id" in success.get("properties", {}):
+                op["responses"]["200"]["links"] = {
+                    target: {"operationId": target,
+                             "parameters": {"path.conversation_id": "$response.body#/conversation_id"}}
+                    for target in targets
+                }
+
+
 def websocket_operation(handler: type) -> dict[str, Any]:
     """The handshake of /v1/ws: refused in JSON, or upgraded (then see the AsyncAPI document)."""
     properties, _ = parameters_schema(handler.parameters)
@@ -213,6 +234,7 @@ def openapi_document(routes: Iterable[tuple[str, type]]) -> dict[str, Any]:
             paths[path] = {
                 method: operation(path, handler, method, tag_of(path)) for method in implemented_methods(handler)
             }
+    add_links(paths)
     return {
         "openapi": "3.1.0",
         "info": {
