@@ -210,6 +210,14 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
             raise BodyTooLarge()  # a chunked body that did not say its length
         return b"".join(self._body_chunks)
 
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """A query or path value as text; bytes that are not UTF-8 are the caller's 400, named."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            param = name or "path"
+            raise InvalidParameter(param, f"Invalid parameter {param}: not valid UTF-8") from None
+
     @property
     def socket_id(self) -> str | None:
         return self.request.headers.get("X-Socket-Id") or None

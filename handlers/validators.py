@@ -13,9 +13,11 @@ from typing import Any
 
 import voluptuous as vol
 
-# Digits beyond this are refused before int() is asked to parse them (enough for MAX_PATH_ID).
+# The largest value of the databases' BIGINT columns: no integer parameter may exceed it,
+# or it would reach a query as an overflow (a 500) instead of being refused (a 400).
+MAX_BIGINT = 2**63 - 1
+# Digits beyond this are refused before int() is asked to parse them (enough for MAX_BIGINT).
 MAX_INTEGER_DIGITS = 19
-MAX_PATH_ID = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Integer:
     """An integer in range: a JSON number, or its decimal digits (query and form values)."""
 
     min_value: int = 0
-    max_value: int | None = None
+    max_value: int = MAX_BIGINT
 
     def __call__(self, value: Any) -> int:
         if isinstance(value, bool):
@@ -32,16 +34,12 @@ class Integer:
             value = int(value)
         if not isinstance(value, int):
             raise vol.Invalid("expected an integer")
-        if value < self.min_value or (self.max_value is not None and value > self.max_value):
-            bound = f"{self.min_value}..{self.max_value}" if self.max_value is not None else f">= {self.min_value}"
-            raise vol.Invalid(f"expected an integer {bound}")
+        if not self.min_value <= value <= self.max_value:
+            raise vol.Invalid(f"expected an integer {self.min_value}..{self.max_value}")
         return value
 
     def json_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "integer", "minimum": self.min_value}
-        if self.max_value is not None:
-            schema["maximum"] = self.max_value
-        return schema
+        return {"type": "integer", "minimum": self.min_value, "maximum": self.max_value}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,4 +86,4 @@ class HttpUrl:
         return {"type": "string", "maxLength": self.max_length, "pattern": "^https?://"}
 
 
-CONVERSATION_ID = Integer(1, MAX_PATH_ID)  # a path id
+CONVERSATION_ID = Integer(1)  # a path id

@@ -242,3 +242,18 @@ async def test_a_405_says_which_methods_the_route_allows(server: ServerUnderTest
     assert response.headers["Allow"] == "POST, OPTIONS"
     response = await alice.call("TRACE", "/healthz")
     assert (response.status, response.headers["Allow"]) == (405, "GET, OPTIONS")
+
+
+@pytest.mark.parametrize("path, param", [
+    ("/v1/messages/get?chat=0&offset=9999999999999999999", "offset"),  # past BIGINT, 19 digits
+    ("/v1/messages/get?chat=9223372036854775808", "chat"),
+    ("/v1/conversations/get?mode=%ff", "mode"),  # not UTF-8
+    ("/v1/conversations/info/%ff", "path"),
+])
+async def test_integers_past_bigint_and_bytes_past_utf8_are_400_naming_the_parameter(server: ServerUnderTest,
+                                                                                      path, param):
+    alice, _ = await server.connected_user(1)
+    response = await alice.get(path)
+    assert (response.status, response.error_code, response.body["error"]["param"]) == (400, 400, param)
+    response = await alice.post("/v1/conversations/get", {"offset": 10**30})
+    assert (response.status, response.body["error"]["param"]) == (400, "offset")
