@@ -257,3 +257,20 @@ async def test_integers_past_bigint_and_bytes_past_utf8_are_400_naming_the_param
     assert (response.status, response.error_code, response.body["error"]["param"]) == (400, 400, param)
     response = await alice.post("/v1/conversations/get", {"offset": 10**30})
     assert (response.status, response.body["error"]["param"]) == (400, "offset")
+
+
+# Hostile input that still answers 500: issue 14 (item 4) fixes these on its own
+# branch. strict: once fixed there, these fail here as XPASS, and the list goes.
+KNOWN_5XX_FROM_HOSTILE_INPUT = [
+    pytest.param("/v1/messages/send", b'{"text": "a\\ud800b"}', id="lone-surrogate-in-text"),
+    pytest.param("/v1/conversations/new", b'{"name": "a\\udfffbcd"}', id="lone-surrogate-in-name"),
+    pytest.param("/v1/messages/send", b"[" * 30_000, id="json-nested-30000-deep"),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14 item 4: hostile input, fixed in the faults branch")
+@pytest.mark.parametrize("path, body", KNOWN_5XX_FROM_HOSTILE_INPUT)
+async def test_hostile_bodies_are_refused_without_5xx(server: ServerUnderTest, path, body):
+    alice, _ = await server.connected_user(1)
+    response = await alice.post(path, raw_body=body)
+    assert response.status < 500, response.body
