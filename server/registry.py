@@ -12,7 +12,7 @@ never waits on any one of them.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Collection, Iterable, Protocol
 
 from server import metrics
 from storage.records import Profile
@@ -192,14 +192,13 @@ class Registry:
             socket_ids.extend(sockets)
         return socket_ids
 
-    def send(self, socket_ids: Iterable[str], frame: bytes) -> None:
-        sent = 0
+    def send(self, socket_ids: Collection[str], frame: bytes) -> None:
+        # Counted once per fan-out, not per frame (that would show at 100k frames/s).
+        metrics.EVENTS_DELIVERED.inc(len(socket_ids))
         for socket_id in socket_ids:
             connection = self._sockets.get(socket_id)
             if connection is not None:
                 connection.send(frame)
-                sent += 1
-        metrics.EVENTS_DELIVERED.inc(sent)  # once per fan-out: a counter per frame would cost at 100k frames/s
 
     def send_global(self, frame: bytes) -> None:
         self.send(list(self._global), frame)
