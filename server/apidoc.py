@@ -203,6 +203,9 @@ def websocket_operation(handler: type) -> dict[str, Any]:
          "description": "with every other vk_* launch parameter and sign, as VK launched the app "
                         "(or the Authorization header instead)"},
         {"name": "sign", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "resume", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "the pos of the last event received: the first frame is then resumed "
+                        "(the missed events follow) or resume_failed"},
     ]
     return {
         "operationId": "openSocket",
