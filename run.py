@@ -5,6 +5,7 @@
     python run.py sign --user-id 5     print launch parameters signed for user 5
     python run.py migrate              create or upgrade the database schema and exit
     python run.py watch --user-id 5    hold a WebSocket open as user 5 and print its events
+    python run.py apidoc               write docs/asyncapi.json from server/wire_schemas.py
 """
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ async def migrate() -> None:
     await server.cache.close()
 
 
+def write_apidoc() -> None:
+    import json
+    from pathlib import Path
+
+    from server.apidoc import ASYNCAPI_FILE, asyncapi_document
+
+    path = Path(__file__).resolve().parent / ASYNCAPI_FILE
+    path.write_text(json.dumps(asyncapi_document(), indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {path}")
+
+
 def sign(user_id: int) -> None:
     settings = load_settings()
     secret = settings.vk_secret or load_or_create_secret(settings.data_dir)
@@ -79,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the server (the default)")
     commands.add_parser("migrate", help="create or upgrade the schema and exit")
+    commands.add_parser("apidoc", help="write docs/asyncapi.json (the OpenAPI document is served live)")
     sign_parser = commands.add_parser("sign", help="print signed launch parameters")
     sign_parser.add_argument("--user-id", type=int, required=True)
     watch_parser = commands.add_parser("watch", help="print the events a user's socket receives")
@@ -95,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "watch":
         settings = load_settings()
         asyncio.run(watch(args.user_id, args.url or f"ws://{settings.host}:{settings.port}/v1/ws"))
+    elif args.command == "apidoc":
+        write_apidoc()
     elif args.command == "migrate":
         asyncio.run(migrate())
     else:

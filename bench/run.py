@@ -104,7 +104,8 @@ class ServerProcess:
         # Inherit nothing CHAT_*-shaped from the caller: the spec is the whole config.
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         env.update(self.spec.env)
-        env.update(CHAT_HOST="127.0.0.1", CHAT_PORT=str(self.port), PYTHONUNBUFFERED="1")
+        # Metrics on a port of the system's choosing: runs side by side must not meet on the default one.
+        env.update(CHAT_HOST="127.0.0.1", CHAT_PORT=str(self.port), CHAT_METRICS_ADDR="127.0.0.1:0", PYTHONUNBUFFERED="1")
         argv = [a.replace("{port}", str(self.port)) for a in self.spec.argv]
         with open(self.log_path, "ab") as log_file:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(

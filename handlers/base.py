@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import tornado.web
 import voluptuous as vol
 
+from server import metrics
 from server.auth import LaunchUser, verify_launch_params
 from server.chat import ChatService
 from server.errors import (
@@ -76,6 +77,8 @@ def as_api_error(error: BaseException | None) -> ApiError:
     if isinstance(error, Refusal):
         return from_refusal(error)
     if isinstance(error, tornado.web.HTTPError):
+        if error.status_code == 400:  # Tornado could not parse a body it reads itself (a malformed multipart)
+            return InvalidParameter("body", "Malformed request body")
         return {404: RouteNotFound, 405: MethodNotAllowed, 413: BodyTooLarge}.get(
             error.status_code, InternalError
         )()
@@ -85,9 +88,7 @@ def as_api_error(error: BaseException | None) -> ApiError:
 
 
 def error_body(error: ApiError, code: int) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": code, "message": error.message}
-    if isinstance(error, InvalidParameter):
-        body["param"] = error.param
+    body: dict[str, Any] = {"code": code, "message": error.message, **error.details()}
     return {"response": False, "error": body}
 
 
@@ -113,9 +114,19 @@ class JsonErrorsMixin:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if isinstance(error, TooManyRequests):
             self.set_header("Retry-After", str(error.retry_after_secs))
+        if isinstance(error, MethodNotAllowed):
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.finish(json.dumps(error_body(error, code), ensure_ascii=False))
 
+    def allowed_methods(self) -> list[str]:
+        """The methods this route implements (for the Allow header a 405 must carry)."""
+        return [
+            method for method in self.SUPPORTED_METHODS  # type: ignore[attr-defined]
+            if getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+        ]
+
     def log_exception(self, typ, value, tb) -> None:
+        metrics.count_storage_error(value)
         if isinstance(value, (ApiError, Refusal, tornado.web.HTTPError)):
             return  # expected outcomes, already answered; the access log has them
         if is_storage_unavailable(value):
@@ -135,6 +146,13 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
 
     user: LaunchUser
     requires_auth: ClassVar[bool] = True
+    # What the route takes and answers, read by parse() and by server.apidoc
+    # (the OpenAPI document), so the two cannot disagree:
+    parameters: ClassVar[vol.Schema | None] = None  # query parameters, or a JSON/form body
+    path_parameters: ClassVar[dict[str, Any]] = {}  # name → validator of each path segment
+    returns: ClassVar[dict[str, Any]] = {}  # JSON Schema of each success member besides "response"
+    extra_errors: ClassVar[tuple[type[ApiError], ...]] = ()  # errors this route adds to the common ones
+    reply_media: ClassVar[tuple[str, dict[str, Any]] | None] = None  # (type, schema) of a success that is not {"response": true}
 
     def initialize(self, chat: ChatService, settings: Settings) -> None:
         self.chat = chat
@@ -192,6 +210,14 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
             raise BodyTooLarge()  # a chunked body that did not say its length
         return b"".join(self._body_chunks)
 
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """A query or path value as text; bytes that are not UTF-8 are the caller's 400, named."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            param = name or "path"
+            raise InvalidParameter(param, f"Invalid parameter {param}: not valid UTF-8") from None
+
     @property
     def socket_id(self) -> str | None:
         return self.request.headers.get("X-Socket-Id") or None
@@ -223,9 +249,10 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
         values.update(parsed)
         return values
 
-    def parse(self, schema: vol.Schema, values: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The request's parameters validated by a schema (400 naming the parameter otherwise)."""
-        return validate(schema, self.arguments() if values is None else values)
+    def parse(self, values: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The request's parameters validated by the route's schema (400 naming the parameter otherwise)."""
+        assert self.parameters is not None, f"{type(self).__name__} declares no parameters"
+        return validate(self.parameters, self.arguments() if values is None else values)
 
     def reply(self, **fields: Any) -> None:
         self.finish(json.dumps({"response": True, **fields}, ensure_ascii=False))

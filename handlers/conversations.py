@@ -5,8 +5,8 @@ from __future__ import annotations
 import voluptuous as vol
 
 from handlers.base import ApiHandler
-from handlers.validators import Integer, Text, conversation_id_from_path
-from server import wire
+from handlers.validators import CONVERSATION_ID, Integer, Text
+from server import wire, wire_schemas
 from server.errors import (
     AlreadyMember,
     DuplicateName,
@@ -30,10 +30,16 @@ NEW_SCHEMA = vol.Schema({vol.Required("name"): Text(3, 50, strip=True)}, extra=v
 
 
 class ListConversationsHandler(ApiHandler):
+    """Your conversations, most recent activity first (mode=joined), or the others, newest first (mode=new)."""
+
+    parameters = LIST_SCHEMA
+    returns = {"conversations": wire_schemas.array(
+        {"anyOf": [wire_schemas.JOINED_CONVERSATION_ITEM, wire_schemas.NEW_CONVERSATION_ITEM]}, 100
+    )}
     error_codes = {SocketRequired: 1}
 
     async def get(self) -> None:
-        params = self.parse(LIST_SCHEMA)
+        params = self.parse()
         conversations = await self.chat.list_conversations(
             self.user.user_id, self.socket_id, params["mode"], params["offset"]
         )
@@ -43,10 +49,14 @@ class ListConversationsHandler(ApiHandler):
 
 
 class NewConversationHandler(ApiHandler):
+    """Create a conversation; you are its first member and its admin."""
+
+    parameters = NEW_SCHEMA
+    returns = {"conversation_id": wire_schemas.ID}
     error_codes = {DuplicateName: 1, SocketRequired: 2}
 
     async def post(self) -> None:
-        params = self.parse(NEW_SCHEMA)
+        params = self.parse()
         conversation_id = await self.chat.create_conversation(self.user.user_id, self.socket_id, params["name"])
         self.reply(conversation_id=conversation_id)
 
@@ -54,14 +64,19 @@ class NewConversationHandler(ApiHandler):
 class ConversationHandler(ApiHandler):
     """A route acting on the conversation named in its path."""
 
+    path_parameters = {"conversation_id": CONVERSATION_ID}
+
     def conversation_id(self, raw: str) -> int:
         try:
-            return conversation_id_from_path(raw)
+            return CONVERSATION_ID(raw)
         except vol.Invalid:
             raise InvalidParameter("conversation_id", "conversation_id must be a positive integer") from None
 
 
 class JoinHandler(ConversationHandler):
+    """Become a member; returns the newest 100 messages, oldest first."""
+
+    returns = {"messages": wire_schemas.array(wire_schemas.MESSAGE, 100)}
     error_codes = {NoSuchConversation: 1, AlreadyMember: 2, TooManyMembers: 3, SocketRequired: 4}
 
     async def get(self, raw_id: str) -> None:
@@ -72,6 +87,8 @@ class JoinHandler(ConversationHandler):
 
 
 class LeaveHandler(ConversationHandler):
+    """End your membership; the last member out deletes the conversation."""
+
     error_codes = {NoSuchConversation: 1, NotAMember: 2, SocketRequired: 3}
 
     async def get(self, raw_id: str) -> None:
@@ -82,6 +99,8 @@ class LeaveHandler(ConversationHandler):
 
 
 class DeleteHandler(ConversationHandler):
+    """Delete the conversation with everything in it (creator only)."""
+
     error_codes = {NoSuchConversation: 1, NoRights: 2, SocketRequired: 3}
 
     async def delete(self, raw_id: str) -> None:
@@ -92,6 +111,8 @@ class DeleteHandler(ConversationHandler):
 
 
 class ReadHandler(ConversationHandler):
+    """Set your unread count of the conversation to 0."""
+
     error_codes = {NoSuchConversation: 1, NotAMember: 2, SocketRequired: 3}
 
     async def get(self, raw_id: str) -> None:
@@ -102,6 +123,9 @@ class ReadHandler(ConversationHandler):
 
 
 class ViewHandler(ConversationHandler):
+    """Watch the conversation read-only; returns its newest 50 messages, oldest first."""
+
+    returns = {"messages": wire_schemas.array(wire_schemas.MESSAGE, 50)}
     error_codes = {NoSuchConversation: 1, AlreadyMember: 2, SocketRequired: 3}
 
     async def get(self, raw_id: str) -> None:
@@ -112,6 +136,8 @@ class ViewHandler(ConversationHandler):
 
 
 class StopViewHandler(ConversationHandler):
+    """Stop watching the conversation (not watching is fine)."""
+
     error_codes = {NoSuchConversation: 1, AlreadyMember: 2, SocketRequired: 3}
 
     async def get(self, raw_id: str) -> None:
@@ -122,6 +148,9 @@ class StopViewHandler(ConversationHandler):
 
 
 class InfoHandler(ConversationHandler):
+    """The conversation with its members."""
+
+    returns = {"conversation": wire_schemas.CONVERSATION_INFO}
     error_codes = {NoSuchConversation: 1, SocketRequired: 2}
 
     async def get(self, raw_id: str) -> None:

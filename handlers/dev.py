@@ -20,8 +20,12 @@ SIGNIN_SCHEMA = vol.Schema(
 
 
 class DevSigninHandler(ApiHandler):
+    """Launch parameters signed with the server's generated secret (development only)."""
+
     requires_auth = False  # this route is how a developer gets some
+    parameters = SIGNIN_SCHEMA
+    returns = {"launch_params": {"type": "string"}}
 
     async def post(self) -> None:
-        params = self.parse(SIGNIN_SCHEMA)
+        params = self.parse()
         self.reply(launch_params=sign_launch_params(self.config.vk_secret, params["user_id"]))

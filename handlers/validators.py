@@ -1,46 +1,89 @@
-"""Voluptuous validators shared by the route schemas."""
+"""Voluptuous validators shared by the route schemas.
+
+Each is a small callable object rather than a closure, so that what it
+accepts can be read back: ``json_schema()`` is what the OpenAPI document
+(``server.apidoc``) says about the parameter, from the same numbers the
+check uses.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any
 
 import voluptuous as vol
 
+# The largest value of the databases' BIGINT columns: no integer parameter may exceed it,
+# or it would reach a query as an overflow (a 500) instead of being refused (a 400).
+MAX_BIGINT = 2**63 - 1
+# Digits beyond this are refused before int() is asked to parse them (enough for MAX_BIGINT).
+MAX_INTEGER_DIGITS = 19
 
-def Integer(min_value: int = 0, max_value: int | None = None) -> Callable[[Any], int]:
+
+@dataclasses.dataclass(frozen=True)
+class Integer:
     """An integer in range: a JSON number, or its decimal digits (query and form values)."""
 
-    def validate(value: Any) -> int:
+    min_value: int = 0
+    max_value: int = MAX_BIGINT
+
+    def __call__(self, value: Any) -> int:
         if isinstance(value, bool):
             raise vol.Invalid("expected an integer")
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_INTEGER_DIGITS:
             value = int(value)
         if not isinstance(value, int):
             raise vol.Invalid("expected an integer")
-        if value < min_value or (max_value is not None and value > max_value):
-            bound = f"{min_value}..{max_value}" if max_value is not None else f">= {min_value}"
-            raise vol.Invalid(f"expected an integer {bound}")
+        if not self.min_value <= value <= self.max_value:
+            raise vol.Invalid(f"expected an integer {self.min_value}..{self.max_value}")
         return value
 
-    return validate
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "integer", "minimum": self.min_value, "maximum": self.max_value}
 
 
-def Text(min_length: int, max_length: int, strip: bool = False) -> Callable[[Any], str]:
+@dataclasses.dataclass(frozen=True)
+class Text:
     """A string of ``min_length``-``max_length`` characters that is not only whitespace."""
 
-    def validate(value: Any) -> str:
+    min_length: int
+    max_length: int
+    strip: bool = False  # surrounding whitespace is dropped, then the length is checked
+
+    def __call__(self, value: Any) -> str:
         if not isinstance(value, str):
             raise vol.Invalid("expected a string")
-        checked = value.strip() if strip else value
+        checked = value.strip() if self.strip else value
         if not value.strip():
             raise vol.Invalid("must not be empty or only whitespace")
-        if not min_length <= len(checked) <= max_length:
-            raise vol.Invalid(f"length must be {min_length}-{max_length} characters")
+        if not self.min_length <= len(checked) <= self.max_length:
+            raise vol.Invalid(f"length must be {self.min_length}-{self.max_length} characters")
         return checked
 
-    return validate
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string", "minLength": self.min_length, "pattern": r"\S"}
+        if self.strip:
+            schema["description"] = (
+                f"{self.min_length}-{self.max_length} characters once surrounding whitespace is stripped"
+            )
+        else:
+            schema["maxLength"] = self.max_length
+        return schema
 
 
-def conversation_id_from_path(value: str) -> int:
-    """A path id: a positive integer."""
-    return Integer(1, 2**63 - 1)(value)
+@dataclasses.dataclass(frozen=True)
+class HttpUrl:
+    """An http(s) URL of at most ``max_length`` characters."""
+
+    max_length: int
+
+    def __call__(self, value: Any) -> str:
+        if not isinstance(value, str) or len(value) > self.max_length or not value.startswith(("http://", "https://")):
+            raise vol.Invalid(f"expected an http(s) URL of at most {self.max_length} characters")
+        return value
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "string", "maxLength": self.max_length, "pattern": "^https?://"}
+
+
+CONVERSATION_ID = Integer(1)  # a path id

@@ -24,11 +24,18 @@ import tornado.websocket
 import voluptuous as vol
 from tornado.iostream import StreamClosedError
 
-from handlers.base import JsonErrorsMixin, authenticate, launch_params_from_header, origin_allowed, validate
-from handlers.validators import Text
-from server import wire
+from handlers.base import (
+    JsonErrorsMixin,
+    as_api_error,
+    authenticate,
+    launch_params_from_header,
+    origin_allowed,
+    validate,
+)
+from handlers.validators import HttpUrl, Text
+from server import metrics, wire
 from server.chat import ChatService
-from server.errors import ForeignOrigin, NotAWebSocket
+from server.errors import ForeignOrigin, NotAuthenticated, NotAWebSocket, StorageUnavailable
 from server.settings import Settings
 from storage.errors import is_storage_unavailable
 from storage.records import Profile
@@ -38,16 +45,11 @@ log = logging.getLogger("chat.ws")
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 TEXT_OPCODE = 0x1
-
-
-def avatar_url(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 500 or not value.startswith(("http://", "https://")):
-        raise vol.Invalid("expected an http(s) URL of at most 500 characters")
-    return value
+WS_VERSIONS = ("7", "8", "13")  # the protocol versions Tornado speaks
 
 
 PROFILE_SCHEMA = vol.Schema(
-    {vol.Optional("name"): Text(1, 100, strip=True), vol.Optional("avatar"): avatar_url},
+    {vol.Optional("name"): Text(1, 100, strip=True), vol.Optional("avatar"): HttpUrl(500)},
     extra=vol.REMOVE_EXTRA,
 )
 
@@ -57,6 +59,9 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
 
     socket_id: str
     user_id: int
+    # For the OpenAPI document (server.apidoc): the handshake's own parameters and refusals.
+    parameters = PROFILE_SCHEMA
+    extra_errors = (NotAWebSocket, ForeignOrigin, NotAuthenticated, StorageUnavailable)
 
     def initialize(self, chat: ChatService, settings: Settings) -> None:
         self.chat = chat
@@ -78,9 +83,21 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Check the handshake, authenticate, store the profile, then upgrade; refusals are JSON."""
+        try:
+            await self._check_handshake()
+        except Exception as error:
+            metrics.HANDSHAKES.labels(metrics.reason_of(type(as_api_error(error)))).inc()
+            raise
+        await super().get(*args, **kwargs)
+
+    async def _check_handshake(self) -> None:
         headers = self.request.headers
         connection_tokens = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
         if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection_tokens:
+            raise NotAWebSocket()
+        # What Tornado's handshake needs next; it would answer its own
+        # non-JSON 400 or 426 without them, after the profile was stored.
+        if not headers.get("Sec-WebSocket-Key") or headers.get("Sec-WebSocket-Version") not in WS_VERSIONS:
             raise NotAWebSocket()
         # Tornado's own cross-origin rule (Sec-Fetch-Site, then Origin against
         # Host, then check_origin), asked before anything is written; the
@@ -101,7 +118,6 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         self.position_tail = wire.position_tail(self.socket_id)
         self._resume = self.get_query_argument("resume", "") or None
         self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
-        await super().get(*args, **kwargs)
 
     async def open(self, *args: str, **kwargs: str) -> None:
         """Invoked when the handshake completes: register, then say ``connected``.
@@ -116,12 +132,16 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
             await self.chat.open_connection(self, self._profile, self._resume)
         except Exception as error:
             self._registered = False
+            metrics.count_storage_error(error)
+            metrics.HANDSHAKES.labels(metrics.reason_of(type(as_api_error(error)))).inc()
             if is_storage_unavailable(error):
                 log.error("socket %s not opened, storage unavailable: %s", self.socket_id, error)
                 self.close(CLOSE_TRY_AGAIN_LATER, "Storage unavailable, reconnect later")
             else:
                 log.exception("socket %s not opened", self.socket_id)
                 self.close(CLOSE_INTERNAL_ERROR, "Internal error")
+            return
+        metrics.HANDSHAKES.labels("accepted").inc()
 
     def release(self, first: Sequence[bytes]) -> None:
         """Send ``first`` (the greeting and any missed frames), then the live frames held meanwhile."""
@@ -169,6 +189,7 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
             self._queue.append(frame)
         else:
             log.warning("socket %s of user %s is too slow, closing it", self.socket_id, self.user_id)
+            metrics.SLOW_SOCKETS_CLOSED.inc()
             self.close(CLOSE_TRY_AGAIN_LATER, "Too slow: reconnect and refetch")
             # on_close only runs once the client answers the close (or after
             # Tornado's timeout); this socket must stop counting as open now.

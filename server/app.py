@@ -8,6 +8,7 @@ start and stop the same thing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 from pathlib import Path
@@ -18,12 +19,16 @@ import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
-from handlers import conversations, dev, messages
+from handlers import conversations, dev, health, messages
+from handlers import metrics as metrics_handlers
+from handlers.apidoc import OpenApiHandler
 from handlers.base import NotFoundHandler
 from handlers.websocket import ChatSocketHandler, StaticHandler
+from server import apidoc, metrics
 from server.auth import load_or_create_secret
 from server.chat import ChatService
 from server.hub import Hub
+from server.health import Readiness
 from server.registry import Registry
 from server.settings import Settings
 from storage.bus import create_bus
@@ -50,14 +55,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One line per request: method, path (never the query: it carries signatures), status, ms."""
+# Probes arrive every few seconds from every balancer; their successes are not news.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# Methods get their own label; anything else a client invents is "other" (bounded labels).
+KNOWN_METHODS = frozenset({"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"})
+UNMATCHED_ROUTE = "unmatched"
+
+
+def route_template(pattern: str) -> str:
+    """The route as docs name it: ``/v1/conversations/join/([^/]*)`` → ``/v1/conversations/join/{conversation_id}``."""
+    return pattern.replace("([^/]*)", "{conversation_id}")
+
+
+def record_request(route_names: dict[type, str], handler: tornado.web.RequestHandler) -> None:
+    """After every answer: one log line (method, path — never the query: it carries
+    signatures —, status, ms) and the request metrics, labelled by route template."""
     status = handler.get_status()
-    level = logging.INFO if status < 500 else logging.ERROR
-    access_log.log(
-        level, "%s %s %d %.1fms", handler.request.method, handler.request.path, status,
-        1000.0 * handler.request.request_time(),
-    )
+    method = handler.request.method or ""
+    seconds = handler.request.request_time()
+    route = route_names.get(type(handler), UNMATCHED_ROUTE)
+    metrics.HTTP_REQUESTS.labels(route, method if method in KNOWN_METHODS else "other", str(status)).inc()
+    metrics.HTTP_LATENCY.labels(route).observe(seconds)
+    if status == 429:
+        metrics.RATE_LIMITED.inc()
+    if handler.request.path in PROBE_PATHS:
+        level = logging.DEBUG if status < 400 else logging.WARNING  # the reason is logged by server.health
+    else:
+        level = logging.INFO if status < 500 else logging.ERROR
+    access_log.log(level, "%s %s %d %.1fms", method, handler.request.path, status, 1000.0 * seconds)
 
 
 class ChatServer:
@@ -75,7 +100,10 @@ class ChatServer:
         self.registry = Registry()
         self.hub = Hub(self.bus, self.cache, self.database, self.registry, settings)
         self.chat = ChatService(settings, self.database, self.cache, self.registry, self.hub)
+        self.readiness = Readiness(self.database, self.cache)
         self.http_server: tornado.httpserver.HTTPServer | None = None
+        self.metrics_server: tornado.httpserver.HTTPServer | None = None
+        self.metrics_port: int | None = None
         self._refresh: tornado.ioloop.PeriodicCallback | None = None
 
     @property
@@ -85,6 +113,7 @@ class ChatServer:
 
     def make_app(self) -> tornado.web.Application:
         services = {"chat": self.chat, "settings": self.settings}
+        openapi: dict[str, Any] = {}
         routes: list[Any] = [
             (r"/v1/messages/get", messages.GetMessagesHandler, services),
             (r"/v1/messages/send", messages.SendMessageHandler, services),
@@ -98,18 +127,27 @@ class ChatServer:
             (r"/v1/conversations/stopView/([^/]*)", conversations.StopViewHandler, services),
             (r"/v1/conversations/info/([^/]*)", conversations.InfoHandler, services),
             (r"/v1/ws", ChatSocketHandler, services),
+            (r"/healthz", health.HealthHandler, services),
+            (r"/readyz", health.ReadyHandler, {**services, "readiness": self.readiness}),
+            # Filled in below, once the route table it describes is complete.
+            (r"/v1/openapi.json", OpenApiHandler, {**services, "document": openapi}),
         ]
         if self.dev_signin_enabled:
             routes.append((r"/v1/dev/signin", dev.DevSigninHandler, services))
+        if self.settings.metrics_token:
+            routes.append((r"/metrics", metrics_handlers.TokenMetricsHandler, services))
+        route_names = {handler: route_template(pattern) for pattern, handler, _ in routes}
+        openapi.update(apidoc.openapi_document((name, handler) for handler, name in route_names.items()))
         if WEB_DIR.is_dir():
             routes.append(
                 (r"/((?!v1/).*)", StaticHandler, {"path": str(WEB_DIR), "default_filename": "index.html"})
             )
+            route_names[StaticHandler] = "static"
         return tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler,
             default_handler_args=services,
-            log_function=log_request,
+            log_function=functools.partial(record_request, route_names),
             websocket_ping_interval=WS_PING_INTERVAL_SECS,
             websocket_ping_timeout=WS_PING_TIMEOUT_SECS,
             websocket_max_message_size=WS_MAX_MESSAGE_BYTES,
@@ -125,14 +163,33 @@ class ChatServer:
         )
         sockets = tornado.netutil.bind_sockets(self.settings.port if port is None else port, self.settings.host)
         self.http_server.add_sockets(sockets)
+        metrics.watch_connections(
+            lambda: self.registry.size()["sockets"], lambda: self.registry.size()["users"]
+        )
+        self._start_metrics_listener()
         self._refresh = tornado.ioloop.PeriodicCallback(self._refresh_socket_cache, SOCKET_REFRESH_SECS * 1000)
         self._refresh.start()
         return sockets[0].getsockname()[1]
 
+    def _start_metrics_listener(self) -> None:
+        """Serve /metrics on CHAT_METRICS_ADDR (a port of its own, loopback by default), if set."""
+        address = self.settings.metrics_host_port
+        if address is None:
+            return
+        app = tornado.web.Application(
+            [(r"/metrics", metrics_handlers.MetricsHandler)], default_handler_class=NotFoundHandler,
+            default_handler_args={"chat": self.chat, "settings": self.settings}, log_function=lambda handler: None,
+        )
+        self.metrics_server = tornado.httpserver.HTTPServer(app)
+        sockets = tornado.netutil.bind_sockets(address[1], address[0])
+        self.metrics_server.add_sockets(sockets)
+        self.metrics_port = sockets[0].getsockname()[1]
+
     async def _refresh_socket_cache(self) -> None:
         try:
             await self.chat.refresh_socket_cache()
-        except Exception:
+        except Exception as error:
+            metrics.count_storage_error(error)
             log.exception("socket cache refresh failed")
 
     async def stop(self) -> None:
@@ -142,6 +199,9 @@ class ChatServer:
         if self.http_server is not None:
             self.http_server.stop()
             await self.http_server.close_all_connections()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            await self.metrics_server.close_all_connections()
         connections = self.registry.connections()
         # Forgotten while the cache is still open; the closes that follow
         # find nothing left to clean up.
@@ -157,4 +217,5 @@ class ChatServer:
     def describe(self, port: int) -> str:
         database = self.database.url.render_as_string(hide_password=True)
         cache = f"redis {self.settings.redis_url} (prefix {self.settings.redis_prefix})" if self.settings.redis_url else "in-process"
-        return f"listening on http://{self.settings.host}:{port}/ · database {database} · cache {cache}"
+        metrics_at = f"http://{self.settings.metrics_host_port[0]}:{self.metrics_port}/metrics" if self.metrics_port else "off"
+        return f"listening on http://{self.settings.host}:{port}/ · database {database} · cache {cache} · metrics {metrics_at}"

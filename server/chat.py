@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Iterable, Sequence
 
-from server import wire
+from server import metrics, wire
 from server.errors import AlreadyMember, NotAMember, SocketRequired, TooManyRequests
 from server.groupcommit import GroupCommit
 from server.hub import Hub, message_entry
@@ -118,11 +118,13 @@ class ChatService:
         remains: a socket that did not open leaves no trace.
         """
         try:
-            await self.hub.connect(connection, profile, resume)
+            first_frames = await self.hub.connect(connection, profile, resume)
         except BaseException:
             await self.hub.disconnect(connection)
             raise
+        # Mirrored before the greeting: a client that has it may call any process at once.
         await self.sockets.opened(connection.user_id, connection.socket_id)
+        connection.release(first_frames)
 
     async def close_connection(self, connection: Connection) -> None:
         """Forget a closed socket everywhere; viewers' audiences learn of changed counts."""
@@ -210,6 +212,7 @@ class ChatService:
         try:
             await operation
         except Exception as error:
+            metrics.count_storage_error(error)
             log.warning("unread counters of conversation %s not updated: %s", conversation_id, error)
 
     # Conversations

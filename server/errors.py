@@ -14,6 +14,7 @@ JSON body of docs/API.md §1. The tree::
     ├── TooManyRequests           429
     ├── InternalError             500
     ├── StorageUnavailable        503
+    ├── NotReady                  503  (/readyz), carries ``checks``
     └── MethodError               per-route code (1-4), see below
         ├── ChatIdRequired            400
         ├── NoSuchConversation        404
@@ -52,6 +53,10 @@ class ApiError(Exception):
     def code(self) -> int:
         return self.status
 
+    def details(self) -> dict[str, object]:
+        """Members the error object carries besides code and message."""
+        return {}
+
 
 class InvalidParameter(ApiError):
     status = 400
@@ -60,6 +65,9 @@ class InvalidParameter(ApiError):
     def __init__(self, param: str, message: str | None = None) -> None:
         super().__init__(message or f"Invalid parameter: {param}")
         self.param = param
+
+    def details(self) -> dict[str, object]:
+        return {"param": self.param}
 
 
 class NotAuthenticated(ApiError):
@@ -109,6 +117,20 @@ class InternalError(ApiError):
 class StorageUnavailable(ApiError):
     status = 503
     message = "Storage is unavailable, try again later"
+
+
+class NotReady(ApiError):
+    """A dependency did not answer the readiness check; ``checks`` has every state."""
+
+    status = 503
+
+    def __init__(self, checks: dict[str, str]) -> None:
+        failing = [name for name, state in checks.items() if state != "ok"]
+        super().__init__(f"Not ready: {', '.join(failing)}")
+        self.checks = checks
+
+    def details(self) -> dict[str, object]:
+        return {"checks": self.checks}
 
 
 class MethodError(ApiError):

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, AsyncContextManager, Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
+
+from server import metrics
 
 log = logging.getLogger("chat")
 
@@ -40,39 +43,50 @@ class GroupCommit(Generic[Item, Result]):
         self._commit = commit
         self._deliver = deliver
         self._guard = guard  # held around a batch's commit and delivery (a per-key lock)
-        self._waiting: dict[Hashable, list[tuple[Item, asyncio.Future]]] = {}  # key → items not yet in a batch
+        # key → items not yet in a batch, each with its future and when it was submitted (perf_counter)
+        self._waiting: dict[Hashable, list[tuple[Item, asyncio.Future, float]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # batches in flight, kept so none is garbage-collected
 
     async def submit(self, key: Hashable, item: Item) -> Result:
         """Queue an item for the key's next batch; return its result once delivered."""
         result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.get(key)
+        submitted = time.perf_counter()
         if waiting is None:
-            self._waiting[key] = [(item, result)]
+            self._waiting[key] = [(item, result, submitted)]
             task = asyncio.ensure_future(self._run(key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            waiting.append((item, result))
+            waiting.append((item, result, submitted))
         return await result
 
     async def _run(self, key: Hashable) -> None:
         batch = self._waiting.pop(key)
-        items = [item for item, _ in batch]
+        items = [item for item, _, _ in batch]
         outcomes: Sequence[Result | BaseException] = ()
         try:
             async with self._guard(key):
+                commit_started = time.perf_counter()
                 outcomes, context = await self._commit(key, items)
+                metrics.COMMIT_LATENCY.observe(time.perf_counter() - commit_started)
+                metrics.COMMIT_BATCH_SIZE.observe(len(items))
+                metrics.MESSAGES_COMMITTED.inc(sum(1 for outcome in outcomes if not isinstance(outcome, BaseException)))
                 try:
                     await self._deliver(key, items, outcomes, context)
                 except Exception:
                     log.exception("delivery of a committed batch of %d (key %s) failed", len(items), key)
+                else:
+                    delivered = time.perf_counter()
+                    for (_, _, submitted), outcome in zip(batch, outcomes):
+                        if not isinstance(outcome, BaseException):
+                            metrics.DELIVERY_LATENCY.observe(delivered - submitted)
         except BaseException as error:
             outcomes = [error] * len(items)
             if not isinstance(error, Exception):
                 raise
         finally:
-            for index, (_, result) in enumerate(batch):
+            for index, (_, result, _) in enumerate(batch):
                 if result.done():
                     continue
                 outcome = outcomes[index] if index < len(outcomes) else RuntimeError("batch ended without a result")

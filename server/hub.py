@@ -348,11 +348,12 @@ class Hub:
         """A new socket's id: this process's id (whoever cleans up after it finds its views by it), then a secret."""
         return self.bus.process_id + secrets.token_urlsafe(9)
 
-    async def connect(self, connection: Connection, profile: Profile, resume: str | None) -> bytes:
-        """Register an open socket (resuming an old one's place if asked); return its first frame.
+    async def connect(self, connection: Connection, profile: Profile, resume: str | None) -> list[bytes]:
+        """Register an open socket (resuming an old one's place if asked); return its first frames.
 
-        With a resume, the missed frames are sent after the first frame and
-        before anything live (the connection holds live frames meanwhile).
+        The first frames are the greeting and, with a resume, the missed
+        frames; the connection holds live frames until it sends them
+        (``Connection.release``).
         """
         user_id, socket_id = connection.user_id, connection.socket_id
         old: dict[str, Any] | None = None
@@ -391,8 +392,7 @@ class Hub:
             first_frame = head(wire.resume_failed(socket_id, user_id, failure), self.bus.epoch, at)
         else:
             first_frame = head(wire.connected(socket_id, user_id), self.bus.epoch, at)
-        connection.release([first_frame + connection.position_tail, *replay])
-        return first_frame
+        return [first_frame + connection.position_tail, *replay]
 
     def _catch_up_rooms(self, user_id: int, after: str) -> None:
         """Apply the room changes of this user that the log brought while their rooms were read."""

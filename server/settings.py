@@ -30,6 +30,21 @@ class Settings:
     ws_queue_limit: int = 1000
     send_rate_limit: float = 5.0
     resume_window: float = 120.0
+    # host:port of the /metrics listener; "" = none. config/chat.toml sets a
+    # loopback port for the server; code that builds Settings itself (tests,
+    # benches) gets no listener unless it asks.
+    metrics_addr: str = ""
+    metrics_token: str = ""  # if set, /metrics is also served on the API port to this bearer token
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        """Where the metrics listener binds, or None; ValueError if malformed."""
+        if not self.metrics_addr or self.metrics_addr == "off":
+            return None
+        host, _, port = self.metrics_addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"setting metrics_addr must be host:port or off, got {self.metrics_addr!r}")
+        return host.strip("[]"), int(port)
 
     @property
     def sqlite_path(self) -> Path:

@@ -79,6 +79,9 @@ class Cache(abc.ABC):
     async def unread_prime(self, counts: Mapping[int, UnreadCounts]) -> None:
         """Store counters rebuilt from the database, unless the cache already holds a newer version."""
 
+    async def ping(self) -> None:
+        """Return once the cache answers; raise if it cannot (readiness)."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -274,6 +277,9 @@ class RedisCache(Cache):
                     args += (user_id, count)
                 await self._unread_prime(keys=[self._unread_key(conversation_id)], args=args, client=pipe)
             await pipe.execute()
+
+    async def ping(self) -> None:
+        await self.client.ping()
 
     async def close(self) -> None:
         await self.client.aclose()

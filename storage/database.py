@@ -21,7 +21,7 @@ from typing import AsyncIterator, Awaitable, Callable, ParamSpec, Sequence, Type
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import case, delete, event, exists, func, insert, select, update
+from sqlalchemy import case, delete, event, exists, func, insert, select, text, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -110,6 +110,11 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """Return once the database answers a query; raise if it cannot (readiness)."""
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
 
     async def migrate(self) -> None:
         """Create or upgrade the schema to the newest migration."""

@@ -224,3 +224,53 @@ async def test_unknown_route_with_a_body_is_json_404(server: ServerUnderTest):
     alice, _ = await server.connected_user(1)
     response = await alice.post("/v1/nothing/here", {"padding": "p" * 100_000})
     assert (response.status, response.error_code) == (404, 404)
+
+
+async def test_a_body_tornado_cannot_parse_is_json_400(server: ServerUnderTest):
+    """Found by schemathesis: routes that let Tornado parse the body (the handshake) answered 500."""
+    alice = server.user(1)
+    response = await alice.get("/v1/ws", headers={"Content-Type": "multipart/form-data"}, raw_body=None)
+    assert (response.status, response.error_code) == (400, 400)
+    response = await alice.call("GET", "/v1/ws", raw_body=b"x", content_type="multipart/form-data")
+    assert (response.status, response.error_code) == (400, 400)
+
+
+async def test_a_405_says_which_methods_the_route_allows(server: ServerUnderTest):
+    alice, _ = await server.connected_user(1)
+    response = await alice.call("PUT", "/v1/messages/send", {"text": "x"})
+    assert (response.status, response.error_code) == (405, 405)
+    assert response.headers["Allow"] == "POST, OPTIONS"
+    response = await alice.call("TRACE", "/healthz")
+    assert (response.status, response.headers["Allow"]) == (405, "GET, OPTIONS")
+
+
+@pytest.mark.parametrize("path, param", [
+    ("/v1/messages/get?chat=0&offset=9999999999999999999", "offset"),  # past BIGINT, 19 digits
+    ("/v1/messages/get?chat=9223372036854775808", "chat"),
+    ("/v1/conversations/get?mode=%ff", "mode"),  # not UTF-8
+    ("/v1/conversations/info/%ff", "path"),
+])
+async def test_integers_past_bigint_and_bytes_past_utf8_are_400_naming_the_parameter(server: ServerUnderTest,
+                                                                                      path, param):
+    alice, _ = await server.connected_user(1)
+    response = await alice.get(path)
+    assert (response.status, response.error_code, response.body["error"]["param"]) == (400, 400, param)
+    response = await alice.post("/v1/conversations/get", {"offset": 10**30})
+    assert (response.status, response.body["error"]["param"]) == (400, "offset")
+
+
+# Hostile input that still answers 500: issue 14 (item 4) fixes these on its own
+# branch. strict: once fixed there, these fail here as XPASS, and the list goes.
+KNOWN_5XX_FROM_HOSTILE_INPUT = [
+    pytest.param("/v1/messages/send", b'{"text": "a\\ud800b"}', id="lone-surrogate-in-text"),
+    pytest.param("/v1/conversations/new", b'{"name": "a\\udfffbcd"}', id="lone-surrogate-in-name"),
+    pytest.param("/v1/messages/send", b"[" * 30_000, id="json-nested-30000-deep"),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14 item 4: hostile input, fixed in the faults branch")
+@pytest.mark.parametrize("path, body", KNOWN_5XX_FROM_HOSTILE_INPUT)
+async def test_hostile_bodies_are_refused_without_5xx(server: ServerUnderTest, path, body):
+    alice, _ = await server.connected_user(1)
+    response = await alice.post(path, raw_body=body)
+    assert response.status < 500, response.body

@@ -9,6 +9,7 @@ import os
 import socket as stdlib_socket
 import struct
 
+from prometheus_client import REGISTRY
 import pytest
 import redis.asyncio
 
@@ -97,12 +98,14 @@ async def test_a_stalled_reader_is_closed_and_does_not_hold_up_the_rest(server: 
     await staller.join(conversation_id)
     await bob_socket.drain()
 
+    slow_closed = REGISTRY.get_sample_value("chat_slow_sockets_closed_total")
     sent = []
     for number in range(1000):
         sent.append(await alice.send(f"{number:04} " + "x" * 990, conversation_id))
         if not server.registry.user_sockets(3):
             break
     assert not server.registry.user_sockets(3), "the stalled socket was never closed"
+    assert REGISTRY.get_sample_value("chat_slow_sockets_closed_total") == slow_closed + 1
     # Once it reads again, it finds a 1013 close after what it had buffered
     # (read now: the server aborts a closed socket that never answers).
     assert await _read_close_code(raw) == 1013

@@ -66,6 +66,7 @@ class ChatServerProcess:
             CHAT_HOST="127.0.0.1",
             CHAT_PORT=str(self.port),
             CHAT_DATA_DIR=str(self.data_dir),
+            CHAT_METRICS_ADDR="127.0.0.1:0",  # not the default port: runs side by side must not meet there
             PYTHONUNBUFFERED="1",
         )
         env.update(self.env_extra)

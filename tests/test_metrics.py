@@ -1,0 +1,134 @@
+"""/metrics: Prometheus text on its own listener (or on the API port with a token), counting what happens.
+
+Metrics are process-wide, so every check compares a scrape before and after
+what the test does.
+"""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import websocket_connect
+
+from storage.database import Database
+from tests.helpers import ServerUnderTest, eventually
+
+pytestmark = pytest.mark.gen_test
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+async def scrape(server: ServerUnderTest, headers: dict[str, str] | None = None, port: int | None = None) -> Samples:
+    port = port or server.chat_server.metrics_port
+    response = await server.http.fetch(f"http://127.0.0.1:{port}/metrics", headers=headers)
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.body.decode())
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def grew(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+@pytest.mark.server(metrics_addr="127.0.0.1:0")
+async def test_metrics_count_sockets_requests_commits_and_deliveries(server: ServerUnderTest):
+    if server.topology == "two-processes":
+        pytest.skip("both servers live in one Python process here and share its metric registry; "
+                    "real processes each have their own")
+    before = await scrape(server)
+    alice, alice_socket = await server.connected_user(1)
+    bob, bob_socket = await server.connected_user(2)
+    conversation_id = await alice.create(name="Metrics")
+    await bob.join(conversation_id)
+    for text in ("one", "two", "three"):
+        await alice.send(text, conversation_id)
+    frames = await bob_socket.drain()
+    assert [frame["event"] for frame in frames][-3:] == ["new_message"] * 3
+    with pytest.raises(HTTPClientError) as refused:
+        await websocket_connect(f"{server.ws_url}/v1/ws?vk_user_id=1&sign=forged")
+    assert refused.value.code == 401
+    after = await scrape(server)
+
+    assert value(after, "chat_open_sockets") == 2 and value(after, "chat_connected_users") == 2
+    assert grew(before, after, "chat_handshakes_total", outcome="accepted") == 2
+    assert grew(before, after, "chat_handshakes_total", outcome="not_authenticated") == 1
+    assert grew(before, after, "chat_messages_committed_total") == 3
+    # the "created" message of a conversation is not a send; three sends, each a batch of at least one
+    assert 1 <= grew(before, after, "chat_commit_duration_seconds_count") <= 3
+    assert grew(before, after, "chat_commit_batch_size_sum") == 3
+    assert grew(before, after, "chat_send_to_delivery_seconds_count") == 3
+    # 3 messages to 2 members' sockets, new_conversation and joined_conversation to both sockets
+    assert grew(before, after, "chat_events_delivered_total") == 3 * 2 + 2 + 2
+    send = "/v1/messages/send"
+    assert grew(before, after, "chat_http_requests_total", route=send, method="POST", status="200") == 3
+    assert grew(before, after, "chat_http_request_duration_seconds_count", route=send) == 3
+    join = "/v1/conversations/join/{conversation_id}"
+    assert grew(before, after, "chat_http_requests_total", route=join, method="GET", status="200") == 1
+    assert grew(before, after, "chat_http_requests_total", route="/v1/ws", method="GET", status="401") == 1
+    assert value(after, "process_resident_memory_bytes") > 0  # the process collector comes along
+
+    alice_socket.close()
+    bob_socket.close()
+    await eventually(lambda: not server.registry.connections())
+    assert value(await scrape(server), "chat_open_sockets") == 0
+
+
+@pytest.mark.server(metrics_addr="127.0.0.1:0", send_rate_limit=1)
+async def test_metrics_count_429s_and_storage_errors(server: ServerUnderTest, tmp_path):
+    alice, _ = await server.connected_user(1)
+    before = await scrape(server)
+    statuses = [(await alice.post("/v1/messages/send", {"text": "x"})).status for _ in range(4)]
+    assert 429 in statuses
+    chat = server.http_chat_server.chat  # the process answering HTTP
+    working, chat.database = chat.database, Database(f"sqlite+aiosqlite:///{tmp_path}/gone/chat.sqlite3")
+    (tmp_path / "gone").rmdir()
+    (tmp_path / "gone").write_text("a file where the database folder was")
+    try:
+        assert (await alice.get("/v1/conversations/get")).status == 503
+    finally:
+        await chat.database.close()
+        chat.database = working
+    after = await scrape(server)
+    assert grew(before, after, "chat_rate_limited_total") == statuses.count(429)
+    assert grew(before, after, "chat_http_requests_total", route="/v1/messages/send", method="POST",
+                status="429") == statuses.count(429)
+    assert grew(before, after, "chat_storage_errors_total", store="database") >= 1
+
+
+@pytest.mark.server(metrics_addr="127.0.0.1:0")
+async def test_metrics_listener_serves_only_metrics(server: ServerUnderTest):
+    response = await server.http.fetch(
+        f"http://127.0.0.1:{server.chat_server.metrics_port}/v1/messages/get", raise_error=False
+    )
+    assert response.code == 404
+    # and the API port has no /metrics without a token
+    assert (await server.fetch("GET", "/metrics", {}, None)).status == 404
+
+
+@pytest.mark.server(metrics_token="s3cret-scrape-token")
+async def test_metrics_on_the_api_port_need_the_token(server: ServerUnderTest):
+    assert server.chat_server.metrics_port is None  # no listener of its own unless configured
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-scrape-token"}):
+        response = await server.fetch("GET", "/metrics", headers, None)
+        assert (response.status, response.error_code) == (401, 401)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    samples = await scrape(server, {"Authorization": "Bearer s3cret-scrape-token"}, port=port)
+    assert ("chat_open_sockets", frozenset()) in samples
+
+
+def test_metrics_addr_must_be_host_and_port():
+    from server.settings import Settings
+
+    assert Settings(metrics_addr="127.0.0.1:9180").metrics_host_port == ("127.0.0.1", 9180)
+    assert Settings(metrics_addr="[::1]:0").metrics_host_port == ("::1", 0)
+    assert Settings(metrics_addr="off").metrics_host_port is None
+    with pytest.raises(ValueError):
+        Settings(metrics_addr="9180").metrics_host_port
