@@ -252,3 +252,47 @@ class ServerUnderTest:
         for socket in self.sockets:
             socket.close()
         self.http.close()
+
+
+@dataclass
+class RawResponse:
+    status: int | None  # None: the connection closed without a status line
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers.get("content-type", "").startswith("application/json"), (self.status, self.headers, self.body[:200])
+        return json.loads(self.body)
+
+
+async def raw_request(port: int, request: bytes, timeout_secs: float = 10) -> RawResponse:
+    """Send bytes as they are (no client normalising the path or headers); read one answer.
+
+    For inputs an HTTP client would refuse or rewrite: ``/../run.py``,
+    invalid escapes, oversized headers. The request should say
+    ``Connection: close`` so the answer ends with the connection.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass  # the server may answer and close before it read everything
+        data = b""
+        try:
+            while chunk := await asyncio.wait_for(reader.read(65536), timeout_secs):
+                data += chunk
+        except ConnectionError:
+            pass
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/1."):
+        return RawResponse(None, {}, data)
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawResponse(int(lines[0].split()[1]), headers, body)
