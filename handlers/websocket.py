@@ -25,7 +25,14 @@ import tornado.websocket
 import voluptuous as vol
 from tornado.iostream import StreamClosedError
 
-from handlers.base import JsonErrorsMixin, authenticate, launch_params_from_header, origin_allowed, validate
+from handlers.base import (
+    BoundedRequestMixin,
+    JsonErrorsMixin,
+    authenticate,
+    launch_params_from_header,
+    origin_allowed,
+    validate,
+)
 from handlers.validators import Text
 from server import wire
 from server.chat import ChatService
@@ -53,7 +60,8 @@ PROFILE_SCHEMA = vol.Schema(
 )
 
 
-class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
+@tornado.web.stream_request_body
+class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.WebSocketHandler):
     """One client connection; also the registry's ``Connection``."""
 
     socket_id: str
@@ -125,7 +133,7 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         """Invoked for each client frame: answer pings, ignore the rest."""
         try:
             frame = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what the parser follows
             return
         if isinstance(frame, dict) and frame.get("event") == "ping":
             self.send(wire.PONG)
@@ -190,5 +198,17 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
             self._write_batch(frames)
 
 
-class StaticHandler(JsonErrorsMixin, tornado.web.StaticFileHandler):
+@tornado.web.stream_request_body
+class StaticHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.web.StaticFileHandler):
     """The web client's files; a missing file is a JSON 404 like any other."""
+
+    async def get(self, path: str, include_body: bool = True) -> None:
+        """Serve a file of ``web/``; a path outside it is not found: nothing says what exists elsewhere."""
+        if "\x00" in path:  # the file system cannot even be asked
+            raise tornado.web.HTTPError(404)
+        try:
+            await super().get(path, include_body)
+        except tornado.web.HTTPError as error:
+            if error.status_code == 403:  # "not in root static directory", "not a file"
+                raise tornado.web.HTTPError(404) from None
+            raise

@@ -34,6 +34,9 @@ access_log = logging.getLogger("chat.access")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 # Handlers stream bodies (handlers.base); this only bounds what Tornado buffers itself.
 MAX_BUFFERED_BODY_BYTES = 1024 * 1024
+# Tornado reads headers up to this; handlers.base refuses over 64 KiB with a
+# JSON 431. Past this Tornado closes the connection before any handler runs.
+MAX_READ_HEADER_BYTES = 256 * 1024
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 WS_PING_INTERVAL_SECS = 25
 WS_PING_TIMEOUT_SECS = 20  # tornado wants it no longer than the interval
@@ -118,7 +121,8 @@ class ChatServer:
         # No socket of this process is open yet; ids a crashed one left are stale.
         await self.cache.forget_all_sockets()
         self.http_server = tornado.httpserver.HTTPServer(
-            self.make_app(), max_buffer_size=MAX_BUFFERED_BODY_BYTES, xheaders=False
+            self.make_app(), max_buffer_size=MAX_BUFFERED_BODY_BYTES, max_header_size=MAX_READ_HEADER_BYTES,
+            xheaders=False,
         )
         sockets = tornado.netutil.bind_sockets(self.settings.port if port is None else port, self.settings.host)
         self.http_server.add_sockets(sockets)

@@ -12,6 +12,8 @@ JSON body of docs/API.md §1. The tree::
     ├── MethodNotAllowed          405
     ├── BodyTooLarge              413
     ├── TooManyRequests           429
+    ├── HeadersTooLarge           431
+    ├── RequestRefused            4xx  (what Tornado itself refused: a bad Range, ...)
     ├── InternalError             500
     ├── StorageUnavailable        503
     └── MethodError               per-route code (1-4), see below
@@ -99,6 +101,21 @@ class TooManyRequests(ApiError):
     def __init__(self, retry_after_secs: int) -> None:
         super().__init__()
         self.retry_after_secs = retry_after_secs
+
+
+class HeadersTooLarge(ApiError):
+    status = 431
+    message = "Request headers are too large"
+
+
+class RequestRefused(ApiError):
+    """A request Tornado refused on its own (an unsatisfiable Range, ...), with its 4xx status."""
+
+    message = "Malformed request"
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
 
 
 class InternalError(ApiError):

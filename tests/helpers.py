@@ -283,6 +283,8 @@ async def raw_request(port: int, request: bytes, timeout_secs: float = 10) -> Ra
         try:
             while chunk := await asyncio.wait_for(reader.read(65536), timeout_secs):
                 data += chunk
+                if _complete(data):
+                    break
         except ConnectionError:
             pass
     finally:
@@ -296,3 +298,15 @@ async def raw_request(port: int, request: bytes, timeout_secs: float = 10) -> Ra
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return RawResponse(int(lines[0].split()[1]), headers, body)
+
+
+def _complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole answer with a Content-Length (the server may keep the connection)."""
+    head, separator, body = data.partition(b"\r\n\r\n")
+    if not separator:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False

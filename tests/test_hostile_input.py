@@ -118,7 +118,7 @@ async def test_json_nested_32_deep_is_fine(server: ServerUnderTest):
 
 async def test_deeply_nested_websocket_frames_are_ignored(server: ServerUnderTest):
     alice, socket = await server.connected_user(1)
-    await socket.connection.write_message("[" * 50_000 + "]" * 50_000)
+    await socket.connection.write_message("[" * 30_000 + "]" * 30_000)  # within the 64 KiB frame limit
     await socket.connection.write_message(json.dumps({"event": "ping"}))
     assert await socket.next_frame() == {"event": "pong"}
 
