@@ -70,7 +70,7 @@ class ChatServer:
             Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
             settings = dataclasses.replace(settings, vk_secret=load_or_create_secret(settings.data_dir))
         self.settings = settings
-        self.database = Database(settings.effective_database_url)
+        self.database = Database(settings.effective_database_url, settings.db_timeout)
         self.cache = create_cache(settings.redis_url, settings.redis_prefix)
         self.registry = Registry()
         self.chat = ChatService(settings, self.database, self.cache, self.registry)

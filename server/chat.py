@@ -31,6 +31,7 @@ from server.settings import Settings
 from server.socket_mirror import SocketMirror
 from storage.cache import Cache
 from storage.database import Database
+from storage.errors import StorageTimeout
 from storage.records import (
     GLOBAL_CHAT_ID,
     CommittedBatch,
@@ -81,7 +82,8 @@ class ChatService:
         # Everything else that touches a conversation waits while a batch of
         # its messages commits and is delivered, so events go out in commit order.
         self.outbox: GroupCommit[PendingMessage, int] = GroupCommit(
-            self._commit_messages, self._deliver_messages, guard=self.locks.hold
+            self._commit_messages, self._deliver_messages, guard=self.locks.hold,
+            deadline_secs=settings.db_timeout, deadline_error=lambda: StorageTimeout("no commit within the deadline"),
         )
 
     def _require_socket(self, user_id: int, socket_id: str | None) -> list[str]:

@@ -29,6 +29,7 @@ class Settings:
     auth_max_age: int = 0
     ws_queue_limit: int = 1000
     send_rate_limit: float = 5.0
+    db_timeout: float = 5.0
 
     @property
     def sqlite_path(self) -> Path:

@@ -6,6 +6,13 @@ under concurrency (membership, the member limit, deleting exactly once), so
 they are decided by the database: a locked conversation row and conditional
 updates, never a check in Python followed by a write.
 
+Every operation has a deadline (``timeout_secs``, the setting
+``CHAT_DB_TIMEOUT``): connecting, waiting for a pooled connection, the
+statements and the commit together. Past it the operation is cancelled and
+raises StorageTimeout (503 to the client); SQLAlchemy closes a connection
+cancelled mid-statement instead of returning it to the pool, so a frozen
+server leaves no half-used connection behind.
+
 SQLite has one writer at a time; rather than letting concurrent writers fail
 with "database is locked", write transactions on SQLite queue on an
 in-process lock (the server is one process). MySQL needs no such lock.
@@ -28,7 +35,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from storage.errors import AlreadyMember, ConversationMissing, MembersFull, NameTaken, NotCreator, NotMember
+from storage.errors import (
+    AlreadyMember,
+    ConversationMissing,
+    MembersFull,
+    NameTaken,
+    NotCreator,
+    NotMember,
+    StorageTimeout,
+)
 from storage.models import Conversation, GlobalChat, Member, Message, User
 from storage.records import (
     CONVERSATION_CREATED_TEXT,
@@ -51,6 +66,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # transaction as the victim (concurrent inserts of one unique key can do it).
 MYSQL_DEADLOCK = 1213
 TRANSACTION_ATTEMPTS = 3
+DEFAULT_TIMEOUT_SECS = 5.0
 
 # The send path runs on Core tables: ORM-enabled statements cost a measurable
 # share of its CPU (see docs/BENCHMARKS.md) and nothing here needs objects.
@@ -59,6 +75,25 @@ MEMBERS = Member.__table__
 MESSAGES = Message.__table__
 GLOBAL_CHAT = GlobalChat.__table__
 GLOBAL_CHAT_ROW = 1
+
+
+def bounded(operation: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Give a Database method the database's deadline; past it, StorageTimeout.
+
+    Outside ``retried``: one deadline for the operation, retries included.
+    The cancellation also ends a wait for the SQLite write lock or the pool.
+    """
+
+    @functools.wraps(operation)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        database = args[0]
+        try:
+            async with asyncio.timeout(database.timeout_secs):  # type: ignore[attr-defined]
+                return await operation(*args, **kwargs)
+        except TimeoutError:
+            raise StorageTimeout(f"{operation.__name__} took over {database.timeout_secs:g} s") from None  # type: ignore[attr-defined]
+
+    return run
 
 
 def retried(transaction: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -81,8 +116,9 @@ def retried(transaction: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
 class Database:
     """Engine, sessions and the transactions the chat service runs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_secs: float = DEFAULT_TIMEOUT_SECS) -> None:
         parsed = make_url(url)
+        self.timeout_secs = timeout_secs
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         engine_options: dict = {}
         if self.is_sqlite:
@@ -100,6 +136,10 @@ class Database:
                 # ROLLBACK on return to the pool would be one more round trip.
                 pool_reset_on_return=None,
                 pool_size=10, max_overflow=20,
+                # Both within the operation's deadline (bounded), which is what
+                # answers; these keep a lone connect or checkout from outliving it.
+                pool_timeout=timeout_secs,
+                connect_args={"connect_timeout": max(1, round(timeout_secs))},
             )
         self.url = parsed
         self.engine = create_async_engine(parsed, **engine_options)
@@ -109,7 +149,12 @@ class Database:
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        """Close the pool's connections; a frozen server does not hold up shutdown past the deadline."""
+        try:
+            async with asyncio.timeout(self.timeout_secs):
+                await self.engine.dispose()
+        except TimeoutError:
+            pass
 
     async def migrate(self) -> None:
         """Create or upgrade the schema to the newest migration."""
@@ -163,6 +208,7 @@ class Database:
 
     # Users
 
+    @bounded
     @retried
     async def save_profile(self, user_id: int, name: str | None, avatar: str | None) -> Profile:
         """Store the profile a launch carried (latest wins) and return the stored one."""
@@ -192,6 +238,7 @@ class Database:
 
     # Messages
 
+    @bounded
     async def list_messages(self, conversation_id: int, offset: int, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages after skipping ``offset``, oldest first."""
         async with self._read() as session:
@@ -224,6 +271,7 @@ class Database:
             for m, name, avatar in reversed(rows)
         ]
 
+    @bounded
     @retried
     async def add_messages(self, conversation_id: int, drafts: Sequence[Draft]) -> CommittedBatch:
         """Store messages in one transaction; return their ids, the members' ids and the batch's order.
@@ -318,6 +366,7 @@ class Database:
 
     # Conversations
 
+    @bounded
     @retried
     async def create_conversation(self, user_id: int, name: str, now: int) -> tuple[int, int]:
         """Create a conversation with its creator as member; return (id, first message id).
@@ -357,6 +406,7 @@ class Database:
             raise
         return conversation_id, message_id
 
+    @bounded
     @retried
     async def join(
         self, conversation_id: int, user_id: int, max_members: int, now: int, page: int
@@ -390,6 +440,7 @@ class Database:
             )
             return await self._list_messages(session, conversation_id, 0, page), order
 
+    @bounded
     @retried
     async def leave(self, conversation_id: int, user_id: int) -> tuple[bool, Sequenced]:
         """Remove a member; delete the conversation when nobody is left. Return (deleted, the leave's order)."""
@@ -412,6 +463,7 @@ class Database:
             )
             return False, order
 
+    @bounded
     @retried
     async def delete_conversation(self, conversation_id: int, user_id: int) -> Sequenced:
         """Delete a conversation with everything in it; only its creator may. Return the deletion's order."""
@@ -428,6 +480,7 @@ class Database:
             await session.execute(delete(model).where(model.conversation_id == conversation_id))
         await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
 
+    @bounded
     @retried
     async def mark_read(self, conversation_id: int, user_id: int) -> int:
         """Mark every message of the conversation read for a member; return the new counter version."""
@@ -444,6 +497,7 @@ class Database:
             )
             return version
 
+    @bounded
     async def membership(self, conversation_id: int, user_id: int) -> bool:
         """Return whether the user is a member; raise ConversationMissing if it is gone."""
         async with self._read() as session:
@@ -461,6 +515,7 @@ class Database:
             raise ConversationMissing()
         return row[1] is not None
 
+    @bounded
     async def joined_conversations(self, user_id: int, offset: int, limit: int) -> list[ConversationRow]:
         """The user's conversations, most recent activity first, with the last message."""
         last = Message.__table__.alias("last_message")
@@ -483,6 +538,7 @@ class Database:
             ).all()
         return [ConversationRow(*row) for row in rows]
 
+    @bounded
     async def new_conversations(self, user_id: int, offset: int, limit: int) -> list[ConversationRow]:
         """Conversations the user is not a member of, newest first."""
         is_member = exists().where(
@@ -503,6 +559,7 @@ class Database:
             ).all()
         return [ConversationRow(*row) for row in rows]
 
+    @bounded
     async def conversation_info(self, conversation_id: int) -> tuple[ConversationRow, list[tuple[int, Profile]]]:
         """A conversation and its members (user id, profile), in joining order."""
         async with self._read() as session:
@@ -522,12 +579,14 @@ class Database:
         )
         return row, [(uid, Profile(name, avatar)) for uid, name, avatar in users]
 
+    @bounded
     async def user_conversation_ids(self, user_id: int) -> list[int]:
         async with self._read() as session:
             return list(
                 (await session.scalars(select(Member.conversation_id).where(Member.user_id == user_id))).all()
             )
 
+    @bounded
     async def unread_counts(self, conversation_ids: Sequence[int]) -> dict[int, UnreadCounts]:
         """Count every member's unread messages from the truth (ids above their last read), with the version.
 
