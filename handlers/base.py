@@ -16,6 +16,7 @@ import voluptuous as vol
 
 from server.auth import LaunchUser, verify_launch_params
 from server.chat import ChatService
+from server.drain import Drain
 from server.errors import (
     ApiError,
     BodyTooLarge,
@@ -231,10 +232,12 @@ class ApiHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.web.RequestHandle
 
     user: LaunchUser
     requires_auth: ClassVar[bool] = True
+    _admitted = False  # counted in the drain, so shutdown waits for this request's answer
 
-    def initialize(self, chat: ChatService, settings: Settings) -> None:
+    def initialize(self, chat: ChatService, settings: Settings, drain: Drain) -> None:
         self.chat = chat
         self.config = settings  # not self.settings: that is Tornado's application settings
+        self.drain = drain
         self.set_default_headers()
 
     def set_default_headers(self) -> None:
@@ -264,6 +267,8 @@ class ApiHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.web.RequestHandle
 
     def prepare(self) -> None:
         self.refuse_large_headers()
+        self.drain.enter()
+        self._admitted = True
         if self.request.method == "OPTIONS":
             return
         if self.requires_auth:
@@ -296,6 +301,12 @@ class ApiHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.web.RequestHandle
             return values
         values.update(parse_json_object(body))
         return values
+
+    def on_finish(self) -> None:
+        """Invoked once the answer is written, whatever it was."""
+        if self._admitted:
+            self._admitted = False
+            self.drain.leave()
 
     def parse(self, schema: vol.Schema, values: dict[str, Any] | None = None) -> dict[str, Any]:
         """The request's parameters validated by a schema (400 naming the parameter otherwise)."""

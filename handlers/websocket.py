@@ -36,6 +36,7 @@ from handlers.base import (
 from handlers.validators import Text
 from server import wire
 from server.chat import ChatService
+from server.drain import Drain
 from server.errors import ForeignOrigin, NotAWebSocket
 from server.settings import Settings
 from storage.errors import is_storage_unavailable
@@ -67,8 +68,9 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
     socket_id: str
     user_id: int
 
-    def initialize(self, chat: ChatService, settings: Settings) -> None:
+    def initialize(self, chat: ChatService, settings: Settings, drain: Drain) -> None:
         self.chat = chat
+        self.drain = drain
         self.config = settings  # not self.settings: that is Tornado's application settings
         self.queue_limit = settings.ws_queue_limit
         self._profile: Profile | None = None
@@ -84,6 +86,7 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Check the handshake, authenticate, store the profile, then upgrade; refusals are JSON."""
+        self.drain.refuse_if_closed()  # shutting down: 503, no new socket to close again
         headers = self.request.headers
         connection_tokens = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
         if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection_tokens:

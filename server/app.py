@@ -23,6 +23,7 @@ from handlers.base import NotFoundHandler
 from handlers.websocket import ChatSocketHandler, StaticHandler
 from server.auth import load_or_create_secret
 from server.chat import ChatService
+from server.drain import Drain
 from server.registry import Registry
 from server.settings import Settings
 from storage.cache import SOCKET_REFRESH_SECS, create_cache
@@ -40,6 +41,10 @@ MAX_READ_HEADER_BYTES = 256 * 1024
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 WS_PING_INTERVAL_SECS = 25
 WS_PING_TIMEOUT_SECS = 20  # tornado wants it no longer than the interval
+# At shutdown, requests in flight get this long to finish before everything closes.
+SHUTDOWN_DRAIN_SECS = 10
+# ... and the listening socket stays open, answering 503, until nobody has knocked for this long.
+SHUTDOWN_QUIET_SECS = 0.25
 
 
 def is_loopback(host: str) -> bool:
@@ -74,6 +79,7 @@ class ChatServer:
         self.cache = create_cache(settings.redis_url, settings.redis_prefix)
         self.registry = Registry()
         self.chat = ChatService(settings, self.database, self.cache, self.registry)
+        self.drain = Drain()
         self.http_server: tornado.httpserver.HTTPServer | None = None
         self._refresh: tornado.ioloop.PeriodicCallback | None = None
 
@@ -83,7 +89,7 @@ class ChatServer:
         return self.dev_secret and is_loopback(self.settings.host)
 
     def make_app(self) -> tornado.web.Application:
-        services = {"chat": self.chat, "settings": self.settings}
+        services = {"chat": self.chat, "settings": self.settings, "drain": self.drain}
         routes: list[Any] = [
             (r"/v1/messages/get", messages.GetMessagesHandler, services),
             (r"/v1/messages/send", messages.SendMessageHandler, services),
@@ -136,11 +142,19 @@ class ChatServer:
         except Exception:
             log.exception("socket cache refresh failed")
 
-    async def stop(self) -> None:
-        """Stop listening, close every socket, release the database and the cache."""
+    async def stop(self, drain_secs: float = SHUTDOWN_DRAIN_SECS) -> None:
+        """Shut down without cutting a request: refuse new ones, let those in flight answer, then close.
+
+        New requests and handshakes get 503 from now on; requests in flight
+        (a send waiting for its commit) finish with the database still open,
+        for at most ``drain_secs``. Only then the listening socket and the
+        connections close, every WebSocket with 1001, and the storage.
+        """
         if self._refresh is not None:
             self._refresh.stop()
         if self.http_server is not None:
+            if not await self.drain.close(drain_secs, SHUTDOWN_QUIET_SECS):
+                log.warning("%d requests still in flight after %s s; closing anyway", self.drain.active, drain_secs)
             self.http_server.stop()
             await self.http_server.close_all_connections()
         connections = self.registry.connections()

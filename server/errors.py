@@ -16,6 +16,7 @@ JSON body of docs/API.md §1. The tree::
     ├── RequestRefused            4xx  (what Tornado itself refused: a bad Range, ...)
     ├── InternalError             500
     ├── StorageUnavailable        503
+    ├── ShuttingDown              503  (a request arriving after SIGTERM)
     └── MethodError               per-route code (1-4), see below
         ├── ChatIdRequired            400
         ├── NoSuchConversation        404
@@ -126,6 +127,11 @@ class InternalError(ApiError):
 class StorageUnavailable(ApiError):
     status = 503
     message = "Storage is unavailable, try again later"
+
+
+class ShuttingDown(ApiError):
+    status = 503
+    message = "The server is shutting down, try again"
 
 
 class MethodError(ApiError):
