@@ -215,3 +215,7 @@ class StaticHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.web.StaticFile
             if error.status_code == 403:  # "not in root static directory", "not a file"
                 raise tornado.web.HTTPError(404) from None
             raise
+        if self.get_status() == 416:
+            # An unsatisfiable Range, which Tornado answers itself with an
+            # empty text/plain body: the JSON error like any other.
+            raise tornado.web.HTTPError(416)

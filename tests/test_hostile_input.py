@@ -222,3 +222,12 @@ async def test_huge_request_line_is_json(server: ServerUnderTest):
     response = await _raw(server, "/v1/messages/get?chat=0&pad=" + "p" * 70_000,
                           headers={"Authorization": f"VK {alice.launch}"})
     _assert_json_error(response, 431)
+
+
+@pytest.mark.parametrize("byte_range", ["bytes=999999-", "bytes=5-1", "bytes=-0"])
+async def test_unsatisfiable_range_on_a_web_file_is_json(server: ServerUnderTest, byte_range):
+    """Found by tests/test_property_input.py: Tornado answered 416 with an empty text/plain body."""
+    response = await _raw(server, "/index.html", headers={"Range": byte_range})
+    assert response.status in (200, 206, 416)
+    if response.status == 416:
+        _assert_json_error(response, 416)
