@@ -283,13 +283,15 @@ async def raw_request(port: int, request: bytes, timeout_secs: float = 10) -> Ra
         try:
             while chunk := await asyncio.wait_for(reader.read(65536), timeout_secs):
                 data += chunk
-                if _complete(data):
+                if _complete(data, head_only=request.startswith(b"HEAD ")):
                     break
         except ConnectionError:
             pass
     finally:
         writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 100"):  # the interim answer to "Expect: 100-continue"
+        head, _, body = body.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     if not lines[0].startswith("HTTP/1."):
         return RawResponse(None, {}, data)
@@ -300,11 +302,16 @@ async def raw_request(port: int, request: bytes, timeout_secs: float = 10) -> Ra
     return RawResponse(int(lines[0].split()[1]), headers, body)
 
 
-def _complete(data: bytes) -> bool:
-    """Whether ``data`` holds a whole answer with a Content-Length (the server may keep the connection)."""
+def _complete(data: bytes, head_only: bool) -> bool:
+    """Whether ``data`` holds a whole answer (the server may keep the connection open after it)."""
     head, separator, body = data.partition(b"\r\n\r\n")
+    while separator and head.startswith(b"HTTP/1.1 100"):
+        head, separator, body = body.partition(b"\r\n\r\n")
     if not separator:
         return False
+    # An upgrade (the WebSocket's frames follow), and answers that never have a body.
+    if head_only or head.startswith((b"HTTP/1.1 101", b"HTTP/1.1 204", b"HTTP/1.1 304")):
+        return True
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
