@@ -144,7 +144,9 @@ class Database:
         self.url = parsed
         self.engine = create_async_engine(parsed, **engine_options)
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _configure_sqlite)
+            event.listen(
+                self.engine.sync_engine, "connect", functools.partial(_configure_sqlite, busy_timeout_secs=timeout_secs)
+            )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
 
@@ -617,12 +619,14 @@ def _next(conversation: Conversation) -> Sequenced:
     return Sequenced(conversation.seq + 1, conversation.last_message_id, conversation.counter_version + 1)
 
 
-def _configure_sqlite(dbapi_connection, _record) -> None:
+def _configure_sqlite(dbapi_connection, _record, busy_timeout_secs: float) -> None:
     cursor = dbapi_connection.cursor()
     # Foreign keys are off by default in SQLite; WAL lets readers run beside
     # the single writer; busy_timeout covers another process's brief locks.
+    # It is the deadline too: a statement waiting for a lock blocks the
+    # connection's thread, which cancelling the coroutine does not stop.
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_secs * 1000)}")
     cursor.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Iterator
@@ -142,3 +143,25 @@ async def test_socket_open_on_a_frozen_database_is_closed_1013(
         database.user_conversation_ids = loading
         private_mariadb.resume()
     assert server.registry.size()["sockets"] == 1  # only the first socket
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.server(db_timeout=DEADLINE_SECS)
+async def test_locked_sqlite_answers_503_within_the_deadline(server: ServerUnderTest):
+    """The embedded backend's "frozen database": another process holds SQLite's write lock."""
+    if server.backend != "embedded":
+        pytest.skip("SQLite only; MariaDB is frozen in the test above")
+    alice, _ = await server.connected_user(1)
+    locker = sqlite3.connect(server.chat_server.settings.sqlite_path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        response, seconds = await _timed(alice.post("/v1/messages/send", {"text": "locked out"}))
+        assert (response.status, response.error_code) == (503, 503)
+        assert seconds < DEADLINE_SECS + MARGIN_SECS
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    await eventually(lambda: _sends(alice), "sends never worked again after the lock was released",
+                     attempts=100, pause=0.1)
+    texts = [m["message"] for m in (await alice.get("/v1/messages/get?chat=0")).body["messages"]]
+    assert "locked out" not in texts
