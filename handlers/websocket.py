@@ -37,7 +37,7 @@ from handlers.validators import Text
 from server import wire
 from server.chat import ChatService
 from server.drain import Drain
-from server.errors import ForeignOrigin, NotAWebSocket
+from server.errors import ForeignOrigin, NotAWebSocket, ShuttingDown
 from server.settings import Settings
 from storage.errors import is_storage_unavailable
 from storage.records import Profile
@@ -86,7 +86,8 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Check the handshake, authenticate, store the profile, then upgrade; refusals are JSON."""
-        self.drain.refuse_if_closed()  # shutting down: 503, no new socket to close again
+        if self.drain.closed:  # shutting down: no new socket only to close it again
+            raise ShuttingDown()
         headers = self.request.headers
         connection_tokens = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
         if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection_tokens:

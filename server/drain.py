@@ -13,6 +13,8 @@ import math
 from server.errors import ShuttingDown
 
 POLL_SECS = 0.02
+# However often clients knock, the door closes this long after the last request in flight finished.
+MAX_QUIET_WAIT_SECS = 1.0
 
 
 class Drain:
@@ -25,16 +27,13 @@ class Drain:
 
     def enter(self) -> None:
         """Admit a request (it must call ``leave`` when finished), or raise ShuttingDown."""
-        self.refuse_if_closed()
+        if self.closed:
+            self._last_refusal = asyncio.get_running_loop().time()
+            raise ShuttingDown()
         self._active += 1
 
     def leave(self) -> None:
         self._active -= 1
-
-    def refuse_if_closed(self) -> None:
-        if self.closed:
-            self._last_refusal = asyncio.get_running_loop().time()
-            raise ShuttingDown()
 
     @property
     def active(self) -> int:
@@ -46,13 +45,17 @@ class Drain:
         The quiet period keeps the door answering 503 to clients still
         sending (they stop on their first 503) rather than closing the
         listening socket under them, which resets connections the kernel
-        already accepted. Return False if ``timeout_secs`` passed first.
+        already accepted; it lasts at most MAX_QUIET_WAIT_SECS. Return False
+        if requests were still in flight after ``timeout_secs``.
         """
         self.closed = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_secs
-        while self._active or loop.time() - self._last_refusal < quiet_secs:
+        while self._active:
             if loop.time() >= deadline:
                 return False
+            await asyncio.sleep(POLL_SECS)
+        quiet_deadline = min(deadline, loop.time() + MAX_QUIET_WAIT_SECS)
+        while loop.time() - self._last_refusal < quiet_secs and loop.time() < quiet_deadline:
             await asyncio.sleep(POLL_SECS)
         return True
