@@ -108,7 +108,13 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         )
         self.user_id = user.user_id
         self.socket_id = secrets.token_urlsafe(12)
-        self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
+        # Counted in flight while it writes, so shutdown does not close the
+        # database under it (the upgrade itself is not: it lasts as long as the socket).
+        self.drain.enter()
+        try:
+            self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
+        finally:
+            self.drain.leave()
         await super().get(*args, **kwargs)
 
     async def open(self, *args: str, **kwargs: str) -> None:
