@@ -17,25 +17,34 @@ import voluptuous as vol
 from server import metrics
 from server.auth import LaunchUser, verify_launch_params
 from server.chat import ChatService
+from server.drain import Drain
 from server.errors import (
     ApiError,
     BodyTooLarge,
+    HeadersTooLarge,
     InternalError,
     InvalidParameter,
     MethodError,
     MethodNotAllowed,
     NotAuthenticated,
+    RequestRefused,
     RouteNotFound,
     StorageUnavailable,
     TooManyRequests,
     from_refusal,
 )
 from server.settings import Settings
+from storage import deadline
 from storage.errors import Refusal, is_storage_unavailable
 
 log = logging.getLogger("chat.http")
 
 MAX_BODY_BYTES = 64 * 1024
+# The request line and headers together; Tornado reads up to
+# server.app.MAX_READ_HEADER_BYTES so that these get the JSON 431.
+MAX_HEADER_BYTES = 64 * 1024
+# Deeper JSON is refused (400) before anything walks it; no parameter nests at all.
+MAX_JSON_DEPTH = 32
 # A body of unknown length is read and dropped up to this, then the connection is closed.
 MAX_DISCARDED_BODY_BYTES = 16 * 1024 * 1024
 AUTH_SCHEME = "VK "
@@ -70,6 +79,34 @@ def validate(schema: vol.Schema, values: dict[str, Any]) -> dict[str, Any]:
         raise InvalidParameter(param, f"Invalid parameter {param}: {error.msg}") from None
 
 
+def json_depth(value: Any) -> int:
+    """How deeply containers nest in a parsed JSON value (a scalar is 0), without recursion."""
+    depth, level = 0, [(value, 1)]
+    while level:
+        item, at = level.pop()
+        if isinstance(item, (dict, list)):
+            depth = max(depth, at)
+            level.extend((child, at + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return depth
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A JSON body that is an object nested at most MAX_JSON_DEPTH deep, or InvalidParameter."""
+    too_deep = InvalidParameter("body", f"JSON nested too deep (at most {MAX_JSON_DEPTH} levels)")
+    try:
+        parsed = json.loads(body)
+    except RecursionError:  # Python's parser gives up near a thousand levels
+        raise too_deep from None
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidParameter("body", "Malformed JSON body") from None
+    # Counting brackets first keeps the walk off the usual flat body.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and json_depth(parsed) > MAX_JSON_DEPTH:
+        raise too_deep
+    if not isinstance(parsed, dict):
+        raise InvalidParameter("body", "The JSON body must be an object")
+    return parsed
+
+
 def as_api_error(error: BaseException | None) -> ApiError:
     """Map any exception to the ApiError the client is told about."""
     if isinstance(error, ApiError):
@@ -79,9 +116,12 @@ def as_api_error(error: BaseException | None) -> ApiError:
     if isinstance(error, tornado.web.HTTPError):
         if error.status_code == 400:  # Tornado could not parse a body it reads itself (a malformed multipart)
             return InvalidParameter("body", "Malformed request body")
-        return {404: RouteNotFound, 405: MethodNotAllowed, 413: BodyTooLarge}.get(
-            error.status_code, InternalError
-        )()
+        known = {404: RouteNotFound, 405: MethodNotAllowed, 413: BodyTooLarge}.get(error.status_code)
+        if known is not None:
+            return known()
+        # Tornado's own refusals of a request (a bad Range on a file, ...) are
+        # the client's fault: its 4xx, in JSON, never a 500.
+        return RequestRefused(error.status_code) if 400 <= error.status_code < 500 else InternalError()
     if is_storage_unavailable(error):
         return StorageUnavailable()
     return InternalError()
@@ -125,6 +165,20 @@ class JsonErrorsMixin:
             if getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
         ]
 
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Decode a parameter as UTF-8: a query or form value that is not is a 400 naming it.
+
+        A path piece (no name) decodes with replacement characters instead,
+        and the route's own check refuses it after authentication, as the
+        check order of docs/API.md §1 asks.
+        """
+        if name is None:
+            return value.decode("utf-8", errors="replace")
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidParameter(name, f"Invalid parameter {name}: not valid UTF-8") from None
+
     def log_exception(self, typ, value, tb) -> None:
         metrics.count_storage_error(value)
         if isinstance(value, (ApiError, Refusal, tornado.web.HTTPError)):
@@ -135,14 +189,58 @@ class JsonErrorsMixin:
         super().log_exception(typ, value, tb)  # type: ignore[misc]
 
 
-@tornado.web.stream_request_body
-class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
-    """Base of the /v1 routes: the caller is authenticated in ``prepare``.
+class BoundedRequestMixin:
+    """The size limits every handler applies before it reads anything: headers, then body.
 
-    Bodies are streamed in rather than buffered by Tornado, so that a body of
-    any size gets the JSON 413 of the contract instead of Tornado's bare 400
-    for bodies past its buffer; past MAX_BODY_BYTES the rest is discarded.
+    Concrete handlers are ``stream_request_body``: Tornado hands the body
+    over in pieces instead of buffering it, so a body of any size gets the
+    JSON 413 of the contract instead of Tornado's bare 400 for bodies past
+    its buffer (past MAX_BODY_BYTES the rest is discarded), and a body with
+    a multipart type is never parsed by Tornado (a junk one made it fail).
     """
+
+    request: Any
+    _body_chunks: list[bytes] | None = None
+    _body_bytes = 0
+
+    def prepare(self) -> None:
+        self.refuse_large_headers()
+        self.refuse_large_body()
+
+    def refuse_large_headers(self) -> None:
+        """Headers (with the request line) over MAX_HEADER_BYTES: 431."""
+        # Reading may go on after a refusal: let Tornado discard, not fail, a long body.
+        self.request.connection.set_max_body_size(MAX_DISCARDED_BODY_BYTES)
+        request = self.request
+        size = len(request.method) + len(request.uri) + len(request.version) + 4
+        size += sum(len(name) + len(value) + 4 for name, value in request.headers.get_all())
+        if size > MAX_HEADER_BYTES:
+            raise HeadersTooLarge()
+
+    def refuse_large_body(self) -> None:
+        """A declared body over MAX_BODY_BYTES: 413 before it is read."""
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise BodyTooLarge()
+
+    def data_received(self, chunk: bytes) -> None:
+        """Invoked for each piece of the body as it arrives."""
+        self._body_bytes += len(chunk)
+        if self._body_bytes <= MAX_BODY_BYTES:
+            if self._body_chunks is None:
+                self._body_chunks = []
+            self._body_chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        if self._body_bytes > MAX_BODY_BYTES:
+            raise BodyTooLarge()  # a chunked body that did not say its length
+        return b"".join(self._body_chunks or ())
+
+
+@tornado.web.stream_request_body
+class ApiHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.web.RequestHandler):
+    """Base of the /v1 routes: the caller is authenticated in ``prepare``."""
 
     user: LaunchUser
     requires_auth: ClassVar[bool] = True
@@ -153,12 +251,12 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
     returns: ClassVar[dict[str, Any]] = {}  # JSON Schema of each success member besides "response"
     extra_errors: ClassVar[tuple[type[ApiError], ...]] = ()  # errors this route adds to the common ones
     reply_media: ClassVar[tuple[str, dict[str, Any]] | None] = None  # (type, schema) of a success that is not {"response": true}
+    _admitted = False  # counted in the drain, so shutdown waits for this request's answer
 
-    def initialize(self, chat: ChatService, settings: Settings) -> None:
+    def initialize(self, chat: ChatService, settings: Settings, drain: Drain) -> None:
         self.chat = chat
         self.config = settings  # not self.settings: that is Tornado's application settings
-        self._body_chunks: list[bytes] = []
-        self._body_bytes = 0
+        self.drain = drain
         self.set_default_headers()
 
     def set_default_headers(self) -> None:
@@ -187,36 +285,17 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
         self.finish()
 
     def prepare(self) -> None:
-        self.request.connection.set_max_body_size(MAX_DISCARDED_BODY_BYTES)  # type: ignore[union-attr]
+        self.refuse_large_headers()
+        self.drain.enter()
+        self._admitted = True
+        deadline.begin(self.config.db_timeout)  # one storage deadline for the whole request
         if self.request.method == "OPTIONS":
             return
         if self.requires_auth:
             self.user = authenticate(
                 launch_params_from_header(self.request.headers.get("Authorization", "")), self.config
             )
-        declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise BodyTooLarge()
-
-    def data_received(self, chunk: bytes) -> None:
-        """Invoked for each piece of the body as it arrives."""
-        self._body_bytes += len(chunk)
-        if self._body_bytes <= MAX_BODY_BYTES:
-            self._body_chunks.append(chunk)
-
-    @property
-    def body(self) -> bytes:
-        if self._body_bytes > MAX_BODY_BYTES:
-            raise BodyTooLarge()  # a chunked body that did not say its length
-        return b"".join(self._body_chunks)
-
-    def decode_argument(self, value: bytes, name: str | None = None) -> str:
-        """A query or path value as text; bytes that are not UTF-8 are the caller's 400, named."""
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            param = name or "path"
-            raise InvalidParameter(param, f"Invalid parameter {param}: not valid UTF-8") from None
+        self.refuse_large_body()
 
     @property
     def socket_id(self) -> str | None:
@@ -240,14 +319,14 @@ class ApiHandler(JsonErrorsMixin, tornado.web.RequestHandler):
                 raise InvalidParameter("body", "Malformed form body") from None
             values.update({name: raw[-1] for name, raw in form.items()})
             return values
-        try:
-            parsed = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
-            raise InvalidParameter("body", "Malformed JSON body") from None
-        if not isinstance(parsed, dict):
-            raise InvalidParameter("body", "The JSON body must be an object")
-        values.update(parsed)
+        values.update(parse_json_object(body))
         return values
+
+    def on_finish(self) -> None:
+        """Invoked once the answer is written, whatever it was."""
+        if self._admitted:
+            self._admitted = False
+            self.drain.leave()
 
     def parse(self, values: dict[str, Any] | None = None) -> dict[str, Any]:
         """The request's parameters validated by the route's schema (400 naming the parameter otherwise)."""
@@ -262,4 +341,5 @@ class NotFoundHandler(ApiHandler):
     """Any unknown route: a JSON 404, whatever the method."""
 
     def prepare(self) -> None:
+        self.refuse_large_headers()
         raise RouteNotFound()

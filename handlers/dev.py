@@ -14,7 +14,7 @@ from handlers.validators import Integer, Text
 from server.auth import sign_launch_params
 
 SIGNIN_SCHEMA = vol.Schema(
-    {vol.Required("user_id"): Integer(1, 2**53), vol.Optional("name"): Text(1, 100, strip=True)},
+    {vol.Required("user_id"): Integer(1), vol.Optional("name"): Text(1, 100, strip=True)},
     extra=vol.REMOVE_EXTRA,
 )
 

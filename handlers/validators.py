@@ -13,11 +13,10 @@ from typing import Any
 
 import voluptuous as vol
 
-# The largest value of the databases' BIGINT columns: no integer parameter may exceed it,
-# or it would reach a query as an overflow (a 500) instead of being refused (a 400).
-MAX_BIGINT = 2**63 - 1
-# Digits beyond this are refused before int() is asked to parse them (enough for MAX_BIGINT).
-MAX_INTEGER_DIGITS = 19
+from storage.records import MAX_ID
+
+# Longer digit strings are past MAX_ID anyway; int() of thousands of digits is slow.
+MAX_INTEGER_DIGITS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,17 +24,20 @@ class Integer:
     """An integer in range: a JSON number, or its decimal digits (query and form values)."""
 
     min_value: int = 0
-    max_value: int = MAX_BIGINT
+    max_value: int = MAX_ID
 
     def __call__(self, value: Any) -> int:
+        out_of_range = f"expected an integer {self.min_value}..{self.max_value}"
         if isinstance(value, bool):
             raise vol.Invalid("expected an integer")
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_INTEGER_DIGITS:
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            if len(value) > MAX_INTEGER_DIGITS:
+                raise vol.Invalid(out_of_range)
             value = int(value)
         if not isinstance(value, int):
             raise vol.Invalid("expected an integer")
         if not self.min_value <= value <= self.max_value:
-            raise vol.Invalid(f"expected an integer {self.min_value}..{self.max_value}")
+            raise vol.Invalid(out_of_range)
         return value
 
     def json_schema(self) -> dict[str, Any]:
@@ -44,7 +46,11 @@ class Integer:
 
 @dataclasses.dataclass(frozen=True)
 class Text:
-    """A string of ``min_length``-``max_length`` characters that is not only whitespace."""
+    """A string of ``min_length``-``max_length`` characters that is not only whitespace.
+
+    It must be valid Unicode: JSON can carry a lone surrogate (``"\\ud800"``),
+    which no UTF-8 column stores and no answer could encode.
+    """
 
     min_length: int
     max_length: int
@@ -53,6 +59,10 @@ class Text:
     def __call__(self, value: Any) -> str:
         if not isinstance(value, str):
             raise vol.Invalid("expected a string")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise vol.Invalid("must be valid Unicode text (it holds a lone surrogate)") from None
         checked = value.strip() if self.strip else value
         if not value.strip():
             raise vol.Invalid("must not be empty or only whitespace")

@@ -25,6 +25,7 @@ import voluptuous as vol
 from tornado.iostream import StreamClosedError
 
 from handlers.base import (
+    BoundedRequestMixin,
     JsonErrorsMixin,
     as_api_error,
     authenticate,
@@ -35,7 +36,8 @@ from handlers.base import (
 from handlers.validators import HttpUrl, Text
 from server import metrics, wire
 from server.chat import ChatService
-from server.errors import ForeignOrigin, NotAuthenticated, NotAWebSocket, StorageUnavailable
+from server.drain import Drain
+from server.errors import ForeignOrigin, NotAuthenticated, NotAWebSocket, ShuttingDown, StorageUnavailable
 from server.settings import Settings
 from storage.errors import is_storage_unavailable
 from storage.records import Profile
@@ -54,7 +56,8 @@ PROFILE_SCHEMA = vol.Schema(
 )
 
 
-class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
+@tornado.web.stream_request_body
+class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.WebSocketHandler):
     """One client connection; also the registry's ``Connection``."""
 
     socket_id: str
@@ -63,8 +66,9 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
     parameters = PROFILE_SCHEMA
     extra_errors = (NotAWebSocket, ForeignOrigin, NotAuthenticated, StorageUnavailable)
 
-    def initialize(self, chat: ChatService, settings: Settings) -> None:
+    def initialize(self, chat: ChatService, settings: Settings, drain: Drain) -> None:
         self.chat = chat
+        self.drain = drain
         self.config = settings  # not self.settings: that is Tornado's application settings
         self.queue_limit = settings.ws_queue_limit
         self._profile: Profile | None = None
@@ -91,6 +95,8 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         await super().get(*args, **kwargs)
 
     async def _check_handshake(self) -> None:
+        if self.drain.closed:  # shutting down: no new socket only to close it again
+            raise ShuttingDown()
         headers = self.request.headers
         connection_tokens = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
         if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection_tokens:
@@ -117,7 +123,13 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         self.socket_id = self.chat.new_socket_id()
         self.position_tail = wire.position_tail(self.socket_id)
         self._resume = self.get_query_argument("resume", "") or None
-        self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
+        # Counted in flight while it writes, so shutdown does not close the
+        # database under it (the upgrade itself is not: it lasts as long as the socket).
+        self.drain.enter()
+        try:
+            self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
+        finally:
+            self.drain.leave()
 
     async def open(self, *args: str, **kwargs: str) -> None:
         """Invoked when the handshake completes: register, then say ``connected``.
@@ -153,7 +165,7 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
         """Invoked for each client frame: answer pings, ignore the rest."""
         try:
             frame = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what the parser follows
             return
         if isinstance(frame, dict) and frame.get("event") == "ping":
             self.send(wire.PONG)
@@ -222,5 +234,21 @@ class ChatSocketHandler(JsonErrorsMixin, tornado.websocket.WebSocketHandler):
             self._write_batch(frames)
 
 
-class StaticHandler(JsonErrorsMixin, tornado.web.StaticFileHandler):
+@tornado.web.stream_request_body
+class StaticHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.web.StaticFileHandler):
     """The web client's files; a missing file is a JSON 404 like any other."""
+
+    async def get(self, path: str, include_body: bool = True) -> None:
+        """Serve a file of ``web/``; a path outside it is not found: nothing says what exists elsewhere."""
+        if "\x00" in path:  # the file system cannot even be asked
+            raise tornado.web.HTTPError(404)
+        try:
+            await super().get(path, include_body)
+        except tornado.web.HTTPError as error:
+            if error.status_code == 403:  # "not in root static directory", "not a file"
+                raise tornado.web.HTTPError(404) from None
+            raise
+        if self.get_status() == 416:
+            # An unsatisfiable Range, which Tornado answers itself with an
+            # empty text/plain body: the JSON error like any other.
+            raise tornado.web.HTTPError(416)

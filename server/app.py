@@ -27,8 +27,9 @@ from handlers.websocket import ChatSocketHandler, StaticHandler
 from server import apidoc, metrics
 from server.auth import load_or_create_secret
 from server.chat import ChatService
-from server.hub import Hub
+from server.drain import Drain
 from server.health import Readiness
+from server.hub import Hub
 from server.registry import Registry
 from server.settings import Settings
 from storage.bus import create_bus
@@ -41,9 +42,16 @@ access_log = logging.getLogger("chat.access")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 # Handlers stream bodies (handlers.base); this only bounds what Tornado buffers itself.
 MAX_BUFFERED_BODY_BYTES = 1024 * 1024
+# Tornado reads headers up to this; handlers.base refuses over 64 KiB with a
+# JSON 431. Past this Tornado closes the connection before any handler runs.
+MAX_READ_HEADER_BYTES = 256 * 1024
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 WS_PING_INTERVAL_SECS = 25
 WS_PING_TIMEOUT_SECS = 20  # tornado wants it no longer than the interval
+# At shutdown, requests in flight get this long to finish before everything closes.
+SHUTDOWN_DRAIN_SECS = 10
+# ... and the listening socket stays open, answering 503, until nobody has knocked for this long.
+SHUTDOWN_QUIET_SECS = 0.25
 
 
 def is_loopback(host: str) -> bool:
@@ -94,13 +102,14 @@ class ChatServer:
             Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
             settings = dataclasses.replace(settings, vk_secret=load_or_create_secret(settings.data_dir))
         self.settings = settings
-        self.database = Database(settings.effective_database_url)
+        self.database = Database(settings.effective_database_url, settings.db_timeout)
         self.bus = create_bus(settings.redis_url, settings.redis_prefix, settings.resume_window)
         self.cache = create_cache(settings.redis_url, settings.redis_prefix, self.bus.process_id)
         self.registry = Registry()
         self.hub = Hub(self.bus, self.cache, self.database, self.registry, settings)
         self.chat = ChatService(settings, self.database, self.cache, self.registry, self.hub)
         self.readiness = Readiness(self.database, self.cache)
+        self.drain = Drain()
         self.http_server: tornado.httpserver.HTTPServer | None = None
         self.metrics_server: tornado.httpserver.HTTPServer | None = None
         self.metrics_port: int | None = None
@@ -112,7 +121,7 @@ class ChatServer:
         return self.dev_secret and is_loopback(self.settings.host)
 
     def make_app(self) -> tornado.web.Application:
-        services = {"chat": self.chat, "settings": self.settings}
+        services = {"chat": self.chat, "settings": self.settings, "drain": self.drain}
         openapi: dict[str, Any] = {}
         routes: list[Any] = [
             (r"/v1/messages/get", messages.GetMessagesHandler, services),
@@ -159,7 +168,8 @@ class ChatServer:
         await self.database.migrate()
         await self.hub.start()
         self.http_server = tornado.httpserver.HTTPServer(
-            self.make_app(), max_buffer_size=MAX_BUFFERED_BODY_BYTES, xheaders=False
+            self.make_app(), max_buffer_size=MAX_BUFFERED_BODY_BYTES, max_header_size=MAX_READ_HEADER_BYTES,
+            xheaders=False,
         )
         sockets = tornado.netutil.bind_sockets(self.settings.port if port is None else port, self.settings.host)
         self.http_server.add_sockets(sockets)
@@ -178,7 +188,7 @@ class ChatServer:
             return
         app = tornado.web.Application(
             [(r"/metrics", metrics_handlers.MetricsHandler)], default_handler_class=NotFoundHandler,
-            default_handler_args={"chat": self.chat, "settings": self.settings}, log_function=lambda handler: None,
+            default_handler_args={"chat": self.chat, "settings": self.settings, "drain": self.drain}, log_function=lambda handler: None,
         )
         self.metrics_server = tornado.httpserver.HTTPServer(app)
         sockets = tornado.netutil.bind_sockets(address[1], address[0])
@@ -192,11 +202,19 @@ class ChatServer:
             metrics.count_storage_error(error)
             log.exception("socket cache refresh failed")
 
-    async def stop(self) -> None:
-        """Stop listening, close every socket, release the database and the cache."""
+    async def stop(self, drain_secs: float = SHUTDOWN_DRAIN_SECS) -> None:
+        """Shut down without cutting a request: refuse new ones, let those in flight answer, then close.
+
+        New requests and handshakes get 503 from now on; requests in flight
+        (a send waiting for its commit) finish with the database still open,
+        for at most ``drain_secs``. Only then the listening socket and the
+        connections close, every WebSocket with 1001, and the storage.
+        """
         if self._refresh is not None:
             self._refresh.stop()
         if self.http_server is not None:
+            if not await self.drain.close(drain_secs, SHUTDOWN_QUIET_SECS):
+                log.warning("%d requests still in flight after %s s; closing anyway", self.drain.active, drain_secs)
             self.http_server.stop()
             await self.http_server.close_all_connections()
         if self.metrics_server is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from server.errors import NotAuthenticated
+from storage.records import MAX_ID
 
 SECRET_FILE_NAME = "vk_secret"
 
@@ -76,8 +77,10 @@ def verify_launch_params(
     if not hmac.compare_digest(expected.encode(), sign.encode()):
         raise NotAuthenticated("Invalid launch parameters signature")
     user_id_text = values.get("vk_user_id", "")
-    if not user_id_text.isascii() or not user_id_text.isdigit() or int(user_id_text) <= 0:
-        raise NotAuthenticated("vk_user_id must be a positive integer")
+    # Bounded like every id (MAX_ID): a validly signed 2^63 must not reach the database.
+    if (not user_id_text.isascii() or not user_id_text.isdigit() or len(user_id_text) > 16
+            or not 0 < int(user_id_text) <= MAX_ID):
+        raise NotAuthenticated("vk_user_id must be a positive integer up to 2^53-1")
     if max_age_secs > 0:
         ts_text = values.get("vk_ts", "")
         if not ts_text.isascii() or not ts_text.isdigit():

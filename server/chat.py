@@ -35,6 +35,7 @@ from server.socket_mirror import SocketMirror
 from storage.bus import ALL, Entry
 from storage.cache import Cache
 from storage.database import Database
+from storage.errors import StorageTimeout
 from storage.records import (
     GLOBAL_CHAT_ID,
     CommittedBatch,
@@ -85,7 +86,8 @@ class ChatService:
         # Everything else that touches a conversation waits while a batch of
         # its messages commits and is published.
         self.outbox: GroupCommit[PendingMessage, int] = GroupCommit(
-            self._commit_messages, self._publish_messages, guard=self.locks.hold
+            self._commit_messages, self._publish_messages, guard=self.locks.hold,
+            deadline_secs=settings.db_timeout, deadline_error=lambda: StorageTimeout("no commit within the deadline"),
         )
 
     async def _require_socket(self, user_id: int, socket_id: str | None) -> None:

@@ -12,9 +12,12 @@ JSON body of docs/API.md §1. The tree::
     ├── MethodNotAllowed          405
     ├── BodyTooLarge              413
     ├── TooManyRequests           429
+    ├── HeadersTooLarge           431
+    ├── RequestRefused            4xx  (what Tornado itself refused: a bad Range, ...)
     ├── InternalError             500
     ├── StorageUnavailable        503
     ├── NotReady                  503  (/readyz), carries ``checks``
+    ├── ShuttingDown              503  (a request arriving after SIGTERM)
     └── MethodError               per-route code (1-4), see below
         ├── ChatIdRequired            400
         ├── NoSuchConversation        404
@@ -109,6 +112,21 @@ class TooManyRequests(ApiError):
         self.retry_after_secs = retry_after_secs
 
 
+class HeadersTooLarge(ApiError):
+    status = 431
+    message = "Request headers are too large"
+
+
+class RequestRefused(ApiError):
+    """A request Tornado refused on its own (an unsatisfiable Range, ...), with its 4xx status."""
+
+    message = "Malformed request"
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
+
+
 class InternalError(ApiError):
     status = 500
     message = "Internal server error"
@@ -131,6 +149,11 @@ class NotReady(ApiError):
 
     def details(self) -> dict[str, object]:
         return {"checks": self.checks}
+
+
+class ShuttingDown(ApiError):
+    status = 503
+    message = "The server is shutting down, try again"
 
 
 class MethodError(ApiError):

@@ -34,17 +34,27 @@ class GroupCommit(Generic[Item, Result]):
     gets its result. A failure of the commit is every submitter's error; a
     failure after the commit is logged and does not change the answers: the
     items are stored, and answering an error would invite a duplicate.
+
+    With ``deadline_secs`` a batch must have taken the guard and committed
+    within that time of its oldest item's arrival, else every submitter gets
+    ``deadline_error()``: an item queued behind a batch that waits for a
+    frozen database gets one deadline, not the batch's and then its own.
+    Delivery is never cancelled: it runs after the commit.
     """
 
     def __init__(
         self, commit: Commit, deliver: Deliver,
         guard: Callable[[Hashable], AsyncContextManager[None]] = lambda key: contextlib.nullcontext(),
+        deadline_secs: float | None = None, deadline_error: Callable[[], Exception] = TimeoutError,
     ) -> None:
         self._commit = commit
+        self._deadline_secs = deadline_secs
+        self._deadline_error = deadline_error
         self._deliver = deliver
         self._guard = guard  # held around a batch's commit and delivery (a per-key lock)
         # key → items not yet in a batch, each with its future and when it was submitted (perf_counter)
         self._waiting: dict[Hashable, list[tuple[Item, asyncio.Future, float]]] = {}
+        self._first_arrival: dict[Hashable, float] = {}  # key → loop time its oldest waiting item arrived
         self._tasks: set[asyncio.Task[None]] = set()  # batches in flight, kept so none is garbage-collected
 
     async def submit(self, key: Hashable, item: Item) -> Result:
@@ -54,6 +64,7 @@ class GroupCommit(Generic[Item, Result]):
         submitted = time.perf_counter()
         if waiting is None:
             self._waiting[key] = [(item, result, submitted)]
+            self._first_arrival[key] = asyncio.get_running_loop().time()
             task = asyncio.ensure_future(self._run(key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -63,12 +74,21 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _run(self, key: Hashable) -> None:
         batch = self._waiting.pop(key)
+        arrived = self._first_arrival.pop(key)
         items = [item for item, _, _ in batch]
         outcomes: Sequence[Result | BaseException] = ()
+        deadline = (
+            asyncio.timeout_at(arrived + self._deadline_secs) if self._deadline_secs else contextlib.nullcontext()
+        )
         try:
-            async with self._guard(key):
-                commit_started = time.perf_counter()
-                outcomes, context = await self._commit(key, items)
+            async with contextlib.AsyncExitStack() as guarded:
+                try:
+                    async with deadline:
+                        await guarded.enter_async_context(self._guard(key))
+                        commit_started = time.perf_counter()
+                        outcomes, context = await self._commit(key, items)
+                except TimeoutError:
+                    raise self._deadline_error() from None
                 metrics.COMMIT_LATENCY.observe(time.perf_counter() - commit_started)
                 metrics.COMMIT_BATCH_SIZE.observe(len(items))
                 metrics.MESSAGES_COMMITTED.inc(sum(1 for outcome in outcomes if not isinstance(outcome, BaseException)))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import heapq
 import itertools
 import logging
@@ -100,7 +101,8 @@ class Hub:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _spawn(self, coroutine) -> None:
-        task = asyncio.ensure_future(coroutine)
+        # A fresh context: a request's storage deadline (storage/deadline.py) must not bound work it leaves behind.
+        task = asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 from typing import AsyncIterator, Hashable
 
+from storage import deadline
+from storage.errors import StorageTimeout
+
 
 class KeyedLocks:
     """A mutex per key (here: per conversation), created on demand and dropped when idle."""
@@ -27,8 +30,17 @@ class KeyedLocks:
         lock = self._locks.setdefault(key, asyncio.Lock())
         self._users[key] = self._users.get(key, 0) + 1
         try:
-            async with lock:
+            # Whoever holds the lock may be waiting for the database: waiting
+            # for it counts against the request's storage deadline.
+            try:
+                async with deadline.timeout(None):
+                    await lock.acquire()
+            except TimeoutError:
+                raise StorageTimeout(f"lock of {key!r} not free within the request's deadline") from None
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             self._users[key] -= 1
             if not self._users[key]:

@@ -45,6 +45,7 @@ class Settings:
         if not host or not port.isdigit():
             raise ValueError(f"setting metrics_addr must be host:port or off, got {self.metrics_addr!r}")
         return host.strip("[]"), int(port)
+    db_timeout: float = 5.0
 
     @property
     def sqlite_path(self) -> Path:

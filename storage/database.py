@@ -6,6 +6,13 @@ under concurrency (membership, the member limit, deleting exactly once), so
 they are decided by the database: a locked conversation row and conditional
 updates, never a check in Python followed by a write.
 
+Every operation has a deadline (``timeout_secs``, the setting
+``CHAT_DB_TIMEOUT``): connecting, waiting for a pooled connection, the
+statements and the commit together. Past it the operation is cancelled and
+raises StorageTimeout (503 to the client); SQLAlchemy closes a connection
+cancelled mid-statement instead of returning it to the pool, so a frozen
+server leaves no half-used connection behind.
+
 SQLite has one writer at a time; rather than letting concurrent writers fail
 with "database is locked", write transactions on SQLite queue on an
 in-process lock (the server is one process). MySQL needs no such lock.
@@ -28,7 +35,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from storage.errors import AlreadyMember, ConversationMissing, MembersFull, NameTaken, NotCreator, NotMember
+from storage import deadline
+from storage.errors import (
+    AlreadyMember,
+    ConversationMissing,
+    MembersFull,
+    NameTaken,
+    NotCreator,
+    NotMember,
+    StorageTimeout,
+)
 from storage.models import Conversation, GlobalChat, Member, Message, User
 from storage.records import (
     CONVERSATION_CREATED_TEXT,
@@ -51,6 +67,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # transaction as the victim (concurrent inserts of one unique key can do it).
 MYSQL_DEADLOCK = 1213
 TRANSACTION_ATTEMPTS = 3
+DEFAULT_TIMEOUT_SECS = 5.0
 
 # The send path runs on Core tables: ORM-enabled statements cost a measurable
 # share of its CPU (see docs/BENCHMARKS.md) and nothing here needs objects.
@@ -59,6 +76,25 @@ MEMBERS = Member.__table__
 MESSAGES = Message.__table__
 GLOBAL_CHAT = GlobalChat.__table__
 GLOBAL_CHAT_ROW = 1
+
+
+def bounded(operation: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Give a Database method the database's deadline; past it, StorageTimeout.
+
+    Outside ``retried``: one deadline for the operation, retries included.
+    The cancellation also ends a wait for the SQLite write lock or the pool.
+    """
+
+    @functools.wraps(operation)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        database = args[0]
+        try:
+            async with deadline.timeout(database.timeout_secs):  # type: ignore[attr-defined]
+                return await operation(*args, **kwargs)
+        except TimeoutError:
+            raise StorageTimeout(f"{operation.__name__} took over {database.timeout_secs:g} s") from None  # type: ignore[attr-defined]
+
+    return run
 
 
 def retried(transaction: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -81,8 +117,9 @@ def retried(transaction: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
 class Database:
     """Engine, sessions and the transactions the chat service runs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_secs: float = DEFAULT_TIMEOUT_SECS) -> None:
         parsed = make_url(url)
+        self.timeout_secs = timeout_secs
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         engine_options: dict = {}
         if self.is_sqlite:
@@ -100,16 +137,27 @@ class Database:
                 # ROLLBACK on return to the pool would be one more round trip.
                 pool_reset_on_return=None,
                 pool_size=10, max_overflow=20,
+                # Both within the operation's deadline (bounded), which is what
+                # answers; these keep a lone connect or checkout from outliving it.
+                pool_timeout=timeout_secs,
+                connect_args={"connect_timeout": max(1, round(timeout_secs))},
             )
         self.url = parsed
         self.engine = create_async_engine(parsed, **engine_options)
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _configure_sqlite)
+            event.listen(
+                self.engine.sync_engine, "connect", functools.partial(_configure_sqlite, busy_timeout_secs=timeout_secs)
+            )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        """Close the pool's connections; a frozen server does not hold up shutdown past the deadline."""
+        try:
+            async with asyncio.timeout(self.timeout_secs):
+                await self.engine.dispose()
+        except TimeoutError:
+            pass
 
     async def ping(self) -> None:
         """Return once the database answers a query; raise if it cannot (readiness)."""
@@ -168,6 +216,7 @@ class Database:
 
     # Users
 
+    @bounded
     @retried
     async def save_profile(self, user_id: int, name: str | None, avatar: str | None) -> Profile:
         """Store the profile a launch carried (latest wins) and return the stored one."""
@@ -197,6 +246,7 @@ class Database:
 
     # Messages
 
+    @bounded
     async def list_messages(self, conversation_id: int, offset: int, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages after skipping ``offset``, oldest first."""
         async with self._read() as session:
@@ -229,6 +279,7 @@ class Database:
             for m, name, avatar in reversed(rows)
         ]
 
+    @bounded
     @retried
     async def add_messages(self, conversation_id: int, drafts: Sequence[Draft]) -> CommittedBatch:
         """Store messages in one transaction; return their ids, the members' ids and the batch's order.
@@ -323,6 +374,7 @@ class Database:
 
     # Conversations
 
+    @bounded
     @retried
     async def create_conversation(self, user_id: int, name: str, now: int) -> tuple[int, int]:
         """Create a conversation with its creator as member; return (id, first message id).
@@ -362,6 +414,7 @@ class Database:
             raise
         return conversation_id, message_id
 
+    @bounded
     @retried
     async def join(
         self, conversation_id: int, user_id: int, max_members: int, now: int, page: int
@@ -395,6 +448,7 @@ class Database:
             )
             return await self._list_messages(session, conversation_id, 0, page), order
 
+    @bounded
     @retried
     async def leave(self, conversation_id: int, user_id: int) -> tuple[bool, Sequenced]:
         """Remove a member; delete the conversation when nobody is left. Return (deleted, the leave's order)."""
@@ -417,6 +471,7 @@ class Database:
             )
             return False, order
 
+    @bounded
     @retried
     async def delete_conversation(self, conversation_id: int, user_id: int) -> tuple[Sequenced, list[int]]:
         """Delete a conversation with everything in it; only its creator may. Return its order and its members."""
@@ -434,6 +489,7 @@ class Database:
             await session.execute(delete(model).where(model.conversation_id == conversation_id))
         await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
 
+    @bounded
     @retried
     async def mark_read(self, conversation_id: int, user_id: int) -> int:
         """Mark every message of the conversation read for a member; return the new counter version."""
@@ -450,6 +506,7 @@ class Database:
             )
             return version
 
+    @bounded
     async def membership(self, conversation_id: int, user_id: int) -> bool:
         """Return whether the user is a member; raise ConversationMissing if it is gone."""
         async with self._read() as session:
@@ -467,6 +524,7 @@ class Database:
             raise ConversationMissing()
         return row[1] is not None
 
+    @bounded
     async def joined_conversations(self, user_id: int, offset: int, limit: int) -> list[ConversationRow]:
         """The user's conversations, most recent activity first, with the last message."""
         last = Message.__table__.alias("last_message")
@@ -489,6 +547,7 @@ class Database:
             ).all()
         return [ConversationRow(*row) for row in rows]
 
+    @bounded
     async def new_conversations(self, user_id: int, offset: int, limit: int) -> list[ConversationRow]:
         """Conversations the user is not a member of, newest first."""
         is_member = exists().where(
@@ -509,6 +568,7 @@ class Database:
             ).all()
         return [ConversationRow(*row) for row in rows]
 
+    @bounded
     async def conversation_info(self, conversation_id: int) -> tuple[ConversationRow, list[tuple[int, Profile]]]:
         """A conversation and its members (user id, profile), in joining order."""
         async with self._read() as session:
@@ -528,12 +588,14 @@ class Database:
         )
         return row, [(uid, Profile(name, avatar)) for uid, name, avatar in users]
 
+    @bounded
     async def profile(self, user_id: int) -> Profile | None:
         """The stored profile of a user, if they ever connected."""
         async with self._read() as session:
             user = await session.get(User, user_id)
         return None if user is None else Profile(name=user.name, avatar=user.avatar)
 
+    @bounded
     async def member_ids(self, conversation_id: int, must_exist: bool = False) -> list[int]:
         """The conversation's members; none if it does not exist, or ConversationMissing if it ``must_exist``."""
         async with self._read() as session:
@@ -548,6 +610,7 @@ class Database:
             raise ConversationMissing()
         return [user_id for _, user_id in rows if user_id is not None]
 
+    @bounded
     async def messages_between(self, chat: int, after_id: int, upto_id: int) -> list[StoredMessage]:
         """A chat's messages with ids in (after_id, upto_id], oldest first."""
         where = Message.conversation_id.is_(None) if chat == GLOBAL_CHAT_ID else Message.conversation_id == chat
@@ -566,12 +629,14 @@ class Database:
             for m, name, avatar in rows
         ]
 
+    @bounded
     async def user_conversation_ids(self, user_id: int) -> list[int]:
         async with self._read() as session:
             return list(
                 (await session.scalars(select(Member.conversation_id).where(Member.user_id == user_id))).all()
             )
 
+    @bounded
     async def unread_counts(self, conversation_ids: Sequence[int]) -> dict[int, UnreadCounts]:
         """Count every member's unread messages from the truth (ids above their last read), with the version.
 
@@ -602,12 +667,14 @@ def _next(conversation: Conversation) -> Sequenced:
     return Sequenced(conversation.seq + 1, conversation.last_message_id, conversation.counter_version + 1)
 
 
-def _configure_sqlite(dbapi_connection, _record) -> None:
+def _configure_sqlite(dbapi_connection, _record, busy_timeout_secs: float) -> None:
     cursor = dbapi_connection.cursor()
     # Foreign keys are off by default in SQLite; WAL lets readers run beside
     # the single writer; busy_timeout covers another process's brief locks.
+    # It is the deadline too: a statement waiting for a lock blocks the
+    # connection's thread, which cancelling the coroutine does not stop.
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_secs * 1000)}")
     cursor.close()

@@ -39,6 +39,10 @@ class NotCreator(Refusal):
     """Only the conversation's creator may do this."""
 
 
+class StorageTimeout(Exception):
+    """A database operation passed its deadline (``CHAT_DB_TIMEOUT``): the server is frozen or overloaded."""
+
+
 # MySQL client errors meaning "the server is not reachable now": can't connect
 # (2002, 2003), gone away or lost (2006, 2013), too many connections (1040).
 MYSQL_UNAVAILABLE_CODES = {1040, 2002, 2003, 2006, 2013}
@@ -48,7 +52,7 @@ SQLITE_UNAVAILABLE_MESSAGES = ("unable to open database", "database is locked", 
 def is_storage_unavailable(error: BaseException) -> bool:
     """Whether an error means the database or cache is unreachable, not a bug of ours."""
     if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                          sqlalchemy.exc.TimeoutError, ConnectionError)):
+                          sqlalchemy.exc.TimeoutError, ConnectionError, StorageTimeout)):
         return True
     if isinstance(error, sqlalchemy.exc.DBAPIError):
         if error.connection_invalidated:

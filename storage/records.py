@@ -14,6 +14,11 @@ import dataclasses
 GLOBAL_CHAT_ID = 0
 # The first message of every conversation, from its creator.
 CONVERSATION_CREATED_TEXT = "Создана беседа."
+# The largest id or offset anyone may name (docs/API.md §1): a JSON number
+# every client reads exactly (JavaScript's Number.MAX_SAFE_INTEGER), well
+# inside MySQL's BIGINT and SQLite's 64-bit INTEGER, so no bound check is
+# left to the database, which answers past 2^63 with an error, not a refusal.
+MAX_ID = 2**53 - 1
 
 
 @dataclasses.dataclass(frozen=True)

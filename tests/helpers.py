@@ -266,3 +266,68 @@ class ServerUnderTest:
         for socket in self.sockets:
             socket.close()
         self.http.close()
+
+
+@dataclass
+class RawResponse:
+    status: int | None  # None: the connection closed without a status line
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers.get("content-type", "").startswith("application/json"), (self.status, self.headers, self.body[:200])
+        return json.loads(self.body)
+
+
+async def raw_request(port: int, request: bytes, timeout_secs: float = 10) -> RawResponse:
+    """Send bytes as they are (no client normalising the path or headers); read one answer.
+
+    For inputs an HTTP client would refuse or rewrite: ``/../run.py``,
+    invalid escapes, oversized headers. The request should say
+    ``Connection: close`` so the answer ends with the connection.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass  # the server may answer and close before it read everything
+        data = b""
+        try:
+            while chunk := await asyncio.wait_for(reader.read(65536), timeout_secs):
+                data += chunk
+                if _complete(data, head_only=request.startswith(b"HEAD ")):
+                    break
+        except ConnectionError:
+            pass
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 100"):  # the interim answer to "Expect: 100-continue"
+        head, _, body = body.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/1."):
+        return RawResponse(None, {}, data)
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawResponse(int(lines[0].split()[1]), headers, body)
+
+
+def _complete(data: bytes, head_only: bool) -> bool:
+    """Whether ``data`` holds a whole answer (the server may keep the connection open after it)."""
+    head, separator, body = data.partition(b"\r\n\r\n")
+    while separator and head.startswith(b"HTTP/1.1 100"):
+        head, separator, body = body.partition(b"\r\n\r\n")
+    if not separator:
+        return False
+    # An upgrade (the WebSocket's frames follow), and answers that never have a body.
+    if head_only or head.startswith((b"HTTP/1.1 101", b"HTTP/1.1 204", b"HTTP/1.1 304")):
+        return True
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False

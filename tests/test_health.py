@@ -19,7 +19,7 @@ from server.app import ChatServer
 from server.health import READY_TIMEOUT_SECS
 from server.settings import Settings
 from tests.helpers import ServerUnderTest, eventually
-from tests.outages import RedisProcess, TcpProxy
+from tests.outages import RedisInstance, TcpProxy
 
 pytestmark = pytest.mark.gen_test
 
@@ -60,8 +60,8 @@ async def ready_state(base_url: str) -> tuple[int, dict[str, str]]:
 
 
 @pytest.mark.parametrize("backend", ["embedded"])
-async def test_readyz_is_503_naming_the_cache_while_redis_is_away(server_settings: Settings):
-    redis_server = RedisProcess()
+async def test_readyz_is_503_naming_the_cache_while_redis_is_away(server_settings: Settings, tmp_path):
+    redis_server = RedisInstance(tmp_path / "redis")
     redis_server.start()
     try:
         settings = dataclasses.replace(server_settings, redis_url=redis_server.url)

@@ -248,7 +248,7 @@ async def test_a_405_says_which_methods_the_route_allows(server: ServerUnderTest
     ("/v1/messages/get?chat=0&offset=9999999999999999999", "offset"),  # past BIGINT, 19 digits
     ("/v1/messages/get?chat=9223372036854775808", "chat"),
     ("/v1/conversations/get?mode=%ff", "mode"),  # not UTF-8
-    ("/v1/conversations/info/%ff", "path"),
+    ("/v1/conversations/info/%ff", "conversation_id"),
 ])
 async def test_integers_past_bigint_and_bytes_past_utf8_are_400_naming_the_parameter(server: ServerUnderTest,
                                                                                       path, param):
@@ -261,16 +261,15 @@ async def test_integers_past_bigint_and_bytes_past_utf8_are_400_naming_the_param
 
 # Hostile input that still answers 500: issue 14 (item 4) fixes these on its own
 # branch. strict: once fixed there, these fail here as XPASS, and the list goes.
-KNOWN_5XX_FROM_HOSTILE_INPUT = [
+HOSTILE_BODIES = [
     pytest.param("/v1/messages/send", b'{"text": "a\\ud800b"}', id="lone-surrogate-in-text"),
     pytest.param("/v1/conversations/new", b'{"name": "a\\udfffbcd"}', id="lone-surrogate-in-name"),
     pytest.param("/v1/messages/send", b"[" * 30_000, id="json-nested-30000-deep"),
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 4: hostile input, fixed in the faults branch")
-@pytest.mark.parametrize("path, body", KNOWN_5XX_FROM_HOSTILE_INPUT)
+@pytest.mark.parametrize("path, body", HOSTILE_BODIES)
 async def test_hostile_bodies_are_refused_without_5xx(server: ServerUnderTest, path, body):
     alice, _ = await server.connected_user(1)
     response = await alice.post(path, raw_body=body)
-    assert response.status < 500, response.body
+    assert (response.status, response.error_code) == (400, 400), response.body
