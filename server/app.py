@@ -114,6 +114,7 @@ class ChatServer:
         self.metrics_server: tornado.httpserver.HTTPServer | None = None
         self.metrics_port: int | None = None
         self._refresh: tornado.ioloop.PeriodicCallback | None = None
+        self._stopped = False
 
     @property
     def dev_signin_enabled(self) -> bool:
@@ -210,6 +211,9 @@ class ChatServer:
         for at most ``drain_secs``. Only then the listening socket and the
         connections close, every WebSocket with 1001, and the storage.
         """
+        if self._stopped:
+            return
+        self._stopped = True
         if self._refresh is not None:
             self._refresh.stop()
         if self.http_server is not None:

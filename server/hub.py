@@ -54,6 +54,8 @@ APPLIED_WAIT_SECS = 5.0
 RECENT_ENTRIES = 20_000
 # A socket's record keeps this many subscription states (a resume needs the one at its position).
 HISTORY_STATES = 20
+# How far ahead of this process's clock another process's log ids may be (Redis's clock names them).
+CLOCK_SKEW_MS = 5000
 # How long a closed socket is remembered, to undo a view that raced its close.
 CLOSED_MEMORY_SECS = 60.0
 
@@ -272,10 +274,14 @@ class Hub:
         while time.monotonic() < deadline:
             await asyncio.sleep(GAP_POLL_SECS)
             head = await self.bus.chain_head(name)
-            if head is None or head[0] >= order.seq:
-                return  # released (or the chat was closed)
+            if head is None and await self.bus.chain_closed(name):
+                return  # the conversation was deleted meanwhile: nothing of it is announced any more
+            if head is not None and head[0] >= order.seq:
+                await self.applied(head[2])  # released by the predecessor's append (ours came with it)
+                return
         head = await self.bus.chain_head(name)
         if head is not None and head[0] >= order.seq:
+            await self.applied(head[2])
             return
         missing: list[StoredMessage] = []
         if head is not None:
@@ -283,8 +289,9 @@ class Hub:
         members = await self._members(chain) if chain != GLOBAL_CHAT_ID and missing else []
         log.warning("chat %s: events before %d never arrived; filling %d messages from the database",
                     name, order.seq, len(missing))
-        await self.bus.fill_gap(name, order.seq - 1, order.last_message_id,
-                                [message_entry(message, members) for message in missing])
+        await self.applied(await self.bus.fill_gap(
+            name, order.seq - 1, order.last_message_id, [message_entry(message, members) for message in missing]
+        ) or "")
 
     # Who is connected, anywhere
 
@@ -427,8 +434,11 @@ class Hub:
             raise ResumeFailed("unknown position") from None
         if epoch != self.bus.epoch:
             raise ResumeFailed("history lost (the server or its Redis restarted)")
-        if entry_key[0] < (time.time() - self.window_secs) * 1000:
+        now_ms = time.time() * 1000
+        if entry_key[0] < now_ms - self.window_secs * 1000:
             raise ResumeFailed("too late: the resume window has passed")
+        if entry_key[0] > now_ms + CLOCK_SKEW_MS:
+            raise ResumeFailed("unknown position")  # not yet written: made up
         record = await self.bus.load_socket(old_socket)
         if record is None or record.get("u") != user_id:
             raise ResumeFailed("unknown position")

@@ -118,8 +118,12 @@ class Bus(abc.ABC):
         """Append ``entries`` as the chat's events up to ``seq`` if its head is still behind; release what waited."""
 
     @abc.abstractmethod
-    async def chain_head(self, chain: str) -> tuple[int, int] | None:
-        """The chat's head (seq, last message id) in the log, or None if unknown."""
+    async def chain_head(self, chain: str) -> tuple[int, int, str] | None:
+        """The chat's head (seq, last message id, its last entry's id) in the log, or None if unknown."""
+
+    @abc.abstractmethod
+    async def chain_closed(self, chain: str) -> bool:
+        """Whether the chat was closed (a deleted conversation)."""
 
     @abc.abstractmethod
     async def read(self, after: str, upto: str) -> EntryBatch | None:
@@ -195,7 +199,7 @@ class MemoryBus(Bus):
         self._last_ms = 0
         self._seq = 0
         self._apply: Callable[[EntryBatch], None] | None = None
-        self._heads: dict[str, tuple[int, int] | None] = {}  # chat → (seq, last message id); None: closed
+        self._heads: dict[str, tuple[int, int, str] | None] = {}  # chat → (seq, last message id, entry); None: closed
         self._held: dict[str, dict[int, tuple[int, int, bool, list[Entry], list[int]]]] = {}
         self._viewers: dict[int, dict[str, int]] = {}  # conversation → viewing socket → user
         self._sockets: dict[str, tuple[dict[str, Any], float]] = {}  # socket → (record, expires at)
@@ -243,7 +247,9 @@ class MemoryBus(Bus):
         if chain in self._heads and self._heads[chain] is None:
             return ""  # closed: the conversation is gone
         head = self._heads.get(chain)
-        if (head is None and prev == 0) or (head is not None and head[0] == prev):
+        # One process appends in commit order already (a conversation's lock
+        # spans commit and append): an unknown head (after a restart) is no gap.
+        if head is None or head[0] == prev:
             return self._publish_from(chain, seq, last_message_id, list(entries), closes, list(members))
         if head is not None and head[0] >= seq:
             return ""  # already in the log (a gap filled it)
@@ -265,7 +271,7 @@ class MemoryBus(Bus):
                 self._heads[chain] = None
                 self._held.pop(chain, None)
                 return last
-            self._heads[chain] = (seq, last_message_id)
+            self._heads[chain] = (seq, last_message_id, last)
             held = self._held.get(chain, {}).pop(seq, None)
             if held is None:
                 return last
@@ -279,8 +285,11 @@ class MemoryBus(Bus):
             return ""
         return self._publish_from(chain, seq, last_message_id, list(entries), False, [])
 
-    async def chain_head(self, chain: str) -> tuple[int, int] | None:
+    async def chain_head(self, chain: str) -> tuple[int, int, str] | None:
         return self._heads.get(chain)
+
+    async def chain_closed(self, chain: str) -> bool:
+        return chain in self._heads and self._heads[chain] is None
 
     async def read(self, after: str, upto: str) -> EntryBatch | None:
         index = self._ids.get(after)
@@ -386,7 +395,7 @@ local function run(log, minid, head, held, viewers, seq, lm, closes, entries, me
     last = publish(log, minid, entries) or last
     local nxt = redis.call('HGET', held, tostring(seq))
     if not nxt then
-      redis.call('SET', head, seq .. ':' .. lm, 'EX', %(head_ttl)d)
+      redis.call('SET', head, seq .. ':' .. lm .. ':' .. (last or ''), 'EX', %(head_ttl)d)
       return last
     end
     redis.call('HDEL', held, tostring(seq))
@@ -620,12 +629,15 @@ class RedisBus(Bus):
         )
         return last.decode()
 
-    async def chain_head(self, chain: str) -> tuple[int, int] | None:
+    async def chain_head(self, chain: str) -> tuple[int, int, str] | None:
         head = await self.client.get(self._head_key(chain))
         if head is None or head == b"x":
             return None
-        seq, _, last_message_id = head.decode().partition(":")
-        return int(seq), int(last_message_id or 0)
+        seq, last_message_id, entry_id = (head.decode().split(":") + ["", ""])[:3]
+        return int(seq), int(last_message_id or 0), entry_id
+
+    async def chain_closed(self, chain: str) -> bool:
+        return await self.client.get(self._head_key(chain)) == b"x"
 
     async def read(self, after: str, upto: str) -> EntryBatch | None:
         first = await self.client.xrange(self.log_key, min=after, max=after)

@@ -112,6 +112,6 @@ def server(io_loop, backend: str, server_settings: Settings) -> Iterator[ServerU
                                  http_port=http_port, topology=backend, http_chat_server=http_server)
     yield under_test
     under_test.close_sockets()
-    io_loop.run_sync(chat_server.stop)
-    if http_server is not chat_server:
-        io_loop.run_sync(http_server.stop)
+    # A test may have restarted a server: stop what it holds now and what it started with.
+    for started in {chat_server, http_server, under_test.chat_server, under_test.http_chat_server}:
+        io_loop.run_sync(started.stop)

@@ -150,6 +150,22 @@ class User:
         self.server.sockets.append(socket)
         return socket
 
+    async def resume(self, position: str | None, ws_url: str | None = None) -> tuple[Socket, dict]:
+        """Reconnect with ``resume=position`` (to another server if ``ws_url``); the socket and its first frame.
+
+        The first frame is ``resumed`` or ``resume_failed``; either way it names the new socket.
+        """
+        query = self.launch + "&" + urllib.parse.urlencode({"resume": position or ""})
+        connection = await websocket_connect(f"{ws_url or self.server.ws_url}/v1/ws?{query}")
+        first = json.loads(await connection.read_message())
+        assert first["event"] in ("resumed", "resume_failed"), first
+        assert first["data"]["user_id"] == self.user_id
+        socket = Socket(connection, first["data"]["socket_id"], self.user_id)
+        socket.position = first["pos"]
+        self.sockets.append(socket)
+        self.server.sockets.append(socket)
+        return socket, first
+
     async def call(
         self, method: str, path: str, body: Any = None, *, socket: Socket | str | None = None,
         headers: dict[str, str] | None = None, raw_body: bytes | str | None = None,
