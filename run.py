@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 
-from server.app import ChatServer
+from server.app import ChatServer, SettingsConflict
 from server.auth import load_or_create_secret, sign_launch_params
 from server.settings import load_settings
 
@@ -34,7 +34,12 @@ async def serve() -> None:
             "(for local use only; set the VK app's secret key in production)",
             server.settings.data_dir,
         )
-    port = await server.start()
+    try:
+        port = await server.start()
+    except SettingsConflict as conflict:
+        log.error("refusing to start: %s", conflict)
+        await server.stop()
+        sys.exit(2)
     # Everything alive now (modules, the app) lives as long as the process:
     # keep it out of the cycle collector's sight, and collect young objects
     # less often. Measured in bench/ (docs/BENCHMARKS.md): it trims the

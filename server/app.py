@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import ipaddress
 import logging
 from pathlib import Path
@@ -93,6 +94,10 @@ def record_request(route_names: dict[type, str], handler: tornado.web.RequestHan
     access_log.log(level, "%s %s %d %.1fms", method, handler.request.path, status, 1000.0 * seconds)
 
 
+class SettingsConflict(Exception):
+    """This process's settings cannot work beside the processes already running."""
+
+
 class ChatServer:
     """The whole server: build with settings, ``await start()``, ``await stop()``."""
 
@@ -167,6 +172,7 @@ class ChatServer:
     async def start(self, port: int | None = None) -> int:
         """Migrate, reset stale socket ids, listen; return the bound port."""
         await self.database.migrate()
+        await self._refuse_settings_that_cannot_be_shared()
         await self.hub.start()
         self.http_server = tornado.httpserver.HTTPServer(
             self.make_app(), max_buffer_size=MAX_BUFFERED_BODY_BYTES, max_header_size=MAX_READ_HEADER_BYTES,
@@ -195,6 +201,37 @@ class ChatServer:
         sockets = tornado.netutil.bind_sockets(address[1], address[0])
         self.metrics_server.add_sockets(sockets)
         self.metrics_port = sockets[0].getsockname()[1]
+
+    async def _refuse_settings_that_cannot_be_shared(self) -> None:
+        """Several processes form one chat only on one database, one Redis prefix and the same rules.
+
+        Raise SettingsConflict where this process can tell they would not:
+        a second process on a MySQL database without Redis (each would be a
+        chat of its own, on one database), or a process whose shared
+        settings differ from those of the processes already running.
+        """
+        settings = self.settings
+        if not settings.redis_url:
+            if not await self.database.claim_sole_process():
+                raise SettingsConflict(
+                    "another process serves this database without Redis: several processes need the same "
+                    "CHAT_REDIS_URL and CHAT_REDIS_PREFIX (docs/deploy.md); one process alone needs no Redis"
+                )
+            return
+        shared = {
+            "database_url": hashlib.sha256(self.database.url.render_as_string(hide_password=False).encode()).hexdigest(),
+            "vk_secret": hashlib.sha256(settings.vk_secret.encode()).hexdigest(),
+            "max_members": str(settings.max_members),
+            "send_rate_limit": str(settings.send_rate_limit),
+            "resume_window": str(settings.resume_window),
+            "auth_max_age": str(settings.auth_max_age),
+        }
+        differing = await self.bus.shared_settings_conflict(shared)
+        if differing:
+            raise SettingsConflict(
+                f"settings differ from the running processes on this Redis prefix: {', '.join(differing)} "
+                "(every process of one chat must share them: README, several processes)"
+            )
 
     async def _refresh_socket_cache(self) -> None:
         try:

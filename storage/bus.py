@@ -178,6 +178,10 @@ class Bus(abc.ABC):
     async def forget_process(self, process_id: str) -> None:
         """Drop what is left of a dead process, once cleaned up."""
 
+    async def shared_settings_conflict(self, settings: Mapping[str, str]) -> list[str]:
+        """Publish the settings every process must share; return those a live process has otherwise."""
+        return []
+
     async def close(self) -> None:
         """Stop reading and release connections."""
 
@@ -728,6 +732,17 @@ class RedisBus(Bus):
             pipe.zrem(f"{self.prefix}procs", process_id)
             pipe.delete(self._views_key(process_id))
             await pipe.execute()
+
+    async def shared_settings_conflict(self, settings: Mapping[str, str]) -> list[str]:
+        key = f"{self.prefix}settings"
+        live, _, _ = await self.beat()
+        stored = {k.decode(): v.decode() for k, v in (await self.client.hgetall(key)).items()}
+        if live and stored:
+            differing = sorted(name for name, value in settings.items() if stored.get(name, value) != value)
+            if differing:
+                return differing
+        await self.client.hset(key, mapping=dict(settings))
+        return []
 
     async def leave(self) -> None:
         """Say this process is gone (a clean shutdown), so nobody waits for it to time out."""

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 import functools
-from typing import AsyncIterator, Awaitable, Callable, ParamSpec, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, ParamSpec, Sequence, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -150,11 +150,36 @@ class Database:
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._sole_claim: Any = None  # the connection holding this process's claim (claim_sole_process)
+
+    async def claim_sole_process(self) -> bool:
+        """Take the database for this process alone (a process without Redis); False if another holds it.
+
+        A MySQL named lock lives as long as the connection that took it: a
+        process that dies, however it dies, frees it. SQLite is one process's
+        file by design and needs no claim.
+        """
+        if self.is_sqlite:
+            return True
+        connection = await self.engine.connect()
+        name = f"chat-sole-process:{self.url.database}"
+        taken = (await connection.execute(text("SELECT GET_LOCK(:name, 0)"), {"name": name})).scalar()
+        if taken != 1:
+            await connection.close()
+            return False
+        self._sole_claim = connection
+        return True
 
     async def close(self) -> None:
         """Close the pool's connections; a frozen server does not hold up shutdown past the deadline."""
         try:
             async with asyncio.timeout(self.timeout_secs):
+                if self._sole_claim is not None:
+                    claim, self._sole_claim = self._sole_claim, None
+                    try:
+                        await claim.close()
+                    except Exception:  # the connection is already gone: so is the lock
+                        pass
                 await self.engine.dispose()
         except TimeoutError:
             pass

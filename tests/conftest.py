@@ -38,6 +38,7 @@ TEST_SECRET = "test-secret-" + uuid.uuid4().hex
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "server(**options): settings for the test's server")
+    config.addinivalue_line("markers", "deployment(**env): CHAT_* settings of test_processes.py's processes")
 
 
 @pytest.fixture(scope="session")
