@@ -108,8 +108,8 @@ class ChatServer:
             settings = dataclasses.replace(settings, vk_secret=load_or_create_secret(settings.data_dir))
         self.settings = settings
         self.database = Database(settings.effective_database_url, settings.db_timeout)
-        self.bus = create_bus(settings.redis_url, settings.redis_prefix, settings.resume_window)
-        self.cache = create_cache(settings.redis_url, settings.redis_prefix, self.bus.process_id)
+        self.bus = create_bus(settings.redis_url, settings.redis_prefix, settings.resume_window, settings.redis_timeout)
+        self.cache = create_cache(settings.redis_url, settings.redis_prefix, self.bus.process_id, settings.redis_timeout)
         self.registry = Registry()
         self.hub = Hub(self.bus, self.cache, self.database, self.registry, settings)
         self.chat = ChatService(settings, self.database, self.cache, self.registry, self.hub)

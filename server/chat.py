@@ -35,7 +35,7 @@ from server.socket_mirror import SocketMirror
 from storage.bus import ALL, Entry
 from storage.cache import Cache
 from storage.database import Database
-from storage.errors import StorageTimeout
+from storage.errors import StorageTimeout, is_storage_unavailable
 from storage.records import (
     GLOBAL_CHAT_ID,
     CommittedBatch,
@@ -235,7 +235,12 @@ class ChatService:
 
     async def _unread_counts(self, versions: dict[int, int], user_id: int) -> dict[int, int]:
         """The user's counters: cached where the cache is at the database's version, else rebuilt."""
-        counts = await self.cache.unread_get(versions, user_id)
+        try:
+            counts = await self.cache.unread_get(versions, user_id)
+        except Exception as error:
+            if not is_storage_unavailable(error):
+                raise
+            counts = dict.fromkeys(versions)  # the cache is away: count from the database
         missing = [cid for cid, count in counts.items() if count is None]
         if missing:
             rebuilt = await self.database.unread_counts(missing)

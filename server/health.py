@@ -14,6 +14,8 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+import redis.exceptions
+
 from server import metrics
 from storage.cache import Cache
 from storage.database import Database
@@ -43,7 +45,7 @@ class Readiness:
     async def _check_one(self, name: str) -> str:
         try:
             await asyncio.wait_for(self.checks[name](), self.timeout_secs)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, redis.exceptions.TimeoutError):  # ours, or the Redis client's own
             log.warning("not ready: %s did not answer within %.1f s", name, self.timeout_secs)
             metrics.STORAGE_ERRORS.labels(name).inc()  # the check names match the metric's stores
             return TIMEOUT

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 import heapq
 import itertools
 import logging
@@ -41,6 +42,7 @@ from server.settings import Settings
 from storage.bus import ALL, CONVERSATION, GLOBAL, STARTED, SUBSCRIPTION, VIEWERS, Bus, Entry, EntryBatch, id_key
 from storage.cache import SOCKET_REFRESH_SECS, Cache
 from storage.database import Database
+from storage.errors import is_storage_unavailable
 from storage.records import GLOBAL_CHAT_ID, Profile, Sequenced, StoredMessage, default_profile
 
 log = logging.getLogger("chat.hub")
@@ -54,6 +56,10 @@ APPLIED_WAIT_SECS = 5.0
 RECENT_ENTRIES = 20_000
 # A socket's record keeps this many subscription states (a resume needs the one at its position).
 HISTORY_STATES = 20
+# The close code of sockets whose events Redis lost: "service restart", reconnect.
+CLOSE_HISTORY_LOST = 1012
+# How often an event committed while Redis was away is offered again.
+RETRY_SECS = 0.5
 # How far ahead of this process's clock another process's log ids may be (Redis's clock names them).
 CLOCK_SKEW_MS = 5000
 # How long a closed socket is remembered, to undo a view that raced its close.
@@ -113,32 +119,33 @@ class Hub:
 
         while True:
             try:
-                self.peers, dead, lost = await self.bus.beat()
-                if lost:
-                    log.warning("Redis lost this process's state (restarted or flushed): restoring it")
-                    await self.restore()
-                for process_id in dead:
-                    await self._reap(process_id)
+                await self.beat()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 log.warning("heartbeat failed: %s", error)
             await asyncio.sleep(HEARTBEAT_SECS)
 
-    async def restore(self) -> None:
-        """Tell Redis again what this process holds, after Redis lost it: socket ids, views, socket records.
+    async def beat(self) -> None:
+        """One heartbeat: say we are alive, learn of the others, clean up after dead ones and lost history."""
+        self.peers, dead, lost = await self.bus.beat()
+        if lost:
+            await self.history_lost()
+        for process_id in dead:
+            await self._reap(process_id)
 
-        Counts that were lost with it are announced again as the views return.
+    async def history_lost(self) -> None:
+        """Redis lost events (it restarted, or was flushed): close every socket here, 1012.
+
+        Some event may have been committed and never reached a socket, and
+        nothing can tell which: the clients reconnect, their resume fails
+        (the epoch changed) and they refetch, so nobody keeps a silent gap.
         """
-        await self.cache.refresh_sockets(self.registry.connected_users())
-        for socket_id in list(self._history):
-            connection = self.registry.connection(socket_id)
-            if connection is None:
-                continue
-            for conversation_id in self.registry.socket_state(socket_id)[1]:
-                members = await self._members(conversation_id)
-                await self.bus.change_viewers(conversation_id, connection.user_id, [socket_id], True, members)
-            await self._save_socket(socket_id, connection.user_id)
+        connections = self.registry.connections()
+        log.warning("Redis lost the event log (restarted or flushed): closing %d sockets so they refetch",
+                    len(connections))
+        for connection in connections:
+            connection.close(CLOSE_HISTORY_LOST, "Event history lost, reconnect")
 
     async def _reap(self, process_id: str) -> None:
         """Clean up after a process that died: its sockets stop counting, its views end (and are announced)."""
@@ -261,13 +268,38 @@ class Hub:
         commit and its append), the gap is filled from the database.
         """
         name = "g" if chain == GLOBAL_CHAT_ID else str(chain)
-        last = await self.bus.append_in_order(
-            name, order.seq - 1, order.seq, last_message_id, entries, closes, members
+        append = functools.partial(
+            self.bus.append_in_order, name, order.seq - 1, order.seq, last_message_id, entries, closes, members
         )
+        try:
+            last = await append()
+        except Exception as error:
+            if not is_storage_unavailable(error):
+                raise
+            # Committed, but Redis is away: announce it once Redis answers
+            # again (the append is idempotent: a chat's head never goes back).
+            log.warning("chat %s event %d not announced yet (%s); retrying in the background", name, order.seq, error)
+            self._spawn(self._append_when_back(name, append))
+            return
         if last is None:
             await self._wait_or_fill(name, chain, order)
             return
         await self.applied(last)
+
+    async def _append_when_back(self, name: str, append) -> None:
+        give_up = time.monotonic() + self.window_secs
+        while time.monotonic() < give_up:
+            await asyncio.sleep(RETRY_SECS)
+            try:
+                await append()
+                log.info("chat %s: the held-up event is announced", name)
+                return
+            except Exception as error:
+                if not is_storage_unavailable(error):
+                    log.exception("chat %s: announcing a held-up event failed", name)
+                    return
+        log.error("chat %s: an event was never announced (Redis away for %.0f s); clients refetch", name,
+                  self.window_secs)
 
     async def _wait_or_fill(self, name: str, chain: int, order: Sequenced) -> None:
         deadline = time.monotonic() + GAP_WAIT_SECS
@@ -333,7 +365,13 @@ class Hub:
         return self.local_limiter.take(user_id)
 
     async def viewer_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
-        return await self.bus.viewer_counts(conversation_ids)
+        """Distinct viewers on every process; alone and without Redis, this process's own count is exact."""
+        try:
+            return await self.bus.viewer_counts(conversation_ids)
+        except Exception as error:
+            if self.peers or not is_storage_unavailable(error):
+                raise
+            return {cid: self.registry.viewer_count(cid) for cid in conversation_ids}
 
     async def _members(self, conversation_id: int) -> list[int]:
         return await self.database.member_ids(conversation_id)

@@ -185,6 +185,10 @@ class Registry:
             del self._viewers[conversation_id]
         return True
 
+    def viewer_count(self, conversation_id: int) -> int:
+        """Distinct users viewing a conversation through this process's sockets."""
+        return len(self._viewers.get(conversation_id, ()))
+
     # Delivery
 
     def audience(self, conversation_id: int) -> list[str]:

@@ -46,6 +46,7 @@ class Settings:
             raise ValueError(f"setting metrics_addr must be host:port or off, got {self.metrics_addr!r}")
         return host.strip("[]"), int(port)
     db_timeout: float = 5.0
+    redis_timeout: float = 1.0
 
     @property
     def sqlite_path(self) -> Path:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import redis.asyncio as redis
 
-from storage.cache import REDIS_MAX_CONNECTIONS, REDIS_POOL_TIMEOUT_SECS
+from storage.redis_client import bounded_client
 
 log = logging.getLogger("chat.bus")
 
@@ -60,6 +60,8 @@ PEER_TIMEOUT_SECS = 15.0
 # Entries read per round trip by each process's reader.
 READ_COUNT = 1000
 READ_BLOCK_MS = 5000
+# The part of Redis's run id an epoch starts with.
+RUN_ID_CHARS = 8
 # A process id is this many hex characters; a socket id starts with its process's id.
 PROCESS_ID_CHARS = 12
 
@@ -509,6 +511,19 @@ return wait
 """
 
 
+# KEYS[1] the epoch. ARGV: Redis's run id (a prefix), a new epoch starting with it.
+# The epoch names the log's history: it is kept while Redis keeps running and
+# keeps the key, and renewed when Redis restarted (another run id: it came
+# back empty or from a snapshot without the log's tail) or lost the key (a
+# flush). Every process runs this, so all of them agree on it.
+_EPOCH_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, #ARGV[1]) == ARGV[1] then return current end
+redis.call('SET', KEYS[1], ARGV[2])
+return ARGV[2]
+"""
+
+
 def _encode_meta(meta: dict[str, Any]) -> str:
     return json.dumps(meta, separators=(",", ":"))
 
@@ -521,22 +536,21 @@ def _decode(fields: Mapping[bytes, bytes]) -> Entry:
 class RedisBus(Bus):
     """The log is a Redis stream; every process reads it with a blocking XREAD on its own connection."""
 
-    def __init__(self, url: str, prefix: str, window_secs: float) -> None:
+    def __init__(self, url: str, prefix: str, window_secs: float, timeout_secs: float = 1.0) -> None:
         self.process_id = secrets.token_hex(PROCESS_ID_CHARS // 2)
         self.epoch = ""
         self.prefix = prefix
         self.window_secs = window_secs
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_SECS
-        )
-        self.client = redis.Redis.from_pool(pool)
+        self.client = bounded_client(url, timeout_secs)
         # The reader blocks on its own connection, never on the pool's.
-        self.reader = redis.Redis.from_url(url, socket_timeout=READ_BLOCK_MS / 1000 + 5)
+        self.reader = redis.Redis.from_url(url, socket_timeout=READ_BLOCK_MS / 1000 + timeout_secs,
+                                           socket_connect_timeout=timeout_secs)
         self.log_key = f"{prefix}log"
         self._append_in_order = self.client.register_script(_APPEND_IN_ORDER_LUA)
         self._fill_gap = self.client.register_script(_FILL_GAP_LUA)
         self._change_viewers = self.client.register_script(_CHANGE_VIEWERS_LUA)
         self._take_token = self.client.register_script(_TAKE_TOKEN_LUA)
+        self._epoch = self.client.register_script(_EPOCH_LUA)
         self._reading: asyncio.Task[None] | None = None
         self._stopping = False
         self._beaten = False
@@ -563,14 +577,14 @@ class RedisBus(Bus):
     def _min_id(self) -> str:
         return str(int((time.time() - self.window_secs - 60) * 1000))
 
-    async def _read_epoch(self) -> str:
-        # Redis's run_id changes with every Redis start: a restarted Redis may
-        # have come back from an old snapshot, with a log that lost its tail.
+    async def _sync_epoch(self) -> str:
+        """The epoch every process shares, renewed when Redis lost the log (see _EPOCH_LUA)."""
         info = await self.client.info("server")
-        return str(info["run_id"])[:12]
+        run = str(info["run_id"])[:RUN_ID_CHARS]
+        return (await self._epoch(keys=[f"{self.prefix}epoch"], args=[run, run + secrets.token_hex(3)])).decode()
 
     async def start(self, apply: Callable[[EntryBatch], None]) -> str:
-        self.epoch = await self._read_epoch()
+        self.epoch = await self._sync_epoch()
         self._last_read = await self.append([Entry(STARTED, {"p": self.process_id})])
         await self.beat()
         self._reading = asyncio.ensure_future(self._read_forever(apply))
@@ -585,10 +599,6 @@ class RedisBus(Bus):
             except Exception as error:
                 log.warning("reading the event log failed (%s); retrying", error)
                 await asyncio.sleep(0.5)
-                try:
-                    self.epoch = await self._read_epoch()
-                except Exception:
-                    pass
                 continue
             if not reply:
                 continue
@@ -700,9 +710,10 @@ class RedisBus(Bus):
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {self.process_id: now})
             pipe.zrange(key, 0, -1, withscores=True)
-            added, processes = await pipe.execute()
-        # Our own entry was gone: Redis lost what we told it (a restart without a snapshot, a flush).
-        lost = bool(added) and self._beaten
+            _, processes = await pipe.execute()
+        epoch = await self._sync_epoch()
+        lost = self._beaten and epoch != self.epoch
+        self.epoch = epoch
         self._beaten = True
         live = dead = 0
         dead_ids = []
@@ -765,6 +776,6 @@ class RedisBus(Bus):
         await self.client.aclose()
 
 
-def create_bus(redis_url: str, prefix: str, window_secs: float) -> Bus:
+def create_bus(redis_url: str, prefix: str, window_secs: float, timeout_secs: float = 1.0) -> Bus:
     """Redis when a URL is configured, the in-process log otherwise."""
-    return RedisBus(redis_url, prefix, window_secs) if redis_url else MemoryBus(window_secs)
+    return RedisBus(redis_url, prefix, window_secs, timeout_secs) if redis_url else MemoryBus(window_secs)

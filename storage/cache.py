@@ -22,9 +22,8 @@ from __future__ import annotations
 import abc
 from typing import Iterable, Mapping, Sequence
 
-import redis.asyncio as redis
-
 from storage.records import UnreadCounts
+from storage.redis_client import bounded_client
 
 # Socket-id sets expire unless refreshed; the server refreshes them every
 # SOCKET_REFRESH_SECS, so ids left by a crashed process vanish within a minute.
@@ -33,8 +32,6 @@ SOCKET_REFRESH_SECS = 20
 # Counters of quiet conversations are dropped after a day and rebuilt on demand.
 UNREAD_TTL_SECS = 24 * 3600
 VERSION_FIELD = "_v"
-REDIS_MAX_CONNECTIONS = 64
-REDIS_POOL_TIMEOUT_SECS = 5
 
 
 class Cache(abc.ABC):
@@ -188,13 +185,11 @@ return 1
 class RedisCache(Cache):
     """Redis cache (``redis.asyncio``); every key starts with ``prefix``."""
 
-    def __init__(self, url: str, prefix: str, process_id: str = "") -> None:
+    def __init__(self, url: str, prefix: str, process_id: str = "", timeout_secs: float = 1.0) -> None:
         # A bounded pool that makes a burst of requests wait for a connection
-        # instead of failing ("Too many connections") or opening hundreds.
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_SECS, decode_responses=True
-        )
-        self.client = redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+        # instead of failing ("Too many connections") or opening hundreds,
+        # and a bounded wait for a Redis that does not answer.
+        self.client = bounded_client(url, timeout_secs, decode_responses=True)
         self.prefix = prefix
         # Each process also lists the socket ids it wrote, so that the
         # survivors can remove them at once if it dies (server/hub.py).
@@ -285,6 +280,6 @@ class RedisCache(Cache):
         await self.client.aclose()
 
 
-def create_cache(redis_url: str, prefix: str, process_id: str = "") -> Cache:
+def create_cache(redis_url: str, prefix: str, process_id: str = "", timeout_secs: float = 1.0) -> Cache:
     """Redis when a URL is configured, the in-process cache otherwise."""
-    return RedisCache(redis_url, prefix, process_id) if redis_url else MemoryCache()
+    return RedisCache(redis_url, prefix, process_id, timeout_secs) if redis_url else MemoryCache()

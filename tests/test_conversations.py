@@ -230,20 +230,22 @@ async def test_unread_counts_survive_losing_the_cache(server: ServerUnderTest):
 
 
 async def _lose_cache(server: ServerUnderTest) -> None:
-    """What a Redis restart does to us: every key of this server is gone."""
+    """What a Redis restart does to the cache: every counter and socket id is gone.
+
+    (It also loses the event log, which closes every socket: test_resume.py.)
+    """
     if server.backend == "mysql":
         client = redis.asyncio.from_url(REDIS_URL)
-        keys = [key async for key in client.scan_iter(match=server.cache.prefix + "*")]
+        prefix = server.cache.prefix
+        keys = [key async for key in client.scan_iter(match=prefix + "unread:*")]
+        keys += [key async for key in client.scan_iter(match=prefix + "sockets:*")]
         if keys:
             await client.delete(*keys)
         await client.aclose()
     else:
         server.cache.clear()
-    if server.topology == "two-processes":
-        # Each process's heartbeat notices the loss within HEARTBEAT_SECS and
-        # tells Redis again what it holds; run here rather than waited for.
-        await server.chat_server.hub.restore()
-        await server.http_chat_server.hub.restore()
+    # The periodic refresh writes the live sockets' ids again (run here rather than waited for).
+    await server.chat_server.chat.refresh_socket_cache()
 
 
 async def _unread(user, conversation_id: int) -> int:

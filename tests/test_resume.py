@@ -240,10 +240,11 @@ async def _trim_log(server: ServerUnderTest) -> None:
         bus._ids.clear()
 
 
-async def test_redis_losing_its_data_fails_resumes(server: ServerUnderTest):
+async def test_redis_losing_its_data_closes_sockets_and_fails_resumes(server: ServerUnderTest):
+    """A flushed Redis lost the log: sockets close (1012) and their resumes fail, so clients refetch."""
     if server.backend != "mysql":
         pytest.skip("the embedded log lives in the process: the restart test below covers its loss")
-    alice, _ = await server.connected_user(1)
+    alice, alice_socket = await server.connected_user(1)
     bob, bob_socket = await server.connected_user(2)
     conversation_id = await alice.create("flushed")
     await bob.join(conversation_id)
@@ -255,11 +256,15 @@ async def test_redis_losing_its_data_fails_resumes(server: ServerUnderTest):
     keys = [key async for key in client.scan_iter(match=server.chat_server.settings.redis_prefix + "*")]
     await client.delete(*keys)
     await client.aclose()
+    for _ in range(2):  # each process's next heartbeat notices the loss; the one after sees the others again
+        for chat_server in {server.chat_server, server.http_chat_server}:
+            await chat_server.hub.beat()
+    assert await alice_socket.wait_closed() == 1012
 
     socket, first = await bob.resume(position)
     assert first["event"] == "resume_failed"
-    for chat_server in {server.chat_server, server.http_chat_server}:
-        await chat_server.hub.restore()  # what each heartbeat does on noticing the loss
+    assert "history lost" in first["data"]["reason"]
+    await alice.connect()
     await alice.send("after the flush", conversation_id)
     assert texts(await socket.drain()) == ["after the flush"]
 

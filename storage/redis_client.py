@@ -1,0 +1,85 @@
+"""Redis clients with bounded waits: one timeout per outage, not one per call.
+
+Every command waits at most ``timeout_secs`` for Redis (connecting or
+reading). A request may make several Redis calls in a row; if Redis is
+frozen (SIGSTOP, a stuck disk, a partition that drops packets) each of them
+would wait the full timeout. So the first call that times out opens a
+breaker: for ``BREAK_SECS`` every call on that client fails at once, as if
+Redis refused the connection, and the request goes on with what it has
+(the cache is never the only copy of anything). After that one call is let
+through to see whether Redis is back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio as redis
+from redis.asyncio.connection import Connection
+
+REDIS_MAX_CONNECTIONS = 64
+# How long a request may wait for a free connection of the bounded pool.
+REDIS_POOL_TIMEOUT_SECS = 5
+# After a timeout, calls fail at once for this long.
+BREAK_SECS = 2.0
+
+
+class Breaker:
+    """Whether Redis is believed to be away (one per client: the cache's and the bus's)."""
+
+    def __init__(self) -> None:
+        self.open_until = 0.0
+
+    def check(self) -> None:
+        if self.open_until and time.monotonic() < self.open_until:
+            raise redis.ConnectionError("Redis did not answer lately; failing fast (storage/redis_client.py)")
+
+    def trip(self) -> None:
+        self.open_until = time.monotonic() + BREAK_SECS
+
+    def reset(self) -> None:
+        self.open_until = 0.0
+
+
+def _connection_class(breaker: Breaker) -> type[Connection]:
+    class BreakerConnection(Connection):
+        async def connect(self) -> None:
+            breaker.check()
+            try:
+                await super().connect()
+            except (redis.TimeoutError, TimeoutError):
+                breaker.trip()
+                raise
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            breaker.check()
+            try:
+                await super().send_packed_command(command, check_health)
+            except (redis.TimeoutError, TimeoutError):
+                breaker.trip()
+                raise
+
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                response = await super().read_response(*args, **kwargs)
+            except (redis.TimeoutError, TimeoutError):
+                breaker.trip()
+                raise
+            breaker.reset()
+            return response
+
+    return BreakerConnection
+
+
+def bounded_client(url: str, timeout_secs: float, **options: Any) -> redis.Redis:
+    """A client on a bounded pool whose every wait for Redis ends after ``timeout_secs``."""
+    breaker = Breaker()
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_SECS,
+        socket_timeout=timeout_secs, socket_connect_timeout=timeout_secs,
+        connection_class=_connection_class(breaker), **options,
+    )
+    client = redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+    client.breaker = breaker  # type: ignore[attr-defined]
+    return client
