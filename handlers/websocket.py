@@ -3,7 +3,9 @@
 The handshake is refused in the API's JSON before anything is written: the
 upgrade headers and the Origin first, then the launch parameters and the
 profile, and only then the profile is stored and the connection upgraded.
-Once open, the handler talks to the chat service from ``open`` and
+With ``resume=<position>`` the first frames are ``resumed`` (or
+``resume_failed``) and the missed events; live frames wait behind them
+(``release``). Once open, the handler talks to the chat service from ``open`` and
 ``on_close`` only. Outgoing frames go through a bounded queue per socket: a
 frame is written at once when the socket keeps up; while a write is still
 being flushed, later frames wait in the queue, and a socket whose queue

@@ -3,8 +3,9 @@
 Rooms are kept per *user* for memberships (a member's every socket gets the
 conversation's messages) and per *socket* for subscriptions a request may
 scope with ``X-Socket-Id`` (the global chat, viewing). Everything changes only
-through the named methods below, which the chat service calls (on a socket's
-open and close, and for the routes that change rooms); the WebSocket handler
+through the named methods below, which the hub calls (``server/hub.py``: on a
+socket's open and close, and as it applies the event log, where room and
+subscription changes arrive in order with the events); the WebSocket handler
 never touches the registry itself. Delivery never touches the database or the
 cache. A connection's ``send`` only queues a frame, so sending to many sockets
 never waits on any one of them.
