@@ -27,6 +27,7 @@ from server.app import ChatServer
 from server.settings import Settings
 from storage.models import Base
 from tests.helpers import ServerUnderTest
+from tests.processes import Deployment
 
 MYSQL_URL = os.environ.get("CHAT_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306")
 REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -116,3 +117,32 @@ def server(io_loop, backend: str, server_settings: Settings) -> Iterator[ServerU
     # A test may have restarted a server: stop what it holds now and what it started with.
     for started in {chat_server, http_server, under_test.chat_server, under_test.http_chat_server}:
         io_loop.run_sync(started.stop)
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A throwaway MySQL database of the test's own (real processes migrate it themselves)."""
+    url = make_url(MYSQL_URL)
+    name = f"chat_proc_{uuid.uuid4().hex[:12]}"
+    connect = dict(host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
+                   password=url.password or "")
+    with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def deployment(io_loop, request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Deployment]:
+    marker = request.node.get_closest_marker("deployment")
+    prefix = f"chattest:{uuid.uuid4().hex}:"
+    built = Deployment(tmp_path, database_url, REDIS_URL, prefix, TEST_SECRET, **(marker.kwargs if marker else {}))
+    yield built
+    for process in built.processes:
+        process.close()
+    client = redis_sync.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

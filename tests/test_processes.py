@@ -13,160 +13,17 @@ real processes.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
-from typing import Iterator
 
-import pymysql
 import pytest
-import redis as redis_sync
-from sqlalchemy.engine import make_url
-from tornado.httpclient import AsyncHTTPClient
 
-from tests.conftest import MYSQL_URL, REDIS_URL, TEST_SECRET
-from tests.helpers import ServerUnderTest, Socket, User
-from tests.outages import free_port
+from tests.helpers import Socket, User
+from tests.processes import START_TIMEOUT_SECS, ChatProcess, Deployment, collect, texts
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
-REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT_SECS = 30
 # docs/API.md §9: a dead process is noticed within 30 s.
 REAP_LIMIT_SECS = 30
-
-
-class ChatProcess(ServerUnderTest):
-    """One ``python run.py`` of the deployment, reached over the network."""
-
-    def __init__(self, deployment: "Deployment", name: str) -> None:
-        self.deployment = deployment
-        self.name = name
-        self.port = free_port()
-        self.backend = "mysql"
-        self.topology = "processes"
-        self.secret = TEST_SECRET
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.sockets: list[Socket] = []
-        self.http = AsyncHTTPClient(force_instance=True, max_clients=200)
-        self.process: subprocess.Popen | None = None
-
-    def spawn(self, **settings: str) -> subprocess.Popen:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-        env.update({**self.deployment.env, "CHAT_PORT": str(self.port), **settings})
-        log = open(self.deployment.directory / f"{self.name}.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "run.py"], cwd=REPO, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT)
-        log.close()
-        return self.process
-
-    async def start(self) -> None:
-        self.spawn()
-        deadline = time.monotonic() + START_TIMEOUT_SECS
-        while True:
-            assert self.process.poll() is None, f"{self.name} exited at start-up: {self.log()[-2000:]}"
-            try:
-                if (await self.http.fetch(self.base_url + "/healthz", raise_error=False)).code == 200:
-                    return
-            except (ConnectionRefusedError, OSError):
-                pass
-            assert time.monotonic() < deadline, f"{self.name} never started listening"
-            await asyncio.sleep(0.1)
-
-    def log(self) -> str:
-        return (self.deployment.directory / f"{self.name}.log").read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind, as a power loss."""
-        self.process.kill()
-        self.process.wait()
-
-    async def terminate(self) -> None:
-        """SIGTERM, the clean stop of a rolling deploy; wait for the exit."""
-        self.process.send_signal(signal.SIGTERM)
-        while self.process.poll() is None:
-            await asyncio.sleep(0.05)
-        assert self.process.returncode == 0, self.log()[-2000:]
-
-    def close(self) -> None:
-        self.close_sockets()
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-class Deployment:
-    """Processes sharing one database and one Redis prefix."""
-
-    def __init__(self, directory: Path, database_url: str, prefix: str, **settings: str) -> None:
-        self.directory = directory
-        self.prefix = prefix
-        self.env = {
-            "CHAT_HOST": "127.0.0.1", "CHAT_VK_SECRET": TEST_SECRET, "CHAT_DATA_DIR": str(directory),
-            "CHAT_DATABASE_URL": database_url, "CHAT_REDIS_URL": REDIS_URL, "CHAT_REDIS_PREFIX": prefix,
-            "CHAT_SEND_RATE_LIMIT": "0", "CHAT_METRICS_ADDR": "off", **settings,
-        }
-        self.processes: list[ChatProcess] = []
-
-    def process(self, name: str) -> ChatProcess:
-        process = ChatProcess(self, name)
-        self.processes.append(process)
-        return process
-
-    async def start(self, count: int) -> list[ChatProcess]:
-        started = [self.process(chr(ord("a") + i)) for i in range(count)]
-        for process in started:  # one after the other: the first migrates the schema
-            await process.start()
-        return started
-
-
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    url = make_url(MYSQL_URL)
-    name = f"chat_proc_{uuid.uuid4().hex[:12]}"
-    connect = dict(host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
-                   password=url.password or "")
-    with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-
-
-@pytest.fixture
-def deployment(io_loop, request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Deployment]:
-    marker = request.node.get_closest_marker("deployment")
-    prefix = f"chattest:{uuid.uuid4().hex}:"
-    built = Deployment(tmp_path, database_url, prefix, **(marker.kwargs if marker else {}))
-    yield built
-    for process in built.processes:
-        process.close()
-    client = redis_sync.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-def texts(frames: list[dict]) -> list[str]:
-    return [frame["data"]["message"] for frame in frames if frame["event"] == "new_message"]
-
-
-async def collect(socket: Socket, count: int) -> list[dict]:
-    """The next ``count`` new_message frames of a socket (other events skipped)."""
-    messages: list[dict] = []
-    while len(messages) < count:
-        frame = await socket.next_frame()
-        assert frame is not None, "socket closed"
-        if frame["event"] == "new_message":
-            messages.append(frame["data"])
-    return messages
-
 
 async def test_concurrent_sends_through_both_processes_arrive_in_one_order(deployment: Deployment):
     a, b = await deployment.start(2)
