@@ -150,6 +150,7 @@ class Database:
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._migrate_lock = f"chat-migrate:{parsed.database}"
         self._sole_claim: Any = None  # the connection holding this process's claim (claim_sole_process)
 
     async def claim_sole_process(self) -> bool:
@@ -199,7 +200,15 @@ class Database:
             command.upgrade(config, "head")
 
         async with self.engine.begin() as connection:
-            await connection.run_sync(upgrade)
+            if not self.is_sqlite:
+                # Processes started together (docs/deploy.md) migrate one after the other:
+                # the first upgrades, the others find the schema at head.
+                await connection.execute(text("SELECT GET_LOCK(:name, 60)"), {"name": self._migrate_lock})
+            try:
+                await connection.run_sync(upgrade)
+            finally:
+                if not self.is_sqlite:
+                    await connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": self._migrate_lock})
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:

@@ -51,6 +51,10 @@ class ChatProcess(ServerUnderTest):
 
     async def start(self) -> None:
         self.spawn()
+        await self.started()
+
+    async def started(self) -> None:
+        """Return once the spawned process answers /healthz."""
         deadline = time.monotonic() + START_TIMEOUT_SECS
         while True:
             assert self.process.poll() is None, f"{self.name} exited at start-up: {self.log()[-2000:]}"
@@ -106,8 +110,10 @@ class Deployment:
 
     async def start(self, count: int) -> list[ChatProcess]:
         started = [self.process(chr(ord("a") + i)) for i in range(count)]
-        for process in started:  # one after the other: the first migrates the schema
-            await process.start()
+        for process in started:  # all at once, as systemd starts them: they migrate one after the other
+            process.spawn()
+        for process in started:
+            await process.started()
         return started
 
 
