@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import json
 import os
@@ -40,6 +41,7 @@ import resource
 import secrets
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
@@ -60,10 +62,30 @@ class Target:
     base_url: str  # e.g. http://127.0.0.1:8080
     secret: str
     pid: int | None = None  # the server process, for RSS and CPU readings
+    # Further processes of the same chat: user N's socket goes to process
+    # N mod n, and their HTTP calls to the next one, so every delivery and
+    # every call crosses processes.
+    more_urls: tuple[str, ...] = ()
+    more_pids: tuple[int, ...] = ()
 
     @property
     def ws_url(self) -> str:
         return "ws" + self.base_url.removeprefix("http") + "/v1/ws"
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.base_url, *self.more_urls)
+
+    def ws_url_for(self, user_id: int) -> str:
+        return "ws" + self.urls[user_id % len(self.urls)].removeprefix("http") + "/v1/ws"
+
+    def http_url_for(self, user_id: int) -> str:
+        return self.urls[(user_id + 1) % len(self.urls)]
+
+    def cpu_seconds(self) -> float | None:
+        """User+system CPU time of every server process so far."""
+        readings = [read_cpu_seconds(pid) for pid in (self.pid, *self.more_pids)]
+        return None if any(r is None for r in readings) else sum(readings)  # type: ignore[arg-type]
 
 
 class ApiError(Exception):
@@ -167,7 +189,7 @@ class SocketClient:
     async def connect(self, timeout: float = 30.0) -> dict[str, Any]:
         """Open the socket and wait for the server's ``connected`` frame."""
         self._connected = asyncio.get_running_loop().create_future()
-        url = f"{self.users.target.ws_url}?{self.users.launch(self.user_id)}&name=bench{self.user_id}"
+        url = f"{self.users.target.ws_url_for(self.user_id)}?{self.users.launch(self.user_id)}&name=bench{self.user_id}"
         request = HTTPRequest(url, connect_timeout=timeout, request_timeout=timeout)
         self.conn = await websocket_connect(request, on_message_callback=self._on_message)
         frame = await asyncio.wait_for(self._connected, timeout)
@@ -215,7 +237,7 @@ class Api:
             headers["Content-Type"] = "application/json"
             payload = json.dumps(body)
         response = await self.http.fetch(
-            self.users.target.base_url + path,
+            self.users.target.http_url_for(user_id) + path,
             method=method,
             headers=headers,
             body=payload,
@@ -367,7 +389,7 @@ async def _delivery(
                 send_errors.append(f"seq {seq}: {error}")
             send_end[seq] = time.perf_counter()
 
-    server_cpu_before = read_cpu_seconds(target.pid)
+    server_cpu_before = target.cpu_seconds()
     client_cpu_before = time.process_time()
     await asyncio.gather(*(worker(i) for i in range(config.concurrency)))
     sends_done = max(send_end) if k else time.perf_counter()
@@ -381,7 +403,7 @@ async def _delivery(
         state.all_received.set()
     await state.all_received.wait()
     await asyncio.sleep(0.2)  # a short grace so duplicates, if any, are seen
-    server_cpu = read_cpu_seconds(target.pid)
+    server_cpu = target.cpu_seconds()
     client_cpu = time.process_time() - client_cpu_before
 
     state.phase = "verify"
@@ -634,6 +656,81 @@ async def _idle_hold_main(args: argparse.Namespace) -> None:
     print("CLOSED " + json.dumps({"dropped": dropped}), flush=True)
 
 
+# --- reconnect storm ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StormConfig:
+    sockets: int = 2000
+    first_user: int = 4_000_000
+    connect_concurrency: int = 200  # handshakes in flight, as a crowd of phones reconnecting
+    timeout: float = 300.0
+
+
+async def _handshake(target: Target, users: Users, user_id: int, resume: str | None) -> tuple[float, dict[str, Any], Any]:
+    """Open a socket (resuming if asked); its handshake seconds (to the first frame), first frame and connection."""
+    query = users.launch(user_id)
+    if resume:
+        query += "&" + urllib.parse.urlencode({"resume": resume})
+    started = time.perf_counter()
+    request = HTTPRequest(f"{target.ws_url_for(user_id)}?{query}", connect_timeout=60, request_timeout=60)
+    conn = await websocket_connect(request)
+    message = await conn.read_message()
+    if message is None:
+        raise ApiError(f"user {user_id}: closed before its first frame")
+    return time.perf_counter() - started, json.loads(message), conn
+
+
+async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
+    """N sockets connected, all dropped at once, all reconnecting with resume= at once.
+
+    Reports the time from the drop until the last socket has its first frame
+    back (``resumed``, or ``resume_failed``/``connected`` for a server that
+    cannot resume), the handshakes per second of that storm and their latency.
+    """
+    users = Users(target)
+    user_ids = list(range(config.first_user, config.first_user + config.sockets))
+    first = await gather_limited(config.connect_concurrency,
+                                 (lambda uid=uid: _handshake(target, users, uid, None) for uid in user_ids))
+    failures = [r for r in first if isinstance(r, BaseException)]
+    if failures:
+        for outcome in first:
+            if not isinstance(outcome, BaseException):
+                outcome[2].close()
+        return {"ok": False, "error": f"{len(failures)} of {len(user_ids)} first connects failed: {failures[0]!r}"}
+    positions = {uid: outcome[1].get("pos") for uid, outcome in zip(user_ids, first)}
+    for outcome in first:
+        outcome[2].close()  # the network blip: every socket gone at once
+    await asyncio.sleep(0.5)  # the server notices the closes
+
+    cpu_before = target.cpu_seconds()
+    started = time.perf_counter()
+    second = await gather_limited(config.connect_concurrency,
+                                  (lambda uid=uid: _handshake(target, users, uid, positions[uid]) for uid in user_ids))
+    elapsed = time.perf_counter() - started
+    cpu = target.cpu_seconds()
+    failures = [r for r in second if isinstance(r, BaseException)]
+    outcomes = [r for r in second if not isinstance(r, BaseException)]
+    events = collections.Counter(frame.get("event") for _, frame, _ in outcomes)
+    for _, _, conn in outcomes:
+        conn.close()
+    result: dict[str, Any] = {
+        "ok": not failures,
+        "sockets": len(user_ids),
+        "storm_seconds": round(elapsed, 3),
+        "handshakes_per_s": round(len(outcomes) / elapsed, 1) if elapsed > 0 else None,
+        "handshake_ms": percentiles_ms([seconds for seconds, _, _ in outcomes]),
+        "first_frames": dict(events),
+        "failures": len(failures),
+    }
+    if failures:
+        result["first_failure"] = repr(failures[0])
+    if cpu_before is not None and cpu is not None:
+        result["server_cpu_s"] = round(cpu - cpu_before, 2)
+        result["server_cpu_ms_per_handshake"] = round((cpu - cpu_before) * 1000 / max(1, len(outcomes)), 2)
+    return result
+
+
 # --- command line ----------------------------------------------------------------
 
 
@@ -652,6 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
     idle.add_argument("-N", "--sockets", type=int, default=2000)
     idle.add_argument("--procs", type=int, default=1)
     idle.add_argument("--first-user", type=int, default=3_000_000)
+    storm = sub.add_parser("storm", help="everyone reconnects with resume= at once")
+    storm.add_argument("-N", "--sockets", type=int, default=2000)
+    storm.add_argument("--first-user", type=int, default=4_000_000)
     hold = sub.add_parser("idle-hold", help=argparse.SUPPRESS)  # internal: child of a split idle run
     hold.add_argument("--first-user", type=int, required=True)
     hold.add_argument("--count", type=int, required=True)
@@ -680,7 +780,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_idle_hold_main(args))
         return 0
     target = Target(args.url.rstrip("/"), args.secret, args.pid)
-    if args.workload == "idle":
+    if args.workload == "storm":
+        raise_nofile_limit()
+        result = asyncio.run(run_storm(target, StormConfig(sockets=args.sockets, first_user=args.first_user,
+                                                           timeout=args.timeout)))
+    elif args.workload == "idle":
         config = IdleConfig(sockets=args.sockets, procs=args.procs, first_user=args.first_user, timeout=args.timeout)
         result = asyncio.run(run_idle(target, config))
     else:

@@ -46,17 +46,21 @@ if __package__ in (None, ""):  # run as ``python bench/run.py``: make ``bench`` 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.launch import self_check  # noqa: E402
-from bench.loadgen import DeliveryConfig, IdleConfig, Target, raise_nofile_limit, run_delivery, run_idle  # noqa: E402
+from bench.loadgen import (  # noqa: E402
+    DeliveryConfig, IdleConfig, StormConfig, Target, raise_nofile_limit, run_delivery, run_idle, run_storm,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
-ALL_TARGETS = ("baseline", "embedded", "mariadb")
-ALL_WORKLOADS = ("fanout", "global", "idle")
+ALL_TARGETS = ("baseline", "embedded", "mariadb", "mariadb-2p")
+# Targets run as two processes of one chat (same database and Redis prefix).
+TWO_PROCESS_TARGETS = {"mariadb-2p"}
+ALL_WORKLOADS = ("fanout", "global", "idle", "storm")
 READY_TIMEOUT = 60.0  # seconds for a server to start listening (migrations included)
 
 # User id ranges per workload, far apart, so workloads never share users even
 # when they run against one database.
-FIRST_USER = {"fanout": 1_000_000, "global": 2_000_000, "idle": 3_000_000}
+FIRST_USER = {"fanout": 1_000_000, "global": 2_000_000, "idle": 3_000_000, "storm": 4_000_000}
 
 
 def log(message: str) -> None:
@@ -157,9 +161,9 @@ def provision(name: str, run_id: str, args: argparse.Namespace, max_members: int
     try:
         if name == "embedded":
             yield ServerSpec(name, [python, "run.py"], env)
-        elif name == "mariadb":
-            database = f"chatbench_{run_id}"
-            prefix = f"chatbench:{run_id}:"
+        elif name in ("mariadb", "mariadb-2p"):
+            database = f"chatbench_{run_id}_{name.replace('-', '')}"
+            prefix = f"chatbench:{run_id}:{name}:"
             _mysql_execute(args.mysql_url, f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
             try:
                 env.update(
@@ -236,9 +240,11 @@ class Job:
         return f"idle-{self.sockets}" if self.workload == "idle" else self.workload
 
 
-async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace) -> dict[str, Any]:
+async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace,
+                  others: list[ServerProcess] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     assert server.proc is not None
-    target = Target(server.base_url, args.secret, server.proc.pid)
+    target = Target(server.base_url, args.secret, server.proc.pid,
+                    more_urls=tuple(o.base_url for o in others), more_pids=tuple(o.proc.pid for o in others))
     if job.workload == "idle":
         procs = args.idle_procs or max(1, math.ceil(job.sockets / 5000))
         config = IdleConfig(
@@ -246,6 +252,9 @@ async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace) -> 
             settle_seconds=args.idle_settle, timeout=args.timeout,
         )  # fmt: skip
         return await run_idle(target, config)
+    if job.workload == "storm":
+        return await run_storm(target, StormConfig(sockets=args.storm_sockets, first_user=FIRST_USER["storm"],
+                                                   timeout=args.timeout))
     config = DeliveryConfig(
         workload=job.workload, receivers=args.receivers, messages=args.messages, concurrency=args.concurrency,
         senders=args.senders, rate=args.rate, first_user=FIRST_USER[job.workload], timeout=args.timeout,
@@ -271,6 +280,8 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
                     results.append(row)
                     continue
                 server = ServerProcess(spec, log_dir / f"{name}-{job.label}.log")
+                others = [ServerProcess(spec, log_dir / f"{name}-{job.label}-2.log")
+                          for _ in range(1 if name in TWO_PROCESS_TARGETS else 0)]
                 # Another busy process on this 2-core machine skews every figure: record it.
                 load_before = round(os.getloadavg()[0], 2)
                 if load_before > 1.5 and not warned_load:
@@ -279,7 +290,9 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
                 log(f"[bench] {name}: {job.label} ...")
                 try:
                     await server.start()
-                    row.update(await run_job(server, job, args))
+                    for other in others:
+                        await other.start()
+                    row.update(await run_job(server, job, args, others))
                 except Exception as error:  # noqa: BLE001 - one broken target must not hide the others
                     row.update(ok=False, error=f"{type(error).__name__}: {error}")
                 finally:
@@ -289,6 +302,8 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
                         code = server.proc.returncode
                         row.update(ok=False, error=f"server process exited with code {code} during the workload")
                     await server.stop()
+                    for other in others:
+                        await other.stop()
                 row["server_log"] = str(server.log_path)
                 row.update(scan_log(server.log_path))
                 row["load_avg_1m_before"] = load_before
@@ -341,7 +356,8 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
             continue
         ratios = {}
         for key, path in (("deliveries_per_s", ("deliveries_per_s",)), ("p99", ("latency_ms", "p99")),
-                           ("cpu_per_delivery", ("server_cpu_us_per_delivery",)), ("rss_per_socket", ("rss_per_socket_kib",))):
+                           ("cpu_per_delivery", ("server_cpu_us_per_delivery",)), ("rss_per_socket", ("rss_per_socket_kib",)),
+                           ("handshakes_per_s", ("handshakes_per_s",))):
             mine, theirs = _dig(row, path), _dig(base, path)
             if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0:
                 ratios[key] = round(mine / theirs, 2)
@@ -374,6 +390,10 @@ COLUMNS = [
     ("p99 ÷ base", ("vs_baseline", "p99")),
     ("CPU/deliv ÷ base", ("vs_baseline", "cpu_per_delivery")),
     ("RSS/sock ÷ base", ("vs_baseline", "rss_per_socket")),
+    ("storm s", ("storm_seconds",)),
+    ("handshakes/s", ("handshakes_per_s",)),
+    ("hs p99 ms", ("handshake_ms", "p99")),
+    ("hs/s ÷ base", ("vs_baseline", "handshakes_per_s")),
     ("log errors", ("server_log_errors",)),
 ]
 
@@ -469,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=0.0,
                         help="messages/s, open loop, the same for every target (default 0: as fast as C allows)")
     parser.add_argument("--idle-sockets", default="2000", help="comma list of idle socket counts (default 2000)")
+    parser.add_argument("--storm-sockets", type=int, default=2000, help="sockets that reconnect at once in the storm (default 2000)")
     parser.add_argument("--idle-procs", type=int, default=0, help="client processes for idle (default: one per 5000 sockets)")
     parser.add_argument("--idle-settle", type=float, default=2.0, help="seconds to wait before each RSS reading (default 2)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per workload (default 300)")
@@ -489,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.receivers, args.messages, args.concurrency = 3, 20, 2
         args.idle_sockets = "20"
+        args.storm_sockets = 20
         args.idle_settle = 0.3
         args.timeout = min(args.timeout, 60.0)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -502,14 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     self_check()
     raise_nofile_limit()
 
-    if "mariadb" in targets:
+    for needs_mariadb in [t for t in targets if t.startswith("mariadb")]:
         why = mariadb_available(args)
         if why:
             if explicit_targets:
-                log(f"[bench] mariadb target requested but not available: {why}")
+                log(f"[bench] {needs_mariadb} target requested but not available: {why}")
                 return 2
-            log(f"[bench] skipping mariadb target: {why}")
-            targets.remove("mariadb")
+            log(f"[bench] skipping {needs_mariadb} target: {why}")
+            targets.remove(needs_mariadb)
     if any(t != "baseline" for t in targets) and not (REPO / "run.py").exists():
         log("[bench] our server (run.py) is not in the repository yet")
         return 2
