@@ -70,7 +70,7 @@ export async function devSignInAvailable() {
 /**
  * One user's connection to the server.
  *
- * Emits (via `on(name, fn)`): `connected` ({socket_id, user_id}),
+ * Emits (via `on(name, fn)`): `connected` ({socket_id, user_id, resumed}),
  * `disconnected`, `event` ({event, data}) for every server event, and
  * `authFailed` (message) when the server refuses the launch parameters.
  */
@@ -80,6 +80,7 @@ export class ChatClient {
     this.profile = profile || {};
     this.socketId = null;
     this.userId = null;
+    this.position = null; // of the last event processed (docs/API.md §3, resume)
     this.ws = null;
     this.attempts = 0;
     this.everConnected = false;
@@ -118,6 +119,8 @@ export class ChatClient {
     const params = new URLSearchParams(this.launchParams);
     if (this.profile.name && !params.has('name')) params.set('name', this.profile.name);
     if (this.profile.avatar && !params.has('avatar')) params.set('avatar', this.profile.avatar);
+    // Reconnecting: ask for what was missed since the last event processed.
+    if (this.position) params.set('resume', this.position);
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     return `${scheme}://${location.host}/v1/ws?${params.toString()}`;
   }
@@ -165,16 +168,20 @@ export class ChatClient {
       }
       if (!frame || typeof frame.event !== 'string') return;
       if (frame.event === 'pong') return;
-      if (frame.event === 'connected') {
+      if (frame.event === 'connected' || frame.event === 'resumed' || frame.event === 'resume_failed') {
+        // A new socket either way; "resumed" means the missed events follow,
+        // in order and complete, so nothing needs to be fetched again.
         this.socketId = frame.data.socket_id;
         this.userId = frame.data.user_id;
+        this.position = frame.pos || null;
         this.attempts = 0;
         this.everConnected = true;
         this._resolveReady();
-        this._emit('connected', frame.data);
+        this._emit('connected', { ...frame.data, resumed: frame.event === 'resumed' });
         return;
       }
       this._emit('event', frame);
+      if (frame.pos) this.position = frame.pos; // processed: a resume starts after it
     });
     ws.addEventListener('close', () => {
       if (this.ws !== ws) return;

@@ -1080,6 +1080,8 @@ async function onConnected(data) {
   if (data.user_id) state.me.id = data.user_id;
   renderMe();
   renderStatus();
+  // Resumed: the missed events arrive on the socket, the subscriptions carried over.
+  if (data.resumed) return;
   try {
     await Promise.all([loadLists(), loadGlobal()]);
   } catch (err) {

@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import os
 import shutil
+import socket
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -414,3 +416,107 @@ def test_keepalive_ping(chat_server, new_page):
     assert any(frame == '{"event":"ping"}' for frame in sent), sent
     assert any('"pong"' in str(frame) for frame in received), received
     wait_online(page)
+
+
+# ---------------------------------------------------------------- resume
+
+
+class CuttableLink:
+    """A TCP proxy in front of the server, standing for one phone's network: it can be cut and restored.
+
+    Cutting drops every connection through it at once (no close frame, as a
+    tunnel or a Wi-Fi/LTE switch does) and refuses new ones until restored.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = True
+        self.links: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self.lock:
+                self.links += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.up = False
+        with self.lock:
+            for end in self.links:
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.links.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_cut_network_resumes_without_refetching(chat_server, new_page):
+    """Messages sent while one client's network is cut appear once, in order, without a reload or a refetch."""
+    link = CuttableLink(chat_server.port)
+    try:
+        alice, bob = new_page(), new_page()
+        sign_in(alice, f"http://127.0.0.1:{link.port}", "Алиса", 5001)
+        sign_in(bob, chat_server.base_url, "Борис", 5002)
+        for page in (alice, bob):
+            page.get_by_test_id("global-chat-item").click()
+        send(bob, "до обрыва")
+        expect(message(alice, "до обрыва")).to_be_visible()
+        requests: list[str] = []
+        sockets: list[str] = []
+        alice.on("request", lambda r: requests.append(r.url) if "/v1/" in r.url else None)
+        alice.on("websocket", lambda ws: sockets.append(ws.url))
+
+        link.cut()
+        expect(alice.get_by_test_id("connection-status")).not_to_have_attribute("data-state", "online")
+        missed = [f"пока не было связи {n}" for n in range(3)]
+        for text in missed:
+            send(bob, text)
+        link.restore()
+        wait_online(alice, timeout=30_000)
+
+        for text in missed:
+            expect(message(alice, text)).to_have_count(1)
+        texts = [t.strip() for t in messages(alice).all_inner_texts()]
+        positions = [next(i for i, shown in enumerate(texts) if text in shown) for text in ["до обрыва", *missed]]
+        assert positions == sorted(positions), texts  # in the order they were sent
+        assert sockets and all("resume=" in url for url in sockets)  # the reconnect asked to resume
+        refetches = [url for url in requests if "/v1/messages/get" in url or "/v1/conversations/get" in url]
+        assert refetches == [], refetches  # resumed: nothing fetched again
+        send(bob, "после")
+        expect(message(alice, "после")).to_be_visible()
+    finally:
+        link.close()
