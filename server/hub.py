@@ -58,6 +58,9 @@ RECENT_ENTRIES = 20_000
 HISTORY_STATES = 20
 # The close code of sockets whose events Redis lost: "service restart", reconnect.
 CLOSE_HISTORY_LOST = 1012
+# Profiles of users whose sockets are on other processes are read again after this long.
+PROFILE_MEMORY_SECS = 10.0
+PROFILE_MEMORY_SIZE = 10_000
 # How often an event committed while Redis was away is offered again.
 RETRY_SECS = 0.5
 # How far ahead of this process's clock another process's log ids may be (Redis's clock names them).
@@ -91,7 +94,8 @@ class Hub:
         # Sockets of this process closed lately: a view appended while one
         # closed arrives after its close, and must be undone (see _apply_subscription).
         self._closed: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self.closing: set[str] = set()  # sockets closed whose views are still being ended
+        self.closing: set[str] = set()
+        self._profiles: dict[int, tuple[Profile, float]] = {}  # users whose sockets are elsewhere → (profile, until)  # sockets closed whose views are still being ended
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beating: asyncio.Task[None] | None = None
 
@@ -350,10 +354,23 @@ class Hub:
         return sockets
 
     async def profile(self, user_id: int) -> Profile:
-        """The user's profile: from their socket here, else from the database."""
+        """The user's profile: from their socket here, else from the database (remembered briefly).
+
+        A user whose socket is on another process sends through this one
+        again and again; a profile changes only when a socket opens, so one
+        read per PROFILE_MEMORY_SECS is enough.
+        """
         profile = self.registry.profile(user_id)
-        if profile is None:
-            profile = await self.database.profile(user_id) or default_profile(user_id)
+        if profile is not None:
+            return profile
+        now = time.monotonic()
+        remembered = self._profiles.get(user_id)
+        if remembered is not None and remembered[1] > now:
+            return remembered[0]
+        profile = await self.database.profile(user_id) or default_profile(user_id)
+        if len(self._profiles) >= PROFILE_MEMORY_SIZE:
+            self._profiles.clear()  # crude, and rare: a burst of distinct remote senders
+        self._profiles[user_id] = (profile, now + PROFILE_MEMORY_SECS)
         return profile
 
     async def take_send_token(self, user_id: int) -> float:
