@@ -39,7 +39,9 @@ from server import wire
 from server.ratelimit import RateLimiter
 from server.registry import Connection, Registry
 from server.settings import Settings
-from storage.bus import ALL, CONVERSATION, GLOBAL, STARTED, SUBSCRIPTION, VIEWERS, Bus, Entry, EntryBatch, id_key
+from storage.bus import (
+    ALL, CONVERSATION, GLOBAL, HEARTBEAT_SECS, STARTED, SUBSCRIPTION, VIEWERS, Bus, Entry, EntryBatch, id_key,
+)
 from storage.cache import SOCKET_REFRESH_SECS, Cache
 from storage.database import Database
 from storage.errors import is_storage_unavailable
@@ -58,6 +60,8 @@ RECENT_ENTRIES = 20_000
 HISTORY_STATES = 20
 # The close code of sockets whose events Redis lost: "service restart", reconnect.
 CLOSE_HISTORY_LOST = 1012
+# How long stopping waits for background work (socket records, announcements) before cancelling it.
+STOP_GRACE_SECS = 2.0
 # Profiles of users whose sockets are on other processes are read again after this long.
 PROFILE_MEMORY_SECS = 10.0
 PROFILE_MEMORY_SIZE = 10_000
@@ -94,8 +98,8 @@ class Hub:
         # Sockets of this process closed lately: a view appended while one
         # closed arrives after its close, and must be undone (see _apply_subscription).
         self._closed: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self.closing: set[str] = set()
-        self._profiles: dict[int, tuple[Profile, float]] = {}  # users whose sockets are elsewhere → (profile, until)  # sockets closed whose views are still being ended
+        self.closing: set[str] = set()  # sockets closed whose views are still being ended
+        self._profiles: dict[int, tuple[Profile, float]] = {}  # users whose sockets are elsewhere → (profile, until)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beating: asyncio.Task[None] | None = None
 
@@ -107,10 +111,14 @@ class Hub:
         self._beating = asyncio.ensure_future(self._beat_forever())
 
     async def stop(self) -> None:
+        """Let background work finish (briefly: an announcement waiting for Redis may wait long), then cancel it."""
         if self._beating is not None:
             self._beating.cancel()
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_SECS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _spawn(self, coroutine) -> None:
         # A fresh context: a request's storage deadline (storage/deadline.py) must not bound work it leaves behind.
@@ -119,8 +127,6 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def _beat_forever(self) -> None:
-        from storage.bus import HEARTBEAT_SECS
-
         while True:
             try:
                 await self.beat()
