@@ -214,13 +214,36 @@ class Database:
     async def _write(self) -> AsyncIterator[AsyncSession]:
         """One write transaction, committed on success."""
         lock = self._sqlite_write_lock or contextlib.nullcontext()
-        async with lock, self.sessions() as session, session.begin():
+        async with lock, self._session() as session:
             yield session
+            await session.commit()
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session:
+        async with self._session() as session:
             yield session
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[AsyncSession]:
+        """A session whose connection is closed, not reused, when a deadline cancels it mid-statement.
+
+        A cancelled statement leaves its connection halfway through the
+        protocol (its answer unread): a ROLLBACK on it would read that answer,
+        or wait forever, and the pool would hand out a broken connection, or
+        keep one in an open transaction that holds table locks. Closing it
+        makes the server roll back on its own.
+        """
+        session = self.sessions()
+        try:
+            yield session
+        except asyncio.CancelledError:
+            try:
+                await session.invalidate()
+            except Exception:  # already broken: nothing more to release
+                pass
+            raise
+        finally:
+            await session.close()
 
     async def _lock_conversation(
         self, session: AsyncSession, conversation_id: int, user_id: int

@@ -13,6 +13,7 @@ prefix, deleted afterwards, so parallel runs never meet.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -52,7 +53,28 @@ def mysql_database_url() -> Iterator[str]:
     with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     yield url.set(database=name).render_as_string(hide_password=False)
+    _drop_database(connect, name)
+
+
+def _drop_database(connect: dict, name: str) -> None:
+    """Drop a test database; a connection some test left open in a transaction must not hang the run.
+
+    Every server a test starts is stopped, and its pool closed, at teardown;
+    a connection still open here would be a leak. It is named on stderr and
+    killed, so that the run ends instead of waiting on its table locks.
+    """
     with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
+        cursor.execute("SET SESSION lock_wait_timeout = 20")
+        try:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            return
+        except pymysql.err.OperationalError:
+            pass
+        cursor.execute("SELECT id, command, time, state FROM information_schema.processlist WHERE db = %s", (name,))
+        leftovers = cursor.fetchall()
+        print(f"\n[conftest] connections left open on {name}: {leftovers}; killing them", file=sys.stderr)
+        for row in leftovers:
+            cursor.execute(f"KILL {int(row[0])}")
         cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
@@ -129,8 +151,7 @@ def database_url() -> Iterator[str]:
     with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     yield url.set(database=name).render_as_string(hide_password=False)
-    with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    _drop_database(connect, name)
 
 
 @pytest.fixture
