@@ -716,8 +716,22 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
     """
     users = Users(target)
     user_ids = list(range(config.first_user, config.first_user + config.sockets))
-    first = await gather_limited(config.connect_concurrency,
-                                 (lambda uid=uid: _handshake(target, users, uid, None) for uid in user_ids))
+    setup_503: list[int] = []
+
+    async def first_connect(uid: int) -> tuple[float, dict[str, Any], Any]:
+        # Setup, not measured: a handshake refused with 503 (the storage's
+        # deadline passed under this burst of new users) is retried twice, and counted.
+        for attempt in range(3):
+            try:
+                return await _handshake(target, users, uid, None)
+            except HTTPClientError as error:
+                if error.code != 503 or attempt == 2:
+                    raise
+                setup_503.append(uid)
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    first = await gather_limited(config.connect_concurrency, (lambda uid=uid: first_connect(uid) for uid in user_ids))
     failures = [r for r in first if isinstance(r, BaseException)]
     if failures:
         for outcome in first:
@@ -765,6 +779,7 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         "first_frames": dict(events),
         "failures": len(failures),
         "drop": "restart" if config.restart is not None else "client",
+        "setup_503_retried": len(setup_503),
     }
     if restart_seconds is not None:
         # SIGTERM until the new processes listen; the rest is the storm proper.
