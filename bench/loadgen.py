@@ -716,18 +716,19 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
     """
     users = Users(target)
     user_ids = list(range(config.first_user, config.first_user + config.sockets))
-    setup_503: list[int] = []
+    setup_retries: list[str] = []
 
     async def first_connect(uid: int) -> tuple[float, dict[str, Any], Any]:
-        # Setup, not measured: a handshake refused with 503 (the storage's
-        # deadline passed under this burst of new users) is retried twice, and counted.
+        # Setup, not measured: a handshake refused with 503, or closed before
+        # its greeting (the storage's 5 s deadline passed under this burst of
+        # new users), is retried twice, and counted.
         for attempt in range(3):
             try:
                 return await _handshake(target, users, uid, None)
-            except HTTPClientError as error:
-                if error.code != 503 or attempt == 2:
+            except (HTTPClientError, ApiError) as error:
+                if (isinstance(error, HTTPClientError) and error.code != 503) or attempt == 2:
                     raise
-                setup_503.append(uid)
+                setup_retries.append(f"{type(error).__name__}: {error}")
                 await asyncio.sleep(0.5)
         raise AssertionError("unreachable")
 
@@ -779,7 +780,7 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         "first_frames": dict(events),
         "failures": len(failures),
         "drop": "restart" if config.restart is not None else "client",
-        "setup_503_retried": len(setup_503),
+        "setup_retries": len(setup_retries),
     }
     if restart_seconds is not None:
         # SIGTERM until the new processes listen; the rest is the storm proper.
