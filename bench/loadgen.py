@@ -37,6 +37,7 @@ import collections
 import dataclasses
 import json
 import os
+import random
 import resource
 import secrets
 import sys
@@ -45,7 +46,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from bench.launch import sign_launch_params
@@ -665,6 +666,11 @@ class StormConfig:
     first_user: int = 4_000_000
     connect_concurrency: int = 200  # handshakes in flight, as a crowd of phones reconnecting
     timeout: float = 300.0
+    # None: the sockets are dropped by the client (a network blip). Else the
+    # server is restarted instead: this stops every server process and starts
+    # it again on the same port, returning the new Target (new pids).
+    restart: Callable[[], Awaitable[Target]] | None = None
+    retry_delay: float = 0.05  # seconds between refused connects while the server restarts
 
 
 async def _handshake(target: Target, users: Users, user_id: int, resume: str | None) -> tuple[float, dict[str, Any], Any]:
@@ -681,6 +687,26 @@ async def _handshake(target: Target, users: Users, user_id: int, resume: str | N
     return time.perf_counter() - started, json.loads(message), conn
 
 
+async def _handshake_retrying(
+    target: Target, users: Users, user_id: int, resume: str | None, delay: float, old: Any
+) -> tuple[float, dict[str, Any], Any]:
+    """Wait for the server to close ``old`` (as a phone notices its socket is gone), then
+    _handshake, retried while the server is down (refused, or 503 during its shutdown).
+
+    The handshake time is that of the attempt that succeeded.
+    """
+    while await old.read_message() is not None:
+        pass
+    deadline = time.perf_counter() + 120.0
+    while True:
+        try:
+            return await _handshake(target, users, user_id, resume)
+        except (OSError, ApiError, HTTPClientError):
+            if time.perf_counter() > deadline:
+                raise
+            await asyncio.sleep(delay * (0.5 + random.random()))
+
+
 async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
     """N sockets connected, all dropped at once, all reconnecting with resume= at once.
 
@@ -690,8 +716,23 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
     """
     users = Users(target)
     user_ids = list(range(config.first_user, config.first_user + config.sockets))
-    first = await gather_limited(config.connect_concurrency,
-                                 (lambda uid=uid: _handshake(target, users, uid, None) for uid in user_ids))
+    setup_retries: list[str] = []
+
+    async def first_connect(uid: int) -> tuple[float, dict[str, Any], Any]:
+        # Setup, not measured: a handshake refused with 503, or closed before
+        # its greeting (the storage's 5 s deadline passed under this burst of
+        # new users), is retried twice, and counted.
+        for attempt in range(3):
+            try:
+                return await _handshake(target, users, uid, None)
+            except (HTTPClientError, ApiError) as error:
+                if (isinstance(error, HTTPClientError) and error.code != 503) or attempt == 2:
+                    raise
+                setup_retries.append(f"{type(error).__name__}: {error}")
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    first = await gather_limited(config.connect_concurrency, (lambda uid=uid: first_connect(uid) for uid in user_ids))
     failures = [r for r in first if isinstance(r, BaseException)]
     if failures:
         for outcome in first:
@@ -699,14 +740,30 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
                 outcome[2].close()
         return {"ok": False, "error": f"{len(failures)} of {len(user_ids)} first connects failed: {failures[0]!r}"}
     positions = {uid: outcome[1].get("pos") for uid, outcome in zip(user_ids, first)}
-    for outcome in first:
-        outcome[2].close()  # the network blip: every socket gone at once
-    await asyncio.sleep(0.5)  # the server notices the closes
-
-    cpu_before = target.cpu_seconds()
-    started = time.perf_counter()
-    second = await gather_limited(config.connect_concurrency,
-                                  (lambda uid=uid: _handshake(target, users, uid, positions[uid]) for uid in user_ids))
+    restart_seconds = None
+    if config.restart is None:
+        for outcome in first:
+            outcome[2].close()  # the network blip: every socket gone at once
+        await asyncio.sleep(0.5)  # the server notices the closes
+        cpu_before = target.cpu_seconds()
+        started = time.perf_counter()
+        second = await gather_limited(config.connect_concurrency,
+                                      (lambda uid=uid: _handshake(target, users, uid, positions[uid]) for uid in user_ids))
+    else:
+        # A deploy: the clock starts when the server is told to stop; every
+        # client retries (refused while it is down) until its handshake answers.
+        started = time.perf_counter()
+        restarting = asyncio.ensure_future(config.restart())
+        second = await gather_limited(
+            config.connect_concurrency,
+            (lambda uid=uid, conn=outcome[2]: _handshake_retrying(target, users, uid, positions[uid], config.retry_delay, conn)
+             for uid, outcome in zip(user_ids, first)),
+        )  # fmt: skip
+        target = await restarting
+        restart_seconds = getattr(config.restart, "seconds", None)
+        cpu_before = 0.0  # the new processes' whole life: start-up included
+        for outcome in first:
+            outcome[2].close()
     elapsed = time.perf_counter() - started
     cpu = target.cpu_seconds()
     failures = [r for r in second if isinstance(r, BaseException)]
@@ -722,7 +779,18 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         "handshake_ms": percentiles_ms([seconds for seconds, _, _ in outcomes]),
         "first_frames": dict(events),
         "failures": len(failures),
+        "drop": "restart" if config.restart is not None else "client",
+        "setup_retries": len(setup_retries),
     }
+    if restart_seconds is not None:
+        # SIGTERM until the new processes listen; the rest is the storm proper.
+        result["restart_seconds"] = restart_seconds
+        after = elapsed - restart_seconds
+        result["after_listen_seconds"] = round(after, 3)
+        # handshakes/s counts from when the new processes listen: the server's
+        # rate, comparable with the baseline's; storm_seconds counts from SIGTERM.
+        result["handshakes_per_s_overall"] = result["handshakes_per_s"]
+        result["handshakes_per_s"] = round(len(outcomes) / after, 1) if after > 0 else None
     if failures:
         result["first_failure"] = repr(failures[0])
     if cpu_before is not None and cpu is not None:

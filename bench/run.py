@@ -55,12 +55,12 @@ RESULTS_DIR = REPO / "bench" / "results"
 ALL_TARGETS = ("baseline", "embedded", "mariadb", "mariadb-2p")
 # Targets run as two processes of one chat (same database and Redis prefix).
 TWO_PROCESS_TARGETS = {"mariadb-2p"}
-ALL_WORKLOADS = ("fanout", "global", "idle", "storm")
+ALL_WORKLOADS = ("fanout", "global", "idle", "storm", "storm-restart")
 READY_TIMEOUT = 60.0  # seconds for a server to start listening (migrations included)
 
 # User id ranges per workload, far apart, so workloads never share users even
 # when they run against one database.
-FIRST_USER = {"fanout": 1_000_000, "global": 2_000_000, "idle": 3_000_000, "storm": 4_000_000}
+FIRST_USER = {"fanout": 1_000_000, "global": 2_000_000, "idle": 3_000_000, "storm": 4_000_000, "storm-restart": 5_000_000}
 
 
 def log(message: str) -> None:
@@ -255,6 +255,21 @@ async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace,
     if job.workload == "storm":
         return await run_storm(target, StormConfig(sockets=args.storm_sockets, first_user=FIRST_USER["storm"],
                                                    timeout=args.timeout))
+    if job.workload == "storm-restart":
+        servers = [server, *others]
+
+        async def restart() -> Target:
+            """Every process of the target stopped (SIGTERM, as a deploy does) and started on its port again."""
+            began = time.perf_counter()
+            await asyncio.gather(*(s.stop() for s in servers))
+            for s in servers:  # one after the other: the first runs the migrations
+                await s.start()
+            restart.seconds = round(time.perf_counter() - began, 3)  # type: ignore[attr-defined]
+            return Target(server.base_url, args.secret, server.proc.pid,  # type: ignore[union-attr]
+                          more_urls=tuple(o.base_url for o in others), more_pids=tuple(o.proc.pid for o in others))  # type: ignore[union-attr]
+
+        return await run_storm(target, StormConfig(sockets=args.storm_sockets, first_user=FIRST_USER["storm-restart"],
+                                                   timeout=args.timeout, restart=restart))
     config = DeliveryConfig(
         workload=job.workload, receivers=args.receivers, messages=args.messages, concurrency=args.concurrency,
         senders=args.senders, rate=args.rate, first_user=FIRST_USER[job.workload], timeout=args.timeout,
@@ -391,6 +406,9 @@ COLUMNS = [
     ("CPU/deliv ÷ base", ("vs_baseline", "cpu_per_delivery")),
     ("RSS/sock ÷ base", ("vs_baseline", "rss_per_socket")),
     ("storm s", ("storm_seconds",)),
+    ("restart s", ("restart_seconds",)),
+    ("resumed", ("first_frames", "resumed")),
+    ("resume_failed", ("first_frames", "resume_failed")),
     ("handshakes/s", ("handshakes_per_s",)),
     ("hs p99 ms", ("handshake_ms", "p99")),
     ("hs/s ÷ base", ("vs_baseline", "handshakes_per_s")),
