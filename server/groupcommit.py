@@ -73,9 +73,9 @@ class GroupCommit(Generic[Item, Result]):
         return await result
 
     async def _run(self, key: Hashable) -> None:
-        batch = self._waiting.pop(key)
-        arrived = self._first_arrival.pop(key)
-        items = [item for item, _, _ in batch]
+        arrived = self._first_arrival[key]
+        batch: list[tuple[Item, asyncio.Future, float]] = []
+        items: list[Item] = []
         outcomes: Sequence[Result | BaseException] = ()
         deadline = (
             asyncio.timeout_at(arrived + self._deadline_secs) if self._deadline_secs else contextlib.nullcontext()
@@ -84,7 +84,16 @@ class GroupCommit(Generic[Item, Result]):
             async with contextlib.AsyncExitStack() as guarded:
                 try:
                     async with deadline:
-                        await guarded.enter_async_context(self._guard(key))
+                        try:
+                            await guarded.enter_async_context(self._guard(key))
+                        finally:
+                            # The batch is taken once the guard is held (or given up):
+                            # whatever arrived while the previous batch held it joins this
+                            # one. Taken before, it would hold one item, and group commit
+                            # would commit one message per transaction.
+                            batch = self._waiting.pop(key)
+                            self._first_arrival.pop(key, None)
+                            items = [item for item, _, _ in batch]
                         commit_started = time.perf_counter()
                         outcomes, context = await self._commit(key, items)
                 except TimeoutError:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+
+from server import metrics
 
 from tests.helpers import ServerUnderTest
 
@@ -225,3 +229,29 @@ async def test_a_failure_after_the_commit_still_answers_every_waiting_sender(ser
     stored = (await alice.get(f"/v1/messages/get?chat={conversation_id}")).body["messages"]
     assert sorted(m["id"] for m in stored[1:]) == sorted(r.body["id"] for r in responses)
     assert not server.chat_server.chat.outbox, "a batch task was left behind"
+
+
+def _batches_committed() -> float:
+    """How many message batches this Python process has committed so far (the metric counts them)."""
+    for metric in metrics.COMMIT_BATCH_SIZE.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                return sample.value
+    return 0.0
+
+
+async def test_concurrent_sends_to_one_conversation_are_committed_together(server: ServerUnderTest):
+    """Group commit: sends that arrive while a batch commits wait for the next batch and share its transaction."""
+    alice, _ = await server.connected_user(1)
+    conversation_id = await alice.create("busy room")
+    ids: list[int] = []
+
+    async def keep_sending(worker: int) -> None:  # ten clients, each sending as soon as the last answer came
+        for n in range(8):
+            ids.append(await alice.send(f"w{worker}.{n}", conversation_id))
+
+    before = _batches_committed()
+    await asyncio.gather(*(keep_sending(worker) for worker in range(10)))
+    batches = _batches_committed() - before
+    assert len(set(ids)) == 80
+    assert batches <= 40, f"80 sends, 10 at a time, took {batches:.0f} transactions: they were not grouped"
