@@ -55,6 +55,13 @@ class Nginx(ChatProcess):
     def log(self) -> str:
         return "\n".join(path.read_text(errors="replace") for path in self.run_dir.glob("*.log"))
 
+    def close(self) -> None:
+        # SIGTERM, not SIGKILL: a killed master leaves its workers behind, still listening.
+        self.close_sockets()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
 
 @pytest.fixture
 def through_nginx(deployment: Deployment) -> Iterator[Deployment]:
