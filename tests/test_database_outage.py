@@ -147,10 +147,9 @@ async def test_socket_open_on_a_frozen_database_is_closed_1013(
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.server(db_timeout=DEADLINE_SECS)
+@pytest.mark.parametrize("backend", ["embedded"])  # MariaDB is frozen in the test above
 async def test_locked_sqlite_answers_503_within_the_deadline(server: ServerUnderTest):
     """The embedded backend's "frozen database": another process holds SQLite's write lock."""
-    if server.backend != "embedded":
-        pytest.skip("SQLite only; MariaDB is frozen in the test above")
     alice, _ = await server.connected_user(1)
     locker = sqlite3.connect(server.chat_server.settings.sqlite_path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")

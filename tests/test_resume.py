@@ -240,10 +240,10 @@ async def _trim_log(server: ServerUnderTest) -> None:
         bus._ids.clear()
 
 
+# Redis only: the embedded log lives in the process (the restart test below covers its loss).
+@pytest.mark.parametrize("backend", ["mysql", "two-processes"])
 async def test_redis_losing_its_data_closes_sockets_and_fails_resumes(server: ServerUnderTest):
     """A flushed Redis lost the log: sockets close (1012) and their resumes fail, so clients refetch."""
-    if server.backend != "mysql":
-        pytest.skip("the embedded log lives in the process: the restart test below covers its loss")
     alice, alice_socket = await server.connected_user(1)
     bob, bob_socket = await server.connected_user(2)
     conversation_id = await alice.create("flushed")
@@ -306,10 +306,9 @@ async def test_resume_after_the_process_restarts(server: ServerUnderTest):
         assert texts(await socket.drain()) == ["live"]
 
 
+@pytest.mark.parametrize("backend", ["two-processes"])
 async def test_resume_lands_on_another_process(server: ServerUnderTest):
     """The reconnect goes to another process than the one the socket was on."""
-    if server.topology != "two-processes":
-        pytest.skip("needs two processes")
     alice, _ = await server.connected_user(1)
     bob, bob_socket = await server.connected_user(2)
     conversation_id = await alice.create("hop")

@@ -71,10 +71,10 @@ async def test_lost_cache_does_not_disconnect_anyone(server: ServerUnderTest):
     assert (await alice.get("/v1/messages/get?chat=0")).ok
 
 
+# Redis only: the in-process cache dies with its process, so nothing can be left behind.
+@pytest.mark.parametrize("backend", ["mysql", "two-processes"])
 async def test_socket_ids_in_the_cache_expire_unless_refreshed(server: ServerUnderTest):
     """Ids a crashed process left behind vanish on their own (the survivors also reap them: test_processes)."""
-    if server.backend != "mysql":
-        pytest.skip("the in-process cache dies with its process; nothing can be left behind")
     alice, _ = await server.connected_user(1)
     client = redis.asyncio.from_url(REDIS_URL)
     ttl = await client.ttl(f"{server.cache.prefix}sockets:1")
