@@ -46,8 +46,12 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def mysql_database_url() -> Iterator[str]:
     """A throwaway MySQL database for this session."""
+    yield from _throwaway_database(f"chat_test_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+
+
+def _throwaway_database(name: str) -> Iterator[str]:
+    """Create a MySQL database, yield its URL, drop it."""
     url = make_url(MYSQL_URL)
-    name = f"chat_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     connect = dict(host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
                    password=url.password or "")
     with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
@@ -144,14 +148,7 @@ def server(io_loop, backend: str, server_settings: Settings) -> Iterator[ServerU
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A throwaway MySQL database of the test's own (real processes migrate it themselves)."""
-    url = make_url(MYSQL_URL)
-    name = f"chat_proc_{uuid.uuid4().hex[:12]}"
-    connect = dict(host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
-                   password=url.password or "")
-    with pymysql.connect(**connect) as connection, connection.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    yield url.set(database=name).render_as_string(hide_password=False)
-    _drop_database(connect, name)
+    yield from _throwaway_database(f"chat_proc_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

@@ -29,6 +29,20 @@ async def close_and_forget(server: ServerUnderTest, socket: Socket) -> None:
     await eventually(lambda: not server.registry.user_sockets(socket.user_id, socket.socket_id)
                      and socket.socket_id not in server.chat_server.hub.closing)
 
+async def bob_goes_away(server: ServerUnderTest, name: str) -> tuple[User, User, int, str]:
+    """Alice creates a conversation, Bob joins it, reads everything, then loses his connection.
+
+    Return Alice, Bob, the conversation and the position Bob resumes from.
+    """
+    alice, _ = await server.connected_user(1)
+    bob, bob_socket = await server.connected_user(2)
+    conversation_id = await alice.create(name)
+    await bob.join(conversation_id)
+    await bob_socket.drain()
+    position = bob_socket.position
+    await close_and_forget(server, bob_socket)
+    return alice, bob, conversation_id, position
+
 
 async def test_resume_delivers_what_was_missed_in_order_then_live(server: ServerUnderTest):
     alice, _ = await server.connected_user(1)
@@ -192,13 +206,7 @@ async def test_another_users_position_is_not_a_capability(server: ServerUnderTes
 
 @pytest.mark.server(resume_window=1)
 async def test_a_position_older_than_the_window_fails(server: ServerUnderTest):
-    alice, _ = await server.connected_user(1)
-    bob, bob_socket = await server.connected_user(2)
-    conversation_id = await alice.create("slow train")
-    await bob.join(conversation_id)
-    await bob_socket.drain()
-    position = bob_socket.position
-    await close_and_forget(server, bob_socket)
+    alice, bob, conversation_id, position = await bob_goes_away(server, "slow train")
     await alice.send("too late to replay", conversation_id)
     await asyncio.sleep(1.3)
 
@@ -209,13 +217,7 @@ async def test_a_position_older_than_the_window_fails(server: ServerUnderTest):
 
 async def test_a_trimmed_log_fails_instead_of_skipping(server: ServerUnderTest):
     """The position's entry is no longer in the log (trimmed): no silent gap."""
-    alice, _ = await server.connected_user(1)
-    bob, bob_socket = await server.connected_user(2)
-    conversation_id = await alice.create("trimmed")
-    await bob.join(conversation_id)
-    await bob_socket.drain()
-    position = bob_socket.position
-    await close_and_forget(server, bob_socket)
+    alice, bob, conversation_id, position = await bob_goes_away(server, "trimmed")
     await alice.send("lost in the trim", conversation_id)
     await _trim_log(server)
 
@@ -309,13 +311,7 @@ async def test_resume_after_the_process_restarts(server: ServerUnderTest):
 @pytest.mark.parametrize("backend", ["two-processes"])
 async def test_resume_lands_on_another_process(server: ServerUnderTest):
     """The reconnect goes to another process than the one the socket was on."""
-    alice, _ = await server.connected_user(1)
-    bob, bob_socket = await server.connected_user(2)
-    conversation_id = await alice.create("hop")
-    await bob.join(conversation_id)
-    await bob_socket.drain()
-    position = bob_socket.position
-    await close_and_forget(server, bob_socket)
+    alice, bob, conversation_id, position = await bob_goes_away(server, "hop")
     for n in range(3):
         await alice.send(f"away {n}", conversation_id)
 
@@ -328,13 +324,7 @@ async def test_resume_lands_on_another_process(server: ServerUnderTest):
 
 
 async def test_resume_while_messages_keep_coming_has_no_gap_and_no_duplicate(server: ServerUnderTest):
-    alice, _ = await server.connected_user(1)
-    bob, bob_socket = await server.connected_user(2)
-    conversation_id = await alice.create("firehose")
-    await bob.join(conversation_id)
-    await bob_socket.drain()
-    position = bob_socket.position
-    await close_and_forget(server, bob_socket)
+    alice, bob, conversation_id, position = await bob_goes_away(server, "firehose")
 
     sent: list[str] = []
 
