@@ -1,0 +1,116 @@
+// Generic interface pieces: toasts, modal dialogs, screens, icons, badges.
+// They know nothing about conversations.
+
+import { ApiError } from './api.js';
+import { countText, h } from './dom.js';
+import { MEMBERS, VIEWERS } from './state.js';
+
+const root = document.getElementById('root');
+
+export function toast(message, kind = 'error') {
+  const box = document.getElementById('toasts');
+  const el = h('div', { class: `toast toast-${kind}`, testid: 'toast', dataset: { kind }, role: 'status' }, message);
+  box.append(el);
+  setTimeout(() => {
+    el.classList.add('leaving');
+    setTimeout(() => el.remove(), 300);
+  }, kind === 'error' ? 5000 : 3000);
+}
+
+export function reportError(err) {
+  if (err instanceof ApiError) toast(err.message, 'error');
+  else {
+    console.error(err);
+    toast(String((err && err.message) || err), 'error');
+  }
+}
+
+export function modal({ testid, title, body, okLabel, okClass = 'btn-primary', onOk }) {
+  return new Promise((resolve) => {
+    const close = (value) => {
+      overlay.remove();
+      document.removeEventListener('keydown', onKey);
+      resolve(value);
+    };
+    const onKey = (e) => { if (e.key === 'Escape') close(null); };
+    const error = h('div', { class: 'form-error', testid: 'dialog-error' });
+    const submit = async (e) => {
+      e.preventDefault();
+      okBtn.disabled = true;
+      try {
+        const value = onOk ? await onOk(error) : true;
+        if (value !== undefined && value !== false) close(value);
+      } finally {
+        okBtn.disabled = false;
+      }
+    };
+    const okBtn = h('button', { type: 'submit', class: `btn ${okClass}`, testid: 'dialog-ok' }, okLabel);
+    const form = h('form', { class: 'dialog', testid, onsubmit: submit },
+      h('h2', { class: 'dialog-title' }, title),
+      body,
+      error,
+      h('div', { class: 'dialog-actions' },
+        h('button', { type: 'button', class: 'btn btn-ghost', testid: 'dialog-cancel', onclick: () => close(null) }, 'Отмена'),
+        okBtn));
+    const overlay = h('div', { class: 'overlay', onmousedown: (e) => { if (e.target === overlay) close(null); } }, form);
+    document.addEventListener('keydown', onKey);
+    document.body.append(overlay);
+    const focusable = form.querySelector('input') || okBtn;
+    focusable.focus();
+  });
+}
+
+export function confirmDialog(title, text, okLabel) {
+  return modal({ testid: 'confirm-dialog', title, body: h('p', { class: 'dialog-text' }, text), okLabel, okClass: 'btn-danger' });
+}
+
+export function showScreen(el) {
+  root.replaceChildren(el);
+}
+
+export function messageScreen(testid, title, text, extra) {
+  showScreen(h('div', { class: 'screen center', testid },
+    h('div', { class: 'card card-narrow' },
+      h('div', { class: 'logo' }, logoSvg()),
+      h('h1', { class: 'card-title' }, title),
+      h('p', { class: 'card-text' }, text),
+      extra)));
+}
+
+export function logoSvg() {
+  const span = h('span', { class: 'logo-mark' });
+  span.innerHTML = '<svg viewBox="0 0 32 32" width="40" height="40" aria-hidden="true"><rect width="32" height="32" rx="9" fill="currentColor"/><path d="M9 11h14v8H15l-4 3v-3H9z" fill="#fff"/></svg>';
+  return span;
+}
+
+const ICONS = {
+  plus: '<path d="M12 5v14M5 12h14"/>',
+  logout: '<path d="M9 21H5a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2h4M16 17l5-5-5-5M21 12H9"/>',
+  send: '<path d="M4 12l16-8-6 16-3-7z"/>',
+  back: '<path d="M15 18l-6-6 6-6"/>',
+  info: '<circle cx="12" cy="12" r="9"/><path d="M12 11v5M12 8h.01"/>',
+  eye: '<path d="M2 12s3.5-7 10-7 10 7 10 7-3.5 7-10 7S2 12 2 12z"/><circle cx="12" cy="12" r="3"/>',
+  users: '<path d="M16 20v-2a4 4 0 0 0-4-4H6a4 4 0 0 0-4 4v2"/><circle cx="9" cy="7" r="4"/><path d="M22 20v-2a4 4 0 0 0-3-3.9M16 3.1a4 4 0 0 1 0 7.8"/>',
+  trash: '<path d="M3 6h18M8 6V4h8v2M6 6l1 14h10l1-14"/>',
+  leave: '<path d="M14 4h4a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2h-4M3 12h11M7 8l-4 4 4 4"/>',
+  close: '<path d="M6 6l12 12M18 6L6 18"/>',
+  globe: '<circle cx="12" cy="12" r="9"/><path d="M3 12h18M12 3a14 14 0 0 1 0 18M12 3a14 14 0 0 0 0 18"/>',
+  mask: '<path d="M3 8c3-2 15-2 18 0 0 6-3 10-9 10S3 14 3 8z"/><path d="M8 11h2M14 11h2"/>',
+};
+
+export function icon(name) {
+  const span = h('span', { class: 'icon', 'aria-hidden': 'true' });
+  span.innerHTML = `<svg viewBox="0 0 24 24" width="20" height="20" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round">${ICONS[name]}</svg>`;
+  return span;
+}
+
+export function badge(count, testid) {
+  return h('span', { class: `badge${count > 0 ? '' : ' zero'}`, testid, dataset: { count } }, count > 99 ? '99+' : String(count));
+}
+
+export function countPill(kind, count, testid) {
+  const forms = kind === 'eye' ? VIEWERS : MEMBERS;
+  return h('span', {
+    class: `pill${count > 0 ? '' : ' zero'}`, testid, dataset: { count }, title: countText(count, forms),
+  }, icon(kind), String(count));
+}
