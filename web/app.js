@@ -9,6 +9,9 @@
 import { state } from './state.js';
 import { messageScreen } from './ui.js';
 import { boot } from './signin.js';
+import { followVkLook } from './theme.js';
+
+followVkLook();
 
 window.addEventListener('pagehide', () => {
   // Leaving the page closes the socket, which ends the viewing anyway.

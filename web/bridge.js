@@ -11,9 +11,20 @@ const isWeb = !androidBridge && !isIos;
 let webFrameId;
 let nextRequestId = 1;
 const pending = new Map();
+const listeners = new Map(); // event type -> [handler]
+
+/** Call `handler(data)` on every event of `type` VK sends on its own (e.g. VKWebAppUpdateConfig). */
+export function onBridgeEvent(type, handler) {
+  if (!listeners.has(type)) listeners.set(type, []);
+  listeners.get(type).push(handler);
+}
 
 function dispatch(type, data) {
-  if (!data || typeof data !== 'object' || !('request_id' in data)) return;
+  if (!data || typeof data !== 'object') return;
+  if (!('request_id' in data)) {
+    for (const handler of listeners.get(type) || []) handler(data);
+    return;
+  }
   const entry = pending.get(data.request_id);
   if (!entry) return;
   pending.delete(data.request_id);
@@ -25,6 +36,8 @@ if (isWeb) {
   window.addEventListener('message', (event) => {
     const payload = event.data;
     if (!payload || typeof payload !== 'object') return;
+    // Only VK's frame (the parent) speaks for VK; at the top level that is this window.
+    if (event.source !== window.parent) return;
     if (payload.type === 'VKWebAppSettings') {
       webFrameId = payload.frameId;
       return;

@@ -225,9 +225,14 @@ export function renderChatHeader() {
   ui.header.replaceChildren(
     h('button', { class: 'icon-btn back-btn', title: 'Назад', 'aria-label': 'Назад', testid: 'chat-back', onclick: () => closeChat() }, icon('back')),
     avatarEl,
-    h('div', { class: 'chat-head-text' },
-      h('div', { class: 'chat-title', testid: 'chat-title' }, title),
-      h('div', { class: 'chat-sub' }, sub)),
+    // Tapping the title opens the info panel, as in any messenger; on phones
+    // it is the only way there (the actions make room for VK's buttons).
+    h(open.kind === 'global' ? 'div' : 'button', {
+      class: 'chat-head-text', testid: 'chat-head-text',
+      ...(open.kind === 'global' ? {} : { type: 'button', title: 'О беседе', onclick: () => toggleInfo(open.id) }),
+    },
+    h('span', { class: 'chat-title', testid: 'chat-title' }, title),
+    h('span', { class: 'chat-sub' }, sub)),
     h('div', { class: 'chat-actions' }, actions));
 }
 

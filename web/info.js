@@ -5,6 +5,7 @@ import { MEMBERS, VIEWERS, state, ui, entryFor } from './state.js';
 import { reportError, icon } from './ui.js';
 import { renderSidebar } from './sidebar.js';
 import { renderChatHeader } from './conversation.js';
+import { deleteConversation, joinConversation, leaveConversation } from './membership.js';
 
 export function toggleInfo(id) {
   if (state.info && state.info.id === id) closeInfo();
@@ -68,5 +69,18 @@ export function renderInfo() {
         avatar({ url: u.avatar, name: u.name, seed: u.user_id, size: 36 }),
         h('span', { class: 'info-member-name' }, u.name || `id${u.user_id}`),
         u.user_id === data.creator_id ? h('span', { class: 'tag', testid: 'info-creator' }, 'создатель') : null,
-        u.user_id === state.me.id ? h('span', { class: 'tag tag-muted' }, 'вы') : null))));
+        u.user_id === state.me.id ? h('span', { class: 'tag tag-muted' }, 'вы') : null))),
+    infoActions(data));
+}
+
+/** Join, leave, delete: here as well as in the chat header, which has no room for them on phones. */
+function infoActions(data) {
+  const id = data.id;
+  const member = state.joined.has(id);
+  return h('div', { class: 'info-actions' },
+    member ? null : h('button', { class: 'btn btn-primary', testid: 'info-join', onclick: () => joinConversation(id) }, 'Вступить'),
+    member ? h('button', { class: 'btn btn-danger-ghost', testid: 'info-leave', onclick: () => leaveConversation(id) }, icon('leave'), 'Покинуть беседу') : null,
+    data.creator_id != null && data.creator_id === state.me.id
+      ? h('button', { class: 'btn btn-danger-ghost', testid: 'info-delete', onclick: () => deleteConversation(id) }, icon('trash'), 'Удалить беседу')
+      : null);
 }

@@ -25,14 +25,34 @@ export function reportError(err) {
   }
 }
 
-export function modal({ testid, title, body, okLabel, okClass = 'btn-primary', onOk }) {
+/**
+ * A modal dialog; resolves with onOk's value, or null when cancelled.
+ * `safe`: a destructive question starts on Cancel, so a stray Enter keeps things.
+ */
+export function modal({ testid, title, body, okLabel, okClass = 'btn-primary', onOk, safe = false }) {
   return new Promise((resolve) => {
+    const returnFocus = document.activeElement;
     const close = (value) => {
       overlay.remove();
-      document.removeEventListener('keydown', onKey);
+      document.removeEventListener('keydown', onKey, true);
+      if (returnFocus && returnFocus.isConnected) returnFocus.focus();
       resolve(value);
     };
-    const onKey = (e) => { if (e.key === 'Escape') close(null); };
+    const onKey = (e) => {
+      if (e.key === 'Escape') {
+        e.preventDefault();
+        close(null);
+      } else if (e.key === 'Tab') {
+        // Keep the focus inside the dialog while it is open.
+        const items = [...form.querySelectorAll('input, textarea, button:not(:disabled)')];
+        const first = items[0];
+        const last = items[items.length - 1];
+        if (e.shiftKey ? document.activeElement === first || !form.contains(document.activeElement) : document.activeElement === last) {
+          e.preventDefault();
+          (e.shiftKey ? last : first).focus();
+        }
+      }
+    };
     const error = h('div', { class: 'form-error', testid: 'dialog-error' });
     const submit = async (e) => {
       e.preventDefault();
@@ -45,23 +65,23 @@ export function modal({ testid, title, body, okLabel, okClass = 'btn-primary', o
       }
     };
     const okBtn = h('button', { type: 'submit', class: `btn ${okClass}`, testid: 'dialog-ok' }, okLabel);
-    const form = h('form', { class: 'dialog', testid, onsubmit: submit },
-      h('h2', { class: 'dialog-title' }, title),
+    const cancelBtn = h('button', { type: 'button', class: 'btn btn-ghost', testid: 'dialog-cancel', onclick: () => close(null) }, 'Отмена');
+    const titleId = `dialog-title-${Date.now()}`;
+    const form = h('form', { class: 'dialog', testid, onsubmit: submit, role: 'dialog', 'aria-modal': 'true', 'aria-labelledby': titleId },
+      h('h2', { class: 'dialog-title', id: titleId }, title),
       body,
       error,
-      h('div', { class: 'dialog-actions' },
-        h('button', { type: 'button', class: 'btn btn-ghost', testid: 'dialog-cancel', onclick: () => close(null) }, 'Отмена'),
-        okBtn));
+      h('div', { class: 'dialog-actions' }, cancelBtn, okBtn));
     const overlay = h('div', { class: 'overlay', onmousedown: (e) => { if (e.target === overlay) close(null); } }, form);
-    document.addEventListener('keydown', onKey);
+    document.addEventListener('keydown', onKey, true);
     document.body.append(overlay);
-    const focusable = form.querySelector('input') || okBtn;
+    const focusable = form.querySelector('input') || (safe ? cancelBtn : okBtn);
     focusable.focus();
   });
 }
 
 export function confirmDialog(title, text, okLabel) {
-  return modal({ testid: 'confirm-dialog', title, body: h('p', { class: 'dialog-text' }, text), okLabel, okClass: 'btn-danger' });
+  return modal({ testid: 'confirm-dialog', title, body: h('p', { class: 'dialog-text' }, text), okLabel, okClass: 'btn-danger', safe: true });
 }
 
 export function showScreen(el) {
