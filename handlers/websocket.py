@@ -234,23 +234,3 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         frames, self._queue = self._queue, []
         if flushed.exception() is None and frames:
             self._write_batch(frames)
-
-
-@tornado.web.stream_request_body
-class StaticHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.web.StaticFileHandler):
-    """The web client's files; a missing file is a JSON 404 like any other."""
-
-    async def get(self, path: str, include_body: bool = True) -> None:
-        """Serve a file of ``web/``; a path outside it is not found: nothing says what exists elsewhere."""
-        if "\x00" in path:  # the file system cannot even be asked
-            raise tornado.web.HTTPError(404)
-        try:
-            await super().get(path, include_body)
-        except tornado.web.HTTPError as error:
-            if error.status_code == 403:  # "not in root static directory", "not a file"
-                raise tornado.web.HTTPError(404) from None
-            raise
-        if self.get_status() == 416:
-            # An unsatisfiable Range, which Tornado answers itself with an
-            # empty text/plain body: the JSON error like any other.
-            raise tornado.web.HTTPError(416)

@@ -24,7 +24,8 @@ from handlers import conversations, dev, health, messages
 from handlers import metrics as metrics_handlers
 from handlers.apidoc import OpenApiHandler
 from handlers.base import NotFoundHandler
-from handlers.websocket import ChatSocketHandler, StaticHandler
+from handlers.static import StaticHandler
+from handlers.websocket import ChatSocketHandler
 from server import apidoc, metrics
 from server.auth import load_or_create_secret
 from server.chat import ChatService
