@@ -20,7 +20,7 @@ import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
-from handlers import conversations, dev, health, messages
+from handlers import conversations, dev, features, health, messages
 from handlers import metrics as metrics_handlers
 from handlers.apidoc import OpenApiHandler
 from handlers.base import NotFoundHandler
@@ -145,6 +145,7 @@ class ChatServer:
             (r"/v1/ws", ChatSocketHandler, services),
             (r"/healthz", health.HealthHandler, services),
             (r"/readyz", health.ReadyHandler, {**services, "readiness": self.readiness}),
+            (r"/v1/features", features.FeaturesHandler, {**services, "dev_signin": self.dev_signin_enabled}),
             # Filled in below, once the route table it describes is complete.
             (r"/v1/openapi.json", OpenApiHandler, {**services, "document": openapi}),
         ]

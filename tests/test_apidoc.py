@@ -93,6 +93,7 @@ async def test_answers_match_the_documented_schemas(server: ServerUnderTest):
         ("get", "/v1/conversations/info/{conversation_id}", f"/v1/conversations/info/{conversation_id}", bob),
         ("get", "/v1/conversations/read/{conversation_id}", f"/v1/conversations/read/{conversation_id}", bob),
         ("get", "/readyz", "/readyz", bob),
+        ("get", "/v1/features", "/v1/features", bob),
     ]
     for method, template, path, user in calls:
         response = await user.get(path)

@@ -184,6 +184,23 @@ async def test_dev_signin_exists_only_with_generated_secret_on_loopback(tmp_path
         assert (status, body["error"]["code"]) == (404, 404)
 
 
+@pytest.mark.parametrize("host, secret, present", [("127.0.0.1", "", True), ("127.0.0.1", "real-vk-secret", False),
+                                                    ("0.0.0.0", "", False)])
+async def test_features_say_whether_dev_signin_exists(tmp_path, host, secret, present):
+    """GET /v1/features always answers 200, without credentials: the client asks it instead of probing."""
+    chat_server = ChatServer(Settings(host=host, vk_secret=secret, data_dir=str(tmp_path)))
+    http_server, base_url = await _serve(chat_server)
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(base_url + "/v1/features", raise_error=False)
+    finally:
+        client.close()
+        http_server.stop()
+        await chat_server.database.close()
+    assert response.code == 200 and response.headers["Cache-Control"] == "no-store"
+    assert json.loads(response.body) == {"response": True, "dev_signin": present}
+
+
 async def test_dev_signin_validates_input(tmp_path):
     _, status, body = await _dev_signin(Settings(data_dir=str(tmp_path)), {"user_id": "me"})
     assert (status, body["error"]["param"]) == (400, "user_id")
