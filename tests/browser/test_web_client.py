@@ -1,8 +1,8 @@
 """End-to-end tests of the web client (web/) against a real server process.
 
 Every user is a separate browser context, so each has its own sessionStorage
-and WebSocket. Screenshots go to artifacts/ (and, with CHAT_UPDATE_SCREENSHOT=1,
-one to docs/screenshot.png).
+and WebSocket. Screenshots go to artifacts/; the README's pictures come from
+test_screenshots.py (CHAT_UPDATE_SCREENSHOT=1).
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
-import shutil
 import socket
 import threading
 import time
@@ -182,9 +180,6 @@ def test_conversation_lifecycle(chat_server, new_page, artifacts_dir):
     expect(info.locator('[data-testid="info-member"][data-user-id="1002"]')).to_contain_text("Борис")
     expect(info.get_by_test_id("info-viewers-count")).to_have_attribute("data-count", "1")
     shot(alice, artifacts_dir / "alice-conversation.png")
-    if os.environ.get("CHAT_UPDATE_SCREENSHOT"):
-        # Refreshing the README's picture is a deliberate act, not a side effect of every run.
-        shutil.copyfile(artifacts_dir / "alice-conversation.png", REPO / "docs" / "screenshot.png")
     shot(vera, artifacts_dir / "vera-spectator.png")
 
     # Leaving the view (stopView) drops the count; viewing again raises it.
