@@ -6,14 +6,19 @@ const REQUEST_TIMEOUT_MS = 15_000;
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 
-/** An error answer of the API: {response: false, error: {code, message}}. */
+/**
+ * An error answer of the API: {response: false, error: {code, message}}.
+ * `route` is the path asked: codes 1-4 mean something else in each route
+ * (errors.js turns them into text; `message` is the server's English).
+ */
 export class ApiError extends Error {
-  constructor(status, code, message, param) {
+  constructor(status, code, message, param, route) {
     super(message || `HTTP ${status}`);
     this.name = 'ApiError';
     this.status = status;
     this.code = code;
     this.param = param;
+    this.route = route;
   }
 }
 
@@ -26,11 +31,11 @@ async function readJson(res) {
   }
 }
 
-function toApiError(res, body) {
+function toApiError(res, body, route) {
   if (body && body.error) {
-    return new ApiError(res.status, body.error.code, body.error.message, body.error.param);
+    return new ApiError(res.status, body.error.code, body.error.message, body.error.param, route);
   }
-  return new ApiError(res.status, res.status, `Сервер ответил ${res.status}`);
+  return new ApiError(res.status, res.status, `Сервер ответил ${res.status}`, undefined, route);
 }
 
 /** POST /v1/dev/signin without any credentials (development sign-in). */
@@ -43,10 +48,10 @@ export async function devSignIn(userId, name) {
       body: JSON.stringify({ user_id: userId, name }),
     });
   } catch (err) {
-    throw new ApiError(0, 0, 'Нет связи с сервером');
+    throw new ApiError(0, 0, 'Нет связи с сервером', undefined, '/v1/dev/signin');
   }
   const body = await readJson(res);
-  if (!res.ok || !body || body.response !== true) throw toApiError(res, body);
+  if (!res.ok || !body || body.response !== true) throw toApiError(res, body, '/v1/dev/signin');
   return body.launch_params;
 }
 
@@ -71,7 +76,7 @@ export async function devSignInAvailable() {
  *
  * Emits (via `on(name, fn)`): `connected` ({socket_id, user_id, resumed}),
  * `disconnected`, `event` ({event, data}) for every server event, and
- * `authFailed` (message) when the server refuses the launch parameters.
+ * `authFailed` (the ApiError) when the server refuses the launch parameters.
  */
 export class ChatClient {
   constructor({ launchParams, profile }) {
@@ -212,13 +217,13 @@ export class ChatClient {
 
   async _authRefused() {
     try {
-      const res = await fetch('/v1/conversations/get?mode=joined', {
+      const path = '/v1/conversations/get';
+      const res = await fetch(`${path}?mode=joined`, {
         headers: { Authorization: `VK ${this.launchParams}` },
         cache: 'no-store',
       });
       if (res.status !== 401) return null;
-      const body = await readJson(res);
-      return (body && body.error && body.error.message) || 'Не удалось войти';
+      return toApiError(res, await readJson(res), path);
     } catch (err) {
       return null;
     }
@@ -258,7 +263,7 @@ export class ChatClient {
       try {
         res = await fetch(url, init);
       } catch (err) {
-        throw new ApiError(0, 0, 'Нет связи с сервером');
+        throw new ApiError(0, 0, 'Нет связи с сервером', undefined, path);
       } finally {
         clearTimeout(timer);
       }
@@ -271,7 +276,7 @@ export class ChatClient {
         }
         continue;
       }
-      throw toApiError(res, data);
+      throw toApiError(res, data, path);
     }
   }
 

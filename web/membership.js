@@ -2,6 +2,7 @@
 
 import { ApiError } from './api.js';
 import { h } from './dom.js';
+import { messageFor } from './errors.js';
 import { PAGE_SIZE, state, entryFor, isOpen, nextOpenToken } from './state.js';
 import { toast, reportError, modal, confirmDialog } from './ui.js';
 import { renderSidebar } from './sidebar.js';
@@ -27,7 +28,7 @@ export async function createConversationDialog() {
       try {
         return await createConversation(name);
       } catch (err) {
-        errorBox.textContent = err.message;
+        errorBox.textContent = err instanceof ApiError ? messageFor(err) : String(err);
         return false;
       }
     },

@@ -2,6 +2,7 @@
 // the three panes; starts the socket client and wires its events.
 
 import { ChatClient } from './api.js';
+import { messageFor } from './errors.js';
 import { avatar, h } from './dom.js';
 import { DEV_IDENTITY_KEY, SENT_IDS_KEY, state, ui } from './state.js';
 import { showScreen, messageScreen, icon } from './ui.js';
@@ -26,8 +27,8 @@ export function startApp(launchParams, profile, devMode) {
   client.on('connected', onConnected);
   client.on('disconnected', () => { state.online = false; renderStatus(); });
   client.on('event', onServerEvent);
-  client.on('authFailed', (message) => {
-    messageScreen('auth-error', 'Не удалось войти', `Сервер не принял параметры запуска: ${message}`,
+  client.on('authFailed', (err) => {
+    messageScreen('auth-error', 'Не удалось войти', messageFor(err),
       state.devMode ? h('button', { class: 'btn btn-primary', onclick: signOut }, 'Войти заново') : null);
   });
   client.start();

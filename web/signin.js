@@ -3,6 +3,7 @@
 
 import { ApiError, devSignIn, devSignInAvailable } from './api.js';
 import { getVkProfile } from './bridge.js';
+import { messageFor } from './errors.js';
 import { h } from './dom.js';
 import { DEV_IDENTITY_KEY } from './state.js';
 import { showScreen, messageScreen, logoSvg } from './ui.js';
@@ -38,7 +39,7 @@ function showSignIn() {
         startApp(launchParams, { name, avatar: null }, true);
       } catch (err) {
         if (err instanceof ApiError && err.status === 404) showVkRequired();
-        else error.textContent = err.message;
+        else error.textContent = messageFor(err);
       } finally {
         button.disabled = false;
       }

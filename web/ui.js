@@ -2,6 +2,7 @@
 // They know nothing about conversations.
 
 import { ApiError } from './api.js';
+import { messageFor } from './errors.js';
 import { countText, h } from './dom.js';
 import { MEMBERS, VIEWERS } from './state.js';
 
@@ -18,7 +19,7 @@ export function toast(message, kind = 'error') {
 }
 
 export function reportError(err) {
-  if (err instanceof ApiError) toast(err.message, 'error');
+  if (err instanceof ApiError) toast(messageFor(err), 'error');
   else {
     console.error(err);
     toast(String((err && err.message) || err), 'error');
