@@ -1,15 +1,39 @@
-// The message composer and sending: drafts per chat survive switching chats.
+// The message composer. Drafts are kept per chat (in localStorage, per user)
+// so that switching chats or reloading loses nothing; a sent text goes to
+// the outbox, which shows it at once and never drops it.
 
 import { h } from './dom.js';
-import { SENT_IDS_KEY, state, ui } from './state.js';
-import { reportError, icon } from './ui.js';
-import { renderSidebar } from './sidebar.js';
-import { upsertMessageNode } from './messages.js';
+import { state, ui } from './state.js';
+import { icon } from './ui.js';
+import { chatOf, enqueue } from './outbox.js';
+
+const DRAFTS_PREFIX = 'chat.drafts.';
+let draftsKey = null;
 
 function draftKey(open) {
   return open.kind === 'global' ? 'global' : `member:${open.id}`;
 }
 
+export function loadDrafts(userId) {
+  draftsKey = `${DRAFTS_PREFIX}${userId}`;
+  try {
+    const stored = JSON.parse(localStorage.getItem(draftsKey) || '{}');
+    for (const [key, text] of Object.entries(stored || {})) if (typeof text === 'string' && text) state.drafts.set(key, text);
+  } catch (err) { /* none kept */ }
+}
+
+/** Store one chat's draft, leaving the others as other tabs of this user wrote them. */
+function saveDraft(key, text) {
+  if (text) state.drafts.set(key, text);
+  else state.drafts.delete(key);
+  if (!draftsKey) return;
+  try {
+    const stored = JSON.parse(localStorage.getItem(draftsKey) || '{}') || {};
+    if (text) stored[key] = text;
+    else delete stored[key];
+    localStorage.setItem(draftsKey, JSON.stringify(stored));
+  } catch (err) { /* storage refused: the draft lives in memory */ }
+}
 export function buildComposer() {
   const key = draftKey(state.open);
   const input = h('textarea', {
@@ -26,30 +50,20 @@ export function buildComposer() {
   };
   input.value = state.drafts.get(key) || '';
   input.addEventListener('input', () => {
-    if (input.value) state.drafts.set(key, input.value);
-    else state.drafts.delete(key);
+    saveDraft(key, input.value);
     autosize();
   });
   requestAnimationFrame(autosize);
   const form = h('form', {
     class: 'composer', testid: 'composer',
-    onsubmit: async (e) => {
+    onsubmit: (e) => {
       e.preventDefault();
       const text = input.value;
-      if (!text.trim()) return;
+      if (!text.trim() || !state.open || state.open.kind === 'viewer') return;
       input.value = '';
-      state.drafts.delete(key);
+      saveDraft(key, '');
       autosize();
-      try {
-        await sendMessage(text);
-      } catch (err) {
-        if (!input.value) {
-          input.value = text;
-          state.drafts.set(key, text);
-          autosize();
-        }
-        reportError(err);
-      }
+      enqueue(chatOf(state.open), text);
     },
   }, input, counter, send);
   input.addEventListener('keydown', (e) => {
@@ -60,32 +74,4 @@ export function buildComposer() {
   });
   ui.composerInput = input;
   return form;
-}
-
-async function sendMessage(text) {
-  const open = state.open;
-  if (!open || open.kind === 'viewer') return false;
-  const body = { text };
-  if (open.kind === 'member') body.conversation_id = open.id;
-  const res = await state.client.post('/v1/messages/send', body);
-  const time = Math.floor(Date.now() / 1000);
-  if (open.kind === 'global') {
-    state.sentGlobalIds.add(res.id);
-    sessionStorage.setItem(SENT_IDS_KEY, JSON.stringify([...state.sentGlobalIds].slice(-500)));
-    if (!state.global.messages.has(res.id)) state.global.messages.set(res.id, { id: res.id, message: text, time });
-    if (state.open === open) upsertMessageNode(state.global.messages.get(res.id), true);
-    renderSidebar();
-  } else {
-    if (!open.messages.has(res.id)) {
-      const msg = { id: res.id, user_id: state.me.id, name: state.me.name, avatar: state.me.avatar, message: text, time };
-      open.messages.set(res.id, msg);
-      if (state.open === open) upsertMessageNode(msg, true);
-    }
-    const entry = state.joined.get(open.id);
-    if (entry) {
-      Object.assign(entry, { message: text, senderAvatar: state.me.avatar || entry.senderAvatar, activity: ++state.activity, unreadCount: 0 });
-      renderSidebar();
-    }
-  }
-  return true;
 }

@@ -11,6 +11,8 @@ import { joinConversation, leaveConversation, deleteConversation } from './membe
 import { fillMessages, nearBottom, scrollToBottom } from './messages.js';
 import { buildComposer } from './composer.js';
 import { toggleInfo, closeInfo } from './info.js';
+import { reconcileHistory } from './outbox.js';
+import { pageActive } from './attention.js';
 
 export function setOpen(open) {
   const prev = state.open;
@@ -55,6 +57,7 @@ export async function loadMemberMessages(open) {
     open.hasMore = res.messages.length >= PAGE_SIZE;
     open.loading = false;
     renderChat();
+    reconcileHistory(open.id, res.messages);
     markRead(open.id, true);
   } catch (err) {
     if (state.open !== open) return;
@@ -129,7 +132,9 @@ export async function loadEarlier() {
   }
 }
 
+/** Mark a conversation read on the server, if the user can see it; else it waits for onPageActive. */
 export function markRead(id, now = false) {
+  if (!pageActive()) return;
   const entry = state.joined.get(id);
   if (entry && entry.unreadCount) {
     entry.unreadCount = 0;
@@ -145,6 +150,18 @@ export function markRead(id, now = false) {
   };
   if (now) run();
   else state.readTimers.set(id, setTimeout(run, 250));
+}
+
+/** The user is back: what the open chat showed meanwhile is read now. */
+export function onPageActive() {
+  const open = state.open;
+  if (!open) return;
+  if (open.kind === 'global' && state.global.unread) {
+    state.global.unread = 0;
+    renderSidebar();
+  }
+  const entry = open.kind === 'member' && !open.loading ? state.joined.get(open.id) : null;
+  if (entry && entry.unreadCount) markRead(open.id, true);
 }
 
 export function renderChat() {

@@ -8,6 +8,8 @@ import { renderSidebar } from './sidebar.js';
 import { moveToJoined, moveToNew, addFresh, loadLists, loadGlobal, removeConversation } from './lists.js';
 import { setOpen, closeChat, openConversation, loadMemberMessages, openViewer, loadViewerMessages, markRead, renderChatHeader } from './conversation.js';
 import { upsertMessageNode } from './messages.js';
+import { noticeMessage } from './outbox.js';
+import { pageActive } from './attention.js';
 import { loadInfo, renderInfo } from './info.js';
 
 export async function onConnected(data) {
@@ -57,20 +59,24 @@ function onNewMessage(data) {
   const msg = { ...data };
   delete msg.conversation_id;
   if (!id) {
+    if (noticeMessage(0, msg)) return; // perhaps our own, whose answer is on its way
     const known = state.global.messages.has(msg.id);
     state.global.messages.set(msg.id, msg);
-    if (state.open && state.open.kind === 'global') upsertMessageNode(msg);
-    else if (!known && !state.sentGlobalIds.has(msg.id)) state.global.unread += 1;
+    const openHere = state.open && state.open.kind === 'global';
+    if (openHere) upsertMessageNode(msg);
+    // Unseen while the page is in the background, even with the chat open.
+    if ((!openHere || !pageActive()) && !known && !state.sentGlobalIds.has(msg.id)) state.global.unread += 1;
     renderSidebar();
     return;
   }
+  noticeMessage(id, msg);
   const entry = state.joined.get(id);
   const openHere = isOpen(id);
   if (entry) {
     entry.message = data.message;
     entry.senderAvatar = data.avatar;
     entry.activity = ++state.activity;
-    if (openHere && state.open.kind === 'member') markRead(id);
+    if (openHere && state.open.kind === 'member' && pageActive()) markRead(id);
     else if (data.user_id !== state.me.id) entry.unreadCount = (entry.unreadCount || 0) + 1;
     renderSidebar();
   }

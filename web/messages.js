@@ -4,6 +4,7 @@
 import { avatar, formatTime, h } from './dom.js';
 import { state, ui } from './state.js';
 import { loadEarlier } from './conversation.js';
+import { renderOutbox } from './outbox.js';
 
 function isMine(m) {
   if (state.open && state.open.kind === 'global') return state.sentGlobalIds.has(m.id);
@@ -15,7 +16,7 @@ function messageNode(m) {
   const anonymous = m.user_id == null;
   return h('div', {
     class: `msg${mine ? ' mine' : ''}${anonymous ? ' anon' : ''}`, testid: 'message',
-    dataset: { id: m.id, mine: String(mine), userId: anonymous ? '' : m.user_id },
+    dataset: { id: m.id, mine: String(mine), userId: anonymous ? '' : m.user_id, ...(mine ? { state: 'sent' } : {}) },
   },
   !mine && !anonymous ? avatar({ url: m.avatar, name: m.name, seed: m.user_id, size: 32, extraClass: 'msg-avatar' }) : null,
   h('div', { class: 'bubble' },
@@ -40,6 +41,7 @@ export function fillMessages() {
     nodes.push(h('div', { class: 'messages-empty', testid: 'messages-empty' }, 'Сообщений пока нет. Напишите первым!'));
   }
   list.replaceChildren(...nodes);
+  renderOutbox();
 }
 
 export function nearBottom() {
@@ -73,5 +75,6 @@ export function upsertMessageNode(m, forceScroll = false) {
   }
   if (before) list.insertBefore(node, before);
   else list.append(node);
+  renderOutbox();
   if (stick) scrollToBottom(true);
 }

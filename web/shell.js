@@ -8,8 +8,11 @@ import { DEV_IDENTITY_KEY, SENT_IDS_KEY, state, ui } from './state.js';
 import { showScreen, messageScreen, icon } from './ui.js';
 import { setTab, renderSidebar } from './sidebar.js';
 import { createConversationDialog } from './membership.js';
-import { openGlobal, renderChat } from './conversation.js';
+import { openGlobal, renderChat, onPageActive } from './conversation.js';
 import { onConnected, onServerEvent } from './events.js';
+import { loadDrafts } from './composer.js';
+import { loadOutbox } from './outbox.js';
+import { watchAttention } from './attention.js';
 
 export function startApp(launchParams, profile, devMode) {
   state.devMode = devMode;
@@ -21,9 +24,12 @@ export function startApp(launchParams, profile, devMode) {
     for (const id of JSON.parse(sessionStorage.getItem(SENT_IDS_KEY) || '[]')) state.sentGlobalIds.add(id);
   } catch (err) { /* ignore */ }
 
+  loadDrafts(state.me.id);
   buildShell();
   const client = new ChatClient({ launchParams, profile });
   state.client = client;
+  loadOutbox(state.me.id);
+  watchAttention(onPageActive);
   client.on('connected', onConnected);
   client.on('disconnected', () => { state.online = false; renderStatus(); });
   client.on('event', onServerEvent);

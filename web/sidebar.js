@@ -6,6 +6,7 @@ import { state, ui, isOpen } from './state.js';
 import { icon, badge, countPill } from './ui.js';
 import { joinConversation } from './membership.js';
 import { openConversation, openViewer } from './conversation.js';
+import { renderTitle } from './attention.js';
 
 export function setTab(tab) {
   state.tab = tab;
@@ -61,6 +62,7 @@ export function renderSidebar() {
   const joined = sortedByActivity(state.joined);
   const fresh = sortedByActivity(state.fresh);
   const unreadTotal = joined.reduce((sum, c) => sum + (c.unreadCount || 0), 0);
+  renderTitle(unreadTotal + state.global.unread);
   ui.tabJoined.replaceChildren('Мои беседы', badge(unreadTotal, 'tab-joined-badge'));
   ui.tabNew.replaceChildren('Новые', h('span', { class: 'tab-count', testid: 'tab-new-count', dataset: { count: fresh.length } }, String(fresh.length)));
   ui.tabJoined.classList.toggle('active', state.tab === 'joined');

@@ -8,14 +8,35 @@ import { MEMBERS, VIEWERS } from './state.js';
 
 const root = document.getElementById('root');
 
+let shown = null; // {el, message, kind, timer}
+
+/**
+ * One toast at a time: the same message again keeps the one shown for
+ * longer (a burst of refused sends is one toast), a new one replaces it.
+ */
 export function toast(message, kind = 'error') {
   const box = document.getElementById('toasts');
+  const life = kind === 'error' ? 5000 : 3000;
+  if (shown && shown.el.isConnected && !shown.el.classList.contains('leaving') && shown.message === message && shown.kind === kind) {
+    clearTimeout(shown.timer);
+    shown.timer = setTimeout(() => dismiss(shown.el), life);
+    return;
+  }
+  if (shown) {
+    clearTimeout(shown.timer);
+    shown.el.remove();
+  }
   const el = h('div', { class: `toast toast-${kind}`, testid: 'toast', dataset: { kind }, role: 'status' }, message);
   box.append(el);
+  shown = { el, message, kind, timer: setTimeout(() => dismiss(el), life) };
+}
+
+function dismiss(el) {
+  el.classList.add('leaving');
   setTimeout(() => {
-    el.classList.add('leaving');
-    setTimeout(() => el.remove(), 300);
-  }, kind === 'error' ? 5000 : 3000);
+    el.remove();
+    if (shown && shown.el === el) shown = null;
+  }, 300);
 }
 
 export function reportError(err) {
@@ -116,6 +137,7 @@ const ICONS = {
   leave: '<path d="M14 4h4a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2h-4M3 12h11M7 8l-4 4 4 4"/>',
   close: '<path d="M6 6l12 12M18 6L6 18"/>',
   globe: '<circle cx="12" cy="12" r="9"/><path d="M3 12h18M12 3a14 14 0 0 1 0 18M12 3a14 14 0 0 0 0 18"/>',
+  clock: '<circle cx="12" cy="12" r="9"/><path d="M12 7v5l3 2"/>',
   mask: '<path d="M3 8c3-2 15-2 18 0 0 6-3 10-9 10S3 14 3 8z"/><path d="M8 11h2M14 11h2"/>',
 };
 
