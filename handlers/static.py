@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,20 +69,18 @@ class FileVersions:
     """The current version of each web file served, computed when first asked for.
 
     One entry per path (a new version replaces the old one), so it holds at
-    most the files of ``web/``.
+    most the files of ``web/``. Used from the event loop's thread only.
     """
 
     def __init__(self) -> None:
         self._versions: dict[str, FileVersion] = {}
-        self._lock = threading.Lock()
 
     def of(self, path: str, stat: os.stat_result, compress: bool) -> FileVersion | None:
         """The version of ``path`` that ``stat`` describes; None for a file too large to hold."""
         if stat.st_size > MAX_ENCODED_BYTES:
             return None
         stamp = (stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            known = self._versions.get(path)
+        known = self._versions.get(path)
         if known is not None and known.stamp == stamp:
             return known
         with open(path, "rb") as file:
@@ -100,8 +97,7 @@ class FileVersions:
             # The gzip form is another representation: a validator of its own.
             gzip_etag=f'"{digest}-gzip"',
         )
-        with self._lock:
-            self._versions[path] = version
+        self._versions[path] = version
         return version
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
+from handlers.static import FileVersions
 from tests.helpers import ServerUnderTest
 
 pytestmark = pytest.mark.gen_test
@@ -98,3 +100,18 @@ async def test_api_answers_are_not_compressed_nor_cached(server: ServerUnderTest
         assert response.headers["Cache-Control"] == "no-store", path
         assert "Content-Encoding" not in response.headers and "Etag" not in response.headers, path
         assert json.loads(response.body)["response"] is (response.code == 200), path
+
+
+def test_a_file_changed_on_disk_is_a_new_version(tmp_path):
+    """Compressed once per version: the same stat gives the same entry, a rewrite a new one."""
+    versions = FileVersions()
+    path = tmp_path / "app.js"
+    path.write_text("const version = 1;\n" * 100)
+    first = versions.of(str(path), os.stat(path), compress=True)
+    assert versions.of(str(path), os.stat(path), compress=True) is first
+    assert gzip.decompress(first.gzipped) == path.read_bytes()
+    path.write_text("const version = 2;\n" * 100)
+    os.utime(path, ns=(first.stamp[0] + 1_000_000_000, first.stamp[0] + 1_000_000_000))
+    second = versions.of(str(path), os.stat(path), compress=True)
+    assert second.etag != first.etag and second.content == path.read_bytes()
+    assert versions.of(str(path), os.stat(path), compress=False) is second  # one entry per version, however asked
