@@ -3,12 +3,14 @@
 
 import { ApiError } from './api.js';
 import { avatar, countText, h } from './dom.js';
-import { PAGE_SIZE, MEMBERS, VIEWERS, state, ui, entryFor, nextOpenToken } from './state.js';
+import { PAGE_SIZE, VIEW_PAGE_SIZE, MEMBERS, VIEWERS, state, ui, entryFor, nextOpenToken } from './state.js';
 import { toast, reportError, icon } from './ui.js';
 import { renderSidebar } from './sidebar.js';
 import { moveToNew, loadLists, loadGlobal } from './lists.js';
 import { joinConversation, leaveConversation, deleteConversation } from './membership.js';
-import { fillMessages, nearBottom, scrollToBottom } from './messages.js';
+import {
+  createMessagePane, fillMessages, nearBottom, scrollToBottom, markFirstUnread, newestId, learnMemberNames,
+} from './messages.js';
 import { buildComposer } from './composer.js';
 import { toggleInfo, closeInfo } from './info.js';
 import { reconcileHistory } from './outbox.js';
@@ -34,8 +36,11 @@ export function closeChat() {
 
 export function openGlobal() {
   const token = nextOpenToken();
+  const unread = state.global.loaded ? state.global.unread : 0;
   state.global.unread = 0;
-  setOpen({ kind: 'global', id: 0, messages: state.global.messages, hasMore: state.global.hasMore, loading: !state.global.loaded, token });
+  const open = { kind: 'global', id: 0, messages: state.global.messages, hasMore: state.global.hasMore, loading: !state.global.loaded, token };
+  setOpen(open);
+  markFirstUnread(open, unread, newestId(state.global.messages.values()));
   if (!state.global.loaded) loadGlobal().catch(reportError);
   focusComposer();
 }
@@ -43,9 +48,12 @@ export function openGlobal() {
 export async function openConversation(id) {
   if (!state.joined.has(id)) { openViewer(id); return; }
   const token = nextOpenToken();
-  const open = { kind: 'member', id, messages: new Map(), hasMore: false, loading: true, token };
+  // Counted before anything marks it read: the "Новые сообщения" mark goes there.
+  const unreadAtOpen = state.joined.get(id).unreadCount || 0;
+  const open = { kind: 'member', id, messages: new Map(), hasMore: false, loading: true, token, unreadAtOpen };
   setOpen(open);
   focusComposer();
+  learnMemberNames(id);
   await loadMemberMessages(open);
 }
 
@@ -58,6 +66,10 @@ export async function loadMemberMessages(open) {
     open.loading = false;
     renderChat();
     reconcileHistory(open.id, res.messages);
+    if (open.unreadAtOpen) {
+      markFirstUnread(open, open.unreadAtOpen, newestId(res.messages));
+      open.unreadAtOpen = 0; // a refetch after a reconnect does not move it
+    }
     markRead(open.id, true);
   } catch (err) {
     if (state.open !== open) return;
@@ -70,6 +82,7 @@ export async function openViewer(id) {
   const token = nextOpenToken();
   const open = { kind: 'viewer', id, messages: new Map(), hasMore: false, loading: true, token };
   setOpen(open);
+  learnMemberNames(id);
   await loadViewerMessages(open);
 }
 
@@ -84,6 +97,8 @@ export async function loadViewerMessages(open) {
       return;
     }
     for (const m of res.messages) open.messages.set(m.id, m);
+    // Viewers get no earlier pages; this only tells whether the first message is among these.
+    open.hasMore = res.messages.length >= VIEW_PAGE_SIZE;
     open.loading = false;
     renderChat();
   } catch (err) {
@@ -191,10 +206,10 @@ export function renderChat() {
   ui.header = h('header', { class: 'chat-head' });
   renderChatHeader();
 
-  ui.messageList = h('div', { class: 'messages', testid: 'message-list', role: 'log', 'aria-live': 'polite' });
+  const pane = createMessagePane();
   fillMessages();
 
-  const parts = [ui.header, ui.messageList];
+  const parts = [ui.header, pane];
   if (open.kind === 'viewer') {
     parts.push(h('div', { class: 'viewer-banner', testid: 'viewer-banner' },
       h('span', null, icon('eye'), 'Вы смотрите беседу как зритель: писать могут только участники.'),

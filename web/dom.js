@@ -46,19 +46,63 @@ export function formatTime(unixSeconds) {
   if (!unixSeconds) return '';
   const date = new Date(unixSeconds * 1000);
   const now = new Date();
-  const hm = date.toLocaleTimeString('ru-RU', { hour: '2-digit', minute: '2-digit' });
+  const hm = formatClock(unixSeconds);
   if (date.toDateString() === now.toDateString()) return hm;
   const dm = date.toLocaleDateString('ru-RU', { day: 'numeric', month: 'short' });
   return `${dm}, ${hm}`;
 }
 
+/** "09:41": a message's time (its day is on the date separator above it). */
+export function formatClock(unixSeconds) {
+  return new Date(unixSeconds * 1000).toLocaleTimeString('ru-RU', { hour: '2-digit', minute: '2-digit' });
+}
+
+const MONTHS_GENITIVE = [
+  'января', 'февраля', 'марта', 'апреля', 'мая', 'июня',
+  'июля', 'августа', 'сентября', 'октября', 'ноября', 'декабря',
+];
+
+function startOfDay(date) {
+  return new Date(date.getFullYear(), date.getMonth(), date.getDate());
+}
+
+/** The browser's local calendar day of a moment, as a comparable key. */
+export function dayKey(unixSeconds) {
+  const date = new Date(unixSeconds * 1000);
+  return `${date.getFullYear()}-${date.getMonth() + 1}-${date.getDate()}`;
+}
+
+/**
+ * A date separator's label, by the browser's local date: "Сегодня", "Вчера",
+ * "12 ноября", and "12 ноября 2025" outside the current year.
+ */
+export function formatDay(unixSeconds, now = new Date()) {
+  const date = new Date(unixSeconds * 1000);
+  // Rounded: a day with a daylight-saving change is 23 or 25 hours long.
+  const daysAgo = Math.round((startOfDay(now) - startOfDay(date)) / 86_400_000);
+  // A server clock a little ahead of ours must not turn tonight into tomorrow.
+  if (daysAgo <= 0) return 'Сегодня';
+  if (daysAgo === 1) return 'Вчера';
+  const label = `${date.getDate()} ${MONTHS_GENITIVE[date.getMonth()]}`;
+  return date.getFullYear() === now.getFullYear() ? label : `${label} ${date.getFullYear()}`;
+}
+
 const PALETTE = ['#e64646', '#f2994a', '#e6b800', '#4bb34b', '#2bb3c0', '#2688eb', '#7a5cf0', '#d252d2'];
 
-function colorFor(seed) {
+export function colorFor(seed) {
   const text = String(seed);
   let hash = 0;
   for (let i = 0; i < text.length; i += 1) hash = (hash * 31 + text.charCodeAt(i)) >>> 0;
   return PALETTE[hash % PALETTE.length];
+}
+
+/**
+ * A user's own colour (their initials' background, their name over their
+ * messages): seeded by the user id, so it is the same in every conversation,
+ * after a rename and across reloads.
+ */
+export function userColor(userId) {
+  return colorFor(userId);
 }
 
 function initials(name) {
@@ -72,9 +116,9 @@ function safeUrl(url) {
 }
 
 /** A round avatar: the picture when there is one, else coloured initials. */
-export function avatar({ url, name, seed, size = 40, extraClass = '' }) {
+export function avatar({ url, name, seed, size = 40, extraClass = '', testid = null }) {
   const el = h('span', {
-    class: `avatar ${extraClass}`.trim(),
+    class: `avatar ${extraClass}`.trim(), testid,
     style: `--size:${size}px;--avatar-bg:${colorFor(seed ?? name)}`,
     'aria-hidden': 'true',
   }, initials(name));

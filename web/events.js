@@ -7,7 +7,7 @@ import { renderMe, renderStatus } from './shell.js';
 import { renderSidebar } from './sidebar.js';
 import { moveToJoined, moveToNew, addFresh, loadLists, loadGlobal, removeConversation } from './lists.js';
 import { setOpen, closeChat, openConversation, loadMemberMessages, openViewer, loadViewerMessages, markRead, renderChatHeader } from './conversation.js';
-import { upsertMessageNode } from './messages.js';
+import { upsertMessageNode, addServiceLine } from './messages.js';
 import { noticeMessage } from './outbox.js';
 import { pageActive } from './attention.js';
 import { loadInfo, renderInfo } from './info.js';
@@ -89,15 +89,21 @@ function onNewMessage(data) {
 function onJoined(data) {
   const id = data.conversation_id;
   for (const entry of [state.joined.get(id), state.fresh.get(id)]) if (entry) entry.members = (entry.members || 0) + 1;
+  if (data.name) state.names.set(data.user_id, data.name);
   if (data.user_id === state.me.id) {
     if (!moveToJoined(id)) loadLists().catch(() => {});
     // Joined from another tab: the server ended this tab's viewing.
     if (state.open && state.open.kind === 'viewer' && state.open.id === id && !state.pendingJoins.has(id)) {
-      const open = { kind: 'member', id, messages: state.open.messages, hasMore: false, loading: false, token: nextOpenToken() };
+      const open = {
+        kind: 'member', id, messages: state.open.messages, events: state.open.events, hasMore: false, loading: false, token: nextOpenToken(),
+      };
+      addServiceLine(open, 'joined', data.user_id, data.name);
       state.open = null;
       setOpen(open);
       loadMemberMessages(open);
     }
+  } else if (isOpen(id)) {
+    addServiceLine(state.open, 'joined', data.user_id, data.name);
   }
   if (state.info && state.info.id === id && state.info.data) {
     const info = state.info.data;
@@ -120,6 +126,8 @@ function onLeft(data) {
       closeChat();
       toast('Вы вышли из беседы', 'info');
     }
+  } else if (isOpen(id)) {
+    addServiceLine(state.open, 'left', data.user_id);
   }
   if (state.info && state.info.id === id && state.info.data) {
     const info = state.info.data;

@@ -9,6 +9,7 @@ import { renderSidebar } from './sidebar.js';
 import { moveToJoined, moveToNew, addFresh, loadLists, removeConversation } from './lists.js';
 import { setOpen, closeChat, openConversation, handleOpenError, markRead, renderChat, focusComposer } from './conversation.js';
 import { loadInfo } from './info.js';
+import { addServiceLine } from './messages.js';
 
 export async function createConversationDialog() {
   const input = h('input', {
@@ -77,8 +78,10 @@ export async function joinConversation(id) {
       // Keep what arrived live while viewing; the server ended that viewing.
       if (state.open && state.open.kind === 'viewer' && state.open.id === id) {
         for (const [mid, m] of state.open.messages) if (!open.messages.has(mid)) open.messages.set(mid, m);
+        open.events = state.open.events;
         state.open = null;
       }
+      addServiceLine(open, 'joined', state.me.id, state.me.name);
       setOpen(open);
       focusComposer();
     }

@@ -1,47 +1,159 @@
-// The open chat's message list: building message nodes, inserting them in
-// id order, and keeping the list scrolled to the bottom when it was there.
+// The open chat's message list: the rows of timeline.js turned into nodes
+// (a node is kept across renders while its row is unchanged, so a new message
+// neither re-animates nor re-creates the others), the "↓ N новых" button,
+// the "Новые сообщения" mark, service lines for joins and leaves, and keeping
+// the list scrolled to the bottom when it was there.
 
-import { avatar, formatTime, h } from './dom.js';
-import { state, ui } from './state.js';
+import { avatar, formatClock, h, plural, userColor } from './dom.js';
+import { state, ui, entryFor } from './state.js';
 import { loadEarlier } from './conversation.js';
+import { buildTimeline, firstUnreadId, serviceText } from './timeline.js';
 import { renderOutbox } from './outbox.js';
+
+const NEW_BELOW = ['новое', 'новых', 'новых'];
+
+// Per rendered list: row key -> {sig, node}.
+const nodeCaches = new WeakMap();
+let eventSeq = 0;
 
 function isMine(m) {
   if (state.open && state.open.kind === 'global') return state.sentGlobalIds.has(m.id);
   return m.user_id != null && m.user_id === state.me.id;
 }
 
-function messageNode(m) {
+function senderKey(m) {
+  // Anonymous messages cannot be told apart by sender, except our own.
+  if (state.open.kind === 'global') return isMine(m) ? 'me' : null;
+  return m.user_id ?? null;
+}
+
+function messageNode(m, row) {
   const mine = isMine(m);
   const anonymous = m.user_id == null;
+  const showSender = !mine && !anonymous;
+  const classes = ['msg', mine && 'mine', anonymous && 'anon', row.groupStart && 'group-start', row.groupEnd && 'group-end'];
+  let side = null;
+  if (showSender) {
+    // The avatar by the group's last message; the others keep its room.
+    side = row.groupEnd
+      ? avatar({ url: m.avatar, name: m.name, seed: m.user_id, size: 32, extraClass: 'msg-avatar', testid: 'message-avatar' })
+      : h('span', { class: 'msg-avatar-space', 'aria-hidden': 'true' });
+  }
   return h('div', {
-    class: `msg${mine ? ' mine' : ''}${anonymous ? ' anon' : ''}`, testid: 'message',
+    class: classes.filter(Boolean).join(' '), testid: 'message',
     dataset: { id: m.id, mine: String(mine), userId: anonymous ? '' : m.user_id, ...(mine ? { state: 'sent' } : {}) },
   },
-  !mine && !anonymous ? avatar({ url: m.avatar, name: m.name, seed: m.user_id, size: 32, extraClass: 'msg-avatar' }) : null,
+  side,
   h('div', { class: 'bubble' },
-    !mine && !anonymous ? h('div', { class: 'msg-author', testid: 'message-author' }, m.name || `id${m.user_id}`) : null,
+    showSender && row.groupStart
+      ? h('div', { class: 'msg-author', testid: 'message-author', style: `color:${userColor(m.user_id)}` }, m.name || `id${m.user_id}`)
+      : null,
     h('div', { class: 'msg-text', testid: 'message-text' }, m.message),
-    h('time', { class: 'msg-time', datetime: new Date(m.time * 1000).toISOString() }, formatTime(m.time))));
+    h('time', { class: 'msg-time', datetime: new Date(m.time * 1000).toISOString() }, formatClock(m.time))));
+}
+
+function rowText(row) {
+  if (row.type === 'service') return serviceText(row.kind, row.name, row.userId != null && row.userId === state.me.id);
+  return row.label;
+}
+
+function rowSig(row) {
+  if (row.type !== 'message') return rowText(row);
+  const m = row.message;
+  return JSON.stringify([m.id, m.message, m.name, m.avatar, m.user_id, m.time, isMine(m), row.groupStart, row.groupEnd]);
+}
+
+function rowNode(row) {
+  switch (row.type) {
+    case 'date':
+      return h('div', { class: 'list-divider date-divider', testid: 'date-separator', role: 'separator' }, h('span', null, row.label));
+    case 'unread':
+      return h('div', { class: 'list-divider unread-divider', testid: 'unread-separator', role: 'separator' }, h('span', null, row.label));
+    case 'service':
+      return h('div', { class: 'service-line', testid: 'service-line', dataset: { kind: row.kind } }, h('span', null, rowText(row)));
+    default:
+      return messageNode(row.message, row);
+  }
+}
+
+/** The list with the floating "↓ N новых" button over it; sets ui.messageList. */
+export function createMessagePane() {
+  const list = h('div', { class: 'messages', testid: 'message-list', role: 'log', 'aria-live': 'polite' });
+  const button = h('button', {
+    class: 'new-below', type: 'button', testid: 'new-messages-button', hidden: true,
+    onclick: () => {
+      list.scrollTop = list.scrollHeight;
+      updateNewBelow();
+    },
+  });
+  list.addEventListener('scroll', () => updateNewBelow(), { passive: true });
+  ui.messageList = list;
+  ui.newBelowButton = button;
+  ui.unseenBelow = new Set();
+  return h('div', { class: 'messages-pane' }, list, button);
 }
 
 export function fillMessages() {
   const open = state.open;
   const list = ui.messageList;
+  const cache = nodeCaches.get(list) || new Map();
+  const kept = new Map();
   const nodes = [];
+  const put = (key, sig, make) => {
+    const hit = cache.get(key);
+    const node = hit && hit.sig === sig ? hit.node : make();
+    kept.set(key, { sig, node });
+    nodes.push(node);
+  };
   if (open.hasMore && open.kind !== 'viewer') {
-    nodes.push(h('button', { class: 'load-earlier', testid: 'load-earlier', onclick: () => loadEarlier() }, 'Показать предыдущие'));
+    put('load-earlier', '', () => h('button', { class: 'load-earlier', testid: 'load-earlier', onclick: () => loadEarlier() }, 'Показать предыдущие'));
   }
   if (open.loading) {
-    nodes.push(h('div', { class: 'messages-loading', testid: 'messages-loading' }, h('div', { class: 'spinner' })));
+    put('loading', '', () => h('div', { class: 'messages-loading', testid: 'messages-loading' }, h('div', { class: 'spinner' })));
   }
-  const messages = [...open.messages.values()].sort((a, b) => a.id - b.id);
-  for (const m of messages) nodes.push(messageNode(m));
-  if (!open.loading && !messages.length) {
-    nodes.push(h('div', { class: 'messages-empty', testid: 'messages-empty' }, 'Сообщений пока нет. Напишите первым!'));
+  const messages = [...open.messages.values()];
+  for (const m of messages) if (m.user_id != null && m.name) state.names.set(m.user_id, m.name);
+  const startReached = !open.hasMore && !open.loading;
+  const entry = open.kind === 'global' ? null : entryFor(open.id);
+  const rows = buildTimeline({
+    messages,
+    events: open.events || [],
+    firstUnreadId: open.unread ? firstUnreadId(messages, open.unread, startReached) : null,
+    startReached: startReached && open.kind !== 'global',
+    creatorId: entry ? entry.creator_id : null,
+    senderKey,
+  });
+  for (const row of rows) put(row.key, rowSig(row), () => rowNode(row));
+  if (!open.loading && !rows.length) {
+    put('empty', '', () => h('div', { class: 'messages-empty', testid: 'messages-empty' }, 'Сообщений пока нет. Напишите первым!'));
   }
-  list.replaceChildren(...nodes);
+  nodeCaches.set(list, kept);
+  placeChildren(list, nodes);
   renderOutbox();
+  refreshAtMidnight();
+}
+
+/**
+ * Make `nodes` the list's first children, touching only what changed. The
+ * unsent messages after them belong to outbox.js and stay where they are.
+ */
+function placeChildren(list, nodes) {
+  const wanted = new Set(nodes);
+  for (const child of [...list.children]) if (!wanted.has(child) && !child.classList.contains('pending')) child.remove();
+  nodes.forEach((node, i) => {
+    const at = list.children[i];
+    if (at !== node) list.insertBefore(node, at || null);
+  });
+}
+
+// "Сегодня" becomes "Вчера" at midnight even when nothing arrives.
+function refreshAtMidnight() {
+  clearTimeout(ui.midnightTimer);
+  const now = new Date();
+  const next = new Date(now.getFullYear(), now.getMonth(), now.getDate() + 1, 0, 0, 1);
+  ui.midnightTimer = setTimeout(() => {
+    if (state.open && ui.messageList && ui.messageList.isConnected) fillMessages();
+  }, next - now);
 }
 
 export function nearBottom() {
@@ -55,26 +167,89 @@ export function scrollToBottom(force) {
   if (force || nearBottom()) requestAnimationFrame(() => { list.scrollTop = list.scrollHeight; });
 }
 
-/** Put a message into the open chat's list in id order (replacing a copy). */
+/**
+ * A message was added to (or changed in) the open chat's `messages`: show
+ * it, staying at the bottom if the list was there; otherwise count it on the
+ * "↓ N новых" button.
+ */
 export function upsertMessageNode(m, forceScroll = false) {
   const list = ui.messageList;
   if (!list) return;
-  const stick = forceScroll || nearBottom();
-  list.querySelector('[data-testid="messages-empty"]')?.remove();
-  const node = messageNode(m);
-  const existing = list.querySelector(`[data-testid="message"][data-id="${m.id}"]`);
-  if (existing) {
-    existing.replaceWith(node);
-    return;
-  }
-  const all = list.querySelectorAll('[data-testid="message"]');
-  let before = null;
-  for (let i = all.length - 1; i >= 0; i -= 1) {
-    if (Number(all[i].dataset.id) < m.id) break;
-    before = all[i];
-  }
-  if (before) list.insertBefore(node, before);
-  else list.append(node);
-  renderOutbox();
+  const cache = nodeCaches.get(list);
+  const isNew = !(cache && cache.has(`m:${m.id}`));
+  // One's own new message is always shown, whichever of its event and its
+  // send's answer comes first.
+  const stick = forceScroll || nearBottom() || (isNew && isMine(m));
+  fillMessages();
   if (stick) scrollToBottom(true);
+  else if (isNew && !isMine(m)) {
+    ui.unseenBelow.add(m.id);
+    updateNewBelow();
+  }
+}
+
+/** Drop from the count what came into view; hide the button at the bottom. */
+function updateNewBelow() {
+  const list = ui.messageList;
+  const button = ui.newBelowButton;
+  if (!list || !button || !ui.unseenBelow) return;
+  if (list.scrollHeight - list.scrollTop - list.clientHeight < 4) ui.unseenBelow.clear();
+  const bottom = list.getBoundingClientRect().bottom;
+  for (const id of ui.unseenBelow) {
+    const node = list.querySelector(`[data-testid="message"][data-id="${id}"]`);
+    if (!node || node.getBoundingClientRect().top < bottom) ui.unseenBelow.delete(id);
+  }
+  const n = ui.unseenBelow.size;
+  button.hidden = n === 0;
+  const label = n ? `↓ ${n} ${plural(n, NEW_BELOW)}` : '';
+  if (button.textContent !== label) button.textContent = label;
+}
+
+/**
+ * Opened with `count` unread messages (the newest ones up to `lastId`): mark
+ * the first of them and show it at the top of the list.
+ */
+export function markFirstUnread(open, count, lastId) {
+  if (!count) return;
+  open.unread = { count, lastId };
+  if (state.open !== open || !ui.messageList) return;
+  fillMessages();
+  const list = ui.messageList;
+  // After the render's own scroll to the bottom (an earlier frame callback).
+  requestAnimationFrame(() => {
+    const mark = list.querySelector('[data-testid="unread-separator"]');
+    if (mark) list.scrollTop += mark.getBoundingClientRect().top - list.getBoundingClientRect().top - 8;
+    else list.scrollTop = 0; // the first unread is on a page above: start from the top
+  });
+}
+
+/** The newest message id of a list of messages, 0 for none. */
+export function newestId(messages) {
+  let newest = 0;
+  for (const m of messages) if (m.id > newest) newest = m.id;
+  return newest;
+}
+
+/**
+ * Someone joined or left while the chat is open. The server keeps no record
+ * of it (docs/API.md: only messages are stored), so it is shown live only,
+ * after the newest message known now.
+ */
+export function addServiceLine(open, kind, userId, name) {
+  open.events = open.events || [];
+  open.events.push({
+    kind, userId, name: name || state.names.get(userId) || '',
+    time: Math.floor(Date.now() / 1000), afterId: newestId(open.messages.values()), seq: ++eventSeq,
+  });
+  if (state.open !== open || !ui.messageList) return;
+  const stick = nearBottom();
+  fillMessages();
+  if (stick) scrollToBottom(true);
+}
+
+/** Learn the members' names, so a later "… покинул(а) беседу" can name them. */
+export function learnMemberNames(id) {
+  state.client.get(`/v1/conversations/info/${id}`).then((res) => {
+    for (const u of res.conversation.users || []) if (u.name) state.names.set(u.user_id, u.name);
+  }).catch(() => {});
 }

@@ -6,6 +6,7 @@
 export const DEV_IDENTITY_KEY = 'chat.devIdentity';
 export const SENT_IDS_KEY = 'chat.sentGlobalIds';
 export const PAGE_SIZE = 100;
+export const VIEW_PAGE_SIZE = 50; // conversations/view returns the newest 50
 export const MEMBERS = ['участник', 'участника', 'участников'];
 export const VIEWERS = ['зритель', 'зрителя', 'зрителей'];
 
@@ -19,13 +20,16 @@ export const state = {
   fresh: new Map(), // id -> {id, name, members, viewers, creator_id, activity}
   activity: 0,
   global: { messages: new Map(), unread: 0, loaded: false, hasMore: false },
-  open: null, // {kind: 'global'|'member'|'viewer', id, messages: Map, hasMore, loading, token}
+  // {kind: 'global'|'member'|'viewer', id, messages: Map, hasMore, loading, token,
+  //  events: joins/leaves seen live, unread: {count, lastId} when it opened with unread}
+  open: null,
   info: null, // {id, data, loading}
   pendingCreates: new Map(), // name -> [new_conversation events seen meanwhile]
   sentGlobalIds: new Set(),
   readTimers: new Map(),
   pendingJoins: new Set(),
   drafts: new Map(), // 'global' | 'member:<id>' -> unsent text
+  names: new Map(), // user id -> last name seen (a leave event carries only the id)
 };
 
 export const ui = {};

@@ -60,12 +60,16 @@ def create_conversation(page: Page, name: str) -> str:
 def join(page: Page, conv_id: str) -> None:
     page.get_by_test_id("tab-new").click()
     conversation_item(page, "new", conv_id).get_by_test_id("conversation-join").click()
+    pane = page.get_by_test_id("chat-pane")
+    expect(pane).to_have_attribute("data-conversation-id", conv_id)
+    expect(pane).to_have_attribute("data-kind", "member")
     expect(page.get_by_test_id("composer-input")).to_be_visible()
 
 
 def open_joined(page: Page, conv_id: str) -> None:
     page.get_by_test_id("tab-joined").click()
     conversation_item(page, "joined", conv_id).click()
+    expect(page.get_by_test_id("chat-pane")).to_have_attribute("data-conversation-id", conv_id)
     expect(page.get_by_test_id("message-list")).to_be_visible()
 
 

@@ -98,12 +98,12 @@ def test_conversation_lifecycle(chat_server, new_page, artifacts_dir):
     sign_in(bob, base, "Борис", 1002)
     sign_in(vera, base, "Вера", 1003)
 
-    # Alice creates a conversation: it opens, with the server's first message.
+    # Alice creates a conversation: it opens, with the server's first message as a service line.
     alice.get_by_test_id("create-conversation").click()
     alice.get_by_test_id("create-name-input").fill(CONVERSATION)
     alice.get_by_test_id("dialog-ok").click()
     expect(alice.get_by_test_id("chat-title")).to_have_text(CONVERSATION)
-    expect(message(alice, "Создана беседа.")).to_be_visible()
+    expect(alice.get_by_test_id("service-line")).to_have_text("Вы создали беседу")
     mine = conversation_item(alice, "joined", name=CONVERSATION)
     expect(mine).to_have_count(1)
     conv_id = mine.get_attribute("data-id")
@@ -171,7 +171,9 @@ def test_conversation_lifecycle(chat_server, new_page, artifacts_dir):
     )
     send(alice, "Вера, это тебе видно?")
     expect(message(vera, "Вера, это тебе видно?")).to_be_visible()
-    expect(message(vera, "Вера, это тебе видно?").get_by_test_id("message-author")).to_have_text("Алиса")
+    # Grouped with Alice's two before it: the name heads the group.
+    expect(message(vera, "Ты тут?").get_by_test_id("message-author")).to_have_text("Алиса")
+    expect(message(vera, "Вера, это тебе видно?").get_by_test_id("message-author")).to_have_count(0)
 
     # Conversation info with its members.
     alice.get_by_test_id("chat-info").click()
