@@ -383,3 +383,52 @@ def test_the_title_counts_unread_messages_live(chat_server, new_page):
     expect(bob).to_have_title("(3) Беседы")
     conversation_item(bob, "joined", conv_id).click()
     expect(bob).to_have_title("Беседы")
+
+
+def test_an_own_message_announced_before_its_answer_shows_once(chat_server, new_page):
+    """The socket's new_message may beat the HTTP answer: neither chat shows the message twice."""
+    base = chat_server.base_url
+    alice, bob = new_page(), new_page()
+    sign_in(alice, base, "Алиса", 7501)
+    sign_in(bob, base, "Борис", 7502)
+    held = []
+
+    def store_and_hold(route):
+        held.append((route, route.fetch()))
+
+    def answer_held() -> None:
+        deadline = time.monotonic() + 10
+        while not held:  # the handler runs while Playwright waits
+            assert time.monotonic() < deadline, "no send was held"
+            alice.wait_for_timeout(50)
+        route, response = held.pop()
+        route.fulfill(response=response)
+
+    alice.route("**/v1/messages/send", store_and_hold)
+
+    # The anonymous chat: nothing says the event is ours until the answer comes.
+    for page in (alice, bob):
+        page.get_by_test_id("global-chat-item").click()
+    type_and_enter(alice, "кто первый")
+    expect(message(bob, "кто первый")).to_be_visible()  # stored and announced
+    expect(message(alice, "кто первый")).to_have_attribute("data-state", "sending")
+    expect(message(alice, "кто первый")).to_have_count(1)
+    answer_held()
+    expect(message(alice, "кто первый")).to_have_attribute("data-state", "sent")
+    expect(message(alice, "кто первый")).to_have_count(1)
+    expect(alice.get_by_test_id("global-unread")).to_have_attribute("data-count", "0")
+
+    # A conversation: the event names the sender, so it settles the message before the answer does.
+    conv_id = create_conversation(alice, "Гонка ответов")
+    bob.get_by_test_id("tab-new").click()
+    conversation_item(bob, "new", conv_id).get_by_test_id("conversation-join").click()
+    expect(bob.get_by_test_id("composer-input")).to_be_visible()
+    type_and_enter(alice, "и снова")
+    expect(message(bob, "и снова")).to_be_visible()
+    expect(message(alice, "и снова")).to_have_attribute("data-state", "sent")
+    answer_held()
+    alice.unroute("**/v1/messages/send")
+    send(alice, "после гонки")  # after the late answer came and went
+    expect(message(alice, "после гонки")).to_have_attribute("data-state", "sent")
+    expect(message(alice, "и снова")).to_have_count(1)
+    expect(message(alice, "после гонки")).to_have_count(1)
