@@ -36,9 +36,7 @@ import secrets
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import redis.asyncio as redis
-
-from storage.redis_client import bounded_client
+from storage.redis_client import bounded_client, dedicated_client
 
 log = logging.getLogger("chat.bus")
 
@@ -543,8 +541,7 @@ class RedisBus(Bus):
         self.window_secs = window_secs
         self.client = bounded_client(url, timeout_secs)
         # The reader blocks on its own connection, never on the pool's.
-        self.reader = redis.Redis.from_url(url, socket_timeout=READ_BLOCK_MS / 1000 + timeout_secs,
-                                           socket_connect_timeout=timeout_secs)
+        self.reader = dedicated_client(url, READ_BLOCK_MS / 1000 + timeout_secs, timeout_secs)
         self.log_key = f"{prefix}log"
         self._append_in_order = self.client.register_script(_APPEND_IN_ORDER_LUA)
         self._fill_gap = self.client.register_script(_FILL_GAP_LUA)
