@@ -81,6 +81,7 @@ export async function loadOutbox(userId) {
   });
   save();
   renderOutbox();
+  renderSidebar();
   pump();
 }
 
@@ -117,6 +118,7 @@ function retry(entry) {
   entries.push(entry);
   save();
   renderOutbox(true);
+  renderSidebar();
   pump();
 }
 
@@ -125,6 +127,7 @@ function discard(entry) {
   save();
   releaseEcho(entry);
   renderOutbox();
+  renderSidebar();
 }
 
 async function pump() {
@@ -162,6 +165,7 @@ async function deliver(entry) {
     save();
     releaseEcho(entry);
     renderOutbox();
+    renderSidebar();
     reportError(err);
   }
 }
@@ -290,4 +294,12 @@ export function renderOutbox(forceScroll = false) {
   const tail = [...list.children].slice(-wanted.length);
   if (!wanted.every((node, i) => tail[i] === node)) list.append(...wanted);
   if (forceScroll) scrollToBottom(true);
+}
+
+/** The newest text of a chat that could not be sent, or null. */
+export function failedText(chat) {
+  for (let i = entries.length - 1; i >= 0; i -= 1) {
+    if (entries[i].chat === chat && entries[i].state === 'failed') return entries[i].text;
+  }
+  return null;
 }

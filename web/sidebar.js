@@ -7,6 +7,7 @@ import { icon, badge, countPill } from './ui.js';
 import { joinConversation } from './membership.js';
 import { openConversation, openViewer } from './conversation.js';
 import { renderTitle } from './attention.js';
+import { failedText } from './outbox.js';
 
 export function setTab(tab) {
   state.tab = tab;
@@ -47,7 +48,8 @@ export function renderSidebar() {
   if (!ui.joinedList) return;
   const last = lastGlobalMessage();
   const globalOpen = Boolean(state.open && state.open.kind === 'global');
-  const globalSig = JSON.stringify([last && last.message, state.global.unread]);
+  const globalFailed = failedText(0);
+  const globalSig = JSON.stringify([last && last.message, state.global.unread, globalFailed]);
   ui.globalItem.classList.toggle('active', globalOpen);
   if (ui.globalSig !== globalSig) {
     ui.globalSig = globalSig;
@@ -55,11 +57,14 @@ export function renderSidebar() {
       h('span', { class: 'avatar conv-avatar global-avatar', style: '--size:44px' }, icon('mask')),
       h('span', { class: 'conv-main' },
         h('span', { class: 'conv-top' }, h('span', { class: 'conv-name' }, 'Анонимный чат')),
-        h('span', { class: 'conv-preview', testid: 'global-preview' }, last ? last.message : 'Пишите без имени — отправитель скрыт')),
+        globalFailed !== null
+          ? unsentPreview(globalFailed)
+          : h('span', { class: 'conv-preview', testid: 'global-preview' }, last ? last.message : 'Пишите без имени — отправитель скрыт')),
       badge(state.global.unread, 'global-unread'));
   }
 
-  const joined = sortedByActivity(state.joined);
+  // A text that could not be sent shows in its chat's item, so it is not forgotten in a chat not open.
+  const joined = sortedByActivity(state.joined).map((c) => ({ ...c, unsent: failedText(c.id) }));
   const fresh = sortedByActivity(state.fresh);
   const unreadTotal = joined.reduce((sum, c) => sum + (c.unreadCount || 0), 0);
   renderTitle(unreadTotal + state.global.unread);
@@ -90,12 +95,19 @@ function joinedItem(c) {
     h('span', { class: 'conv-top' },
       h('span', { class: 'conv-name', testid: 'conversation-name' }, c.name),
       countPill('eye', c.viewers || 0, 'conversation-viewers')),
-    h('span', { class: 'conv-preview', testid: 'conversation-preview' },
-      c.senderAvatar ? avatar({ url: c.senderAvatar, name: '', size: 16, extraClass: 'mini' }) : null,
-      h('span', { class: 'conv-preview-text' }, c.message || ''))),
+    c.unsent !== null
+      ? unsentPreview(c.unsent)
+      : h('span', { class: 'conv-preview', testid: 'conversation-preview' },
+        c.senderAvatar ? avatar({ url: c.senderAvatar, name: '', size: 16, extraClass: 'mini' }) : null,
+        h('span', { class: 'conv-preview-text' }, c.message || ''))),
   h('span', { class: 'conv-side' },
     countPill('users', c.members || 0, 'conversation-members'),
     badge(c.unreadCount || 0, 'unread-badge')));
+}
+
+function unsentPreview(text) {
+  return h('span', { class: 'conv-preview conv-unsent', testid: 'conversation-unsent' },
+    h('span', { class: 'conv-preview-text' }, `Не отправлено: ${text}`));
 }
 
 function freshItem(c) {

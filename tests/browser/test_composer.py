@@ -295,12 +295,15 @@ def test_a_send_whose_answer_was_lost_is_not_sent_twice(chat_server, new_page):
     fate["now"] = "pass"
     alice.reload()
     wait_online(alice)
+    unsent = conversation_item(alice, "joined", conv_id).get_by_test_id("conversation-unsent")
+    expect(unsent).to_have_text("Не отправлено: не дошло")  # not forgotten in a chat not open
     conversation_item(alice, "joined", conv_id).click()
     expect(lost).to_have_attribute("data-state", "failed")
     lost.get_by_test_id("message-retry").click()
     expect(lost).to_have_attribute("data-state", "sent")
     expect(message(bob, "не дошло")).to_have_count(1)
     expect(message(alice, "не дошло")).to_have_count(1)
+    expect(unsent).to_have_count(0)
 
     # A failed one can also be dropped on purpose.
     fate["now"] = "abort"
