@@ -130,7 +130,9 @@ export function handleOpenError(err, id) {
 
 export async function loadEarlier() {
   const open = state.open;
-  if (!open || open.kind === 'viewer') return;
+  // One page at a time: the offset is what is loaded, so a second request meanwhile would fetch the same page.
+  if (!open || open.kind === 'viewer' || !open.hasMore || open.loadingEarlier) return;
+  open.loadingEarlier = true;
   const chat = open.kind === 'global' ? 0 : open.id;
   try {
     const res = await state.client.get('/v1/messages/get', { chat, offset: open.messages.size });
@@ -144,6 +146,8 @@ export async function loadEarlier() {
     if (ui.messageList) ui.messageList.scrollTop = ui.messageList.scrollHeight - before;
   } catch (err) {
     reportError(err);
+  } finally {
+    open.loadingEarlier = false;
   }
 }
 
@@ -171,6 +175,8 @@ export function markRead(id, now = false) {
 export function onPageActive() {
   const open = state.open;
   if (!open) return;
+  // What arrives during the next absence gets a "Новые сообщения" mark of its own.
+  open.awayMark = false;
   if (open.kind === 'global' && state.global.unread) {
     state.global.unread = 0;
     renderSidebar();

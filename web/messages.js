@@ -9,6 +9,10 @@ import { state, ui, entryFor } from './state.js';
 import { loadEarlier } from './conversation.js';
 import { buildTimeline, firstUnreadId, serviceText } from './timeline.js';
 import { renderOutbox } from './outbox.js';
+import { pageActive } from './attention.js';
+
+// Scrolled this close to the top, the next page above is fetched.
+const LOAD_EARLIER_MARGIN = 300;
 
 const NEW_BELOW = ['новое', 'новых', 'новых'];
 
@@ -86,7 +90,10 @@ export function createMessagePane() {
       updateNewBelow();
     },
   });
-  list.addEventListener('scroll', () => updateNewBelow(), { passive: true });
+  list.addEventListener('scroll', () => {
+    updateNewBelow();
+    if (list.scrollTop < LOAD_EARLIER_MARGIN && state.open && state.open.hasMore && !state.open.loading) loadEarlier();
+  }, { passive: true });
   ui.messageList = list;
   ui.newBelowButton = button;
   ui.unseenBelow = new Set();
@@ -180,12 +187,37 @@ export function upsertMessageNode(m, forceScroll = false) {
   // One's own new message is always shown, whichever of its event and its
   // send's answer comes first.
   const stick = forceScroll || nearBottom() || (isNew && isMine(m));
+  const open = state.open;
+  if (isNew && !isMine(m) && !pageActive() && !open.awayMark) {
+    // The first message the user did not see arrive: the mark goes there.
+    open.unread = { firstId: m.id };
+    open.awayMark = true;
+  }
   fillMessages();
-  if (stick) scrollToBottom(true);
-  else if (isNew && !isMine(m)) {
+  if (stick && open.awayMark) {
+    keepMarkInView(list, m);
+  } else if (stick) {
+    scrollToBottom(true);
+  } else if (isNew && !isMine(m)) {
     ui.unseenBelow.add(m.id);
     updateNewBelow();
   }
+}
+
+/**
+ * Follow new messages down while the page is not seen, but never past the
+ * "Новые сообщения" mark: the user comes back to the first one they missed,
+ * and the rest count on the "↓ N новых" button.
+ */
+function keepMarkInView(list, m) {
+  requestAnimationFrame(() => {
+    const mark = list.querySelector('[data-testid="unread-separator"]');
+    const bottom = list.scrollHeight - list.clientHeight;
+    const atMark = mark ? list.scrollTop + mark.getBoundingClientRect().top - list.getBoundingClientRect().top - 8 : bottom;
+    list.scrollTop = Math.min(bottom, Math.max(list.scrollTop, atMark));
+    if (!isMine(m)) ui.unseenBelow.add(m.id);
+    updateNewBelow();
+  });
 }
 
 /** Drop from the count what came into view; hide the button at the bottom. */

@@ -102,11 +102,13 @@ export function serviceText(kind, name, mine) {
 }
 
 /**
- * The first unread message when a chat opened with `count` unread: the
- * `count`-th from the end of those that were there then (up to `lastId`).
- * Null while that one is on a page not loaded yet.
+ * The first unread message: `{firstId}` names it (it arrived while the page
+ * was not seen); `{count, lastId}` (a chat opened with `count` unread) makes
+ * it the `count`-th from the end of those that were there then, up to
+ * `lastId`. Null while that one is on a page not loaded yet.
  */
-export function firstUnreadId(messages, { count, lastId }, startReached) {
+export function firstUnreadId(messages, { firstId, count, lastId }, startReached) {
+  if (firstId) return firstId;
   if (!count) return null;
   const ids = [...messages].map((m) => m.id).filter((id) => id <= lastId).sort((a, b) => a - b);
   if (ids.length >= count) return ids[ids.length - count];

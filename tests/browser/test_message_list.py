@@ -271,6 +271,55 @@ def test_unread_separator_when_opening(server, new_page):
     assert shown[at - 1 : at + 2] == ["msg:Ещё одно", "unread:Новые сообщения", "msg:После перезагрузки 1"], shown
 
 
+def set_visible(page: Page, visible: bool) -> None:
+    """What the browser does when the tab goes to the background or comes back."""
+    page.evaluate(
+        """visible => {
+          const state = visible ? 'visible' : 'hidden';
+          Object.defineProperty(document, 'visibilityState', { get: () => state, configurable: true });
+          Object.defineProperty(document, 'hidden', { get: () => !visible, configurable: true });
+          document.dispatchEvent(new Event('visibilitychange'));
+        }""",
+        visible,
+    )
+
+
+def test_unread_mark_for_what_arrived_while_away(server, new_page):
+    base = server.base_url
+    alice, bob = new_page(), new_page(viewport={"width": 1000, "height": 600})
+    sign_in(alice, base, "Алиса", 17001)
+    sign_in(bob, base, "Борис", 17002)
+    conv_id = create_conversation(alice, "Пока меня не было")
+    join(bob, conv_id)
+    send(alice, "При мне")
+    expect(message(bob, "При мне")).to_be_in_viewport()
+
+    # The chat stays open in a background tab while six tall messages come in.
+    set_visible(bob, False)
+    api_send(base, 17001, "Алиса", conv_id, [f"Без меня {i}\n{TALL}" for i in range(6)])
+    expect(message(bob, f"Без меня 5\n{TALL}")).to_be_attached()
+    set_visible(bob, True)
+
+    # Back: the mark at the first one missed, in view; the rest waits below.
+    separator = bob.get_by_test_id("unread-separator")
+    expect(separator).to_have_text("Новые сообщения")
+    shown = rows(bob)
+    at = shown.index("unread:Новые сообщения")
+    assert shown[at - 1 : at + 2] == ["msg:При мне", "unread:Новые сообщения", f"msg:Без меня 0\n{TALL}"], shown
+    expect(separator).to_be_in_viewport()
+    expect(message(bob, f"Без меня 0\n{TALL}")).to_be_in_viewport()
+    expect(message(bob, f"Без меня 5\n{TALL}")).not_to_be_in_viewport()
+    expect(bob.get_by_test_id("new-messages-button")).to_be_visible()
+    bob.get_by_test_id("new-messages-button").click()
+    expect(message(bob, f"Без меня 5\n{TALL}")).to_be_in_viewport()
+
+    # Seen live, nothing moves the mark.
+    send(alice, "Снова при мне")
+    expect(message(bob, "Снова при мне")).to_be_in_viewport()
+    assert rows(bob).count("unread:Новые сообщения") == 1
+    assert rows(bob).index("unread:Новые сообщения") == at
+
+
 # ---------------------------------------------------------------- groups, colours, dates
 
 
@@ -300,9 +349,10 @@ def test_consecutive_messages_grouped_across_pages_and_live(server, new_page):
     assert author_and_avatar(bob, "Пачка 6") == (1, 0)
     assert author_and_avatar(bob, "Пачка 105") == (0, 1)
 
-    # The earlier page joins the run: still one name, now on its first message.
-    bob.get_by_test_id("load-earlier").click()
-    expect(message(bob, "Пачка 1")).to_be_visible()
+    # Scrolling up fetches the earlier page, which joins the run: still one name, now on its first message.
+    scroll_to_top(bob)
+    expect(message(bob, "Пачка 1")).to_be_attached()
+    expect(bob.get_by_test_id("load-earlier")).to_have_count(0)
     expect(author).to_have_count(1)
     expect(avatar).to_have_count(1)
     assert author_and_avatar(bob, "Пачка 1") == (1, 0)
