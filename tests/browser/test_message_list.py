@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import Page, expect
 
-from test_web_client import conversation_item, message, messages, send, sign_in
+from tests.browser.test_web_client import conversation_item, message, messages, send, sign_in
 
 expect.set_options(timeout=10_000)
 

@@ -66,6 +66,9 @@ def send(page: Page, text: str) -> None:
     box.press("Enter")
     expect(message(page, text)).to_have_attribute("data-mine", "true")
     expect(box).to_have_value("")
+    # Shown at once while it is being sent: wait for the server's answer (a
+    # reload before it would leave the text unsent, by design).
+    expect(message(page, text).and_(page.locator(".pending"))).to_have_count(0)
 
 
 def shot(page: Page, path: Path) -> None:
