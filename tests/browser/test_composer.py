@@ -435,3 +435,19 @@ def test_an_own_message_announced_before_its_answer_shows_once(chat_server, new_
     expect(message(alice, "после гонки")).to_have_attribute("data-state", "sent")
     expect(message(alice, "и снова")).to_have_count(1)
     expect(message(alice, "после гонки")).to_have_count(1)
+
+
+def test_the_anonymous_chat_counts_what_arrives_while_the_page_is_hidden(chat_server, new_page):
+    base = chat_server.base_url
+    alice, bob = new_page(), new_page()
+    sign_in(alice, base, "Алиса", 7601)
+    sign_in(bob, base, "Борис", 7602)
+    for page in (alice, bob):
+        page.get_by_test_id("global-chat-item").click()
+    set_visible(bob, False)
+    send(alice, "анонимно, пока никто не смотрит")
+    expect(message(bob, "анонимно, пока никто не смотрит")).to_be_visible()
+    expect(bob).to_have_title("(1) Беседы")
+    set_visible(bob, True)
+    expect(bob).to_have_title("Беседы")
+    expect(bob.get_by_test_id("global-unread")).to_have_attribute("data-count", "0")
