@@ -9,7 +9,7 @@ import { renderSidebar } from './sidebar.js';
 import { moveToNew, loadLists, loadGlobal } from './lists.js';
 import { joinConversation, leaveConversation, deleteConversation } from './membership.js';
 import {
-  createMessagePane, fillMessages, nearBottom, scrollToBottom, markFirstUnread, newestId, learnMemberNames,
+  createMessagePane, fillMessages, nearBottom, scrollToBottom, markFirstUnread, revealMark, newestId, learnMemberNames,
 } from './messages.js';
 import { buildComposer } from './composer.js';
 import { toggleInfo, closeInfo } from './info.js';
@@ -144,6 +144,7 @@ export async function loadEarlier() {
     const before = list ? list.scrollHeight - list.scrollTop : 0;
     renderChat();
     if (ui.messageList) ui.messageList.scrollTop = ui.messageList.scrollHeight - before;
+    revealMark(open);
   } catch (err) {
     reportError(err);
   } finally {

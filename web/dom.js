@@ -42,16 +42,6 @@ export function countText(n, forms) {
   return `${n} ${plural(n, forms)}`;
 }
 
-export function formatTime(unixSeconds) {
-  if (!unixSeconds) return '';
-  const date = new Date(unixSeconds * 1000);
-  const now = new Date();
-  const hm = formatClock(unixSeconds);
-  if (date.toDateString() === now.toDateString()) return hm;
-  const dm = date.toLocaleDateString('ru-RU', { day: 'numeric', month: 'short' });
-  return `${dm}, ${hm}`;
-}
-
 /** "09:41": a message's time (its day is on the date separator above it). */
 export function formatClock(unixSeconds) {
   return new Date(unixSeconds * 1000).toLocaleTimeString('ru-RU', { hour: '2-digit', minute: '2-digit' });

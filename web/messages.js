@@ -50,7 +50,7 @@ function messageNode(m, row) {
   side,
   h('div', { class: 'bubble' },
     showSender && row.groupStart
-      ? h('div', { class: 'msg-author', testid: 'message-author', style: `color:${userColor(m.user_id)}` }, m.name || `id${m.user_id}`)
+      ? h('div', { class: 'msg-author', testid: 'message-author', style: `--user-color:${userColor(m.user_id)}` }, m.name || `id${m.user_id}`)
       : null,
     h('div', { class: 'msg-text', testid: 'message-text' }, m.message),
     h('time', { class: 'msg-time', datetime: new Date(m.time * 1000).toISOString() }, formatClock(m.time))));
@@ -248,11 +248,27 @@ export function markFirstUnread(open, count, lastId) {
   fillMessages();
   const list = ui.messageList;
   // After the render's own scroll to the bottom (an earlier frame callback).
-  requestAnimationFrame(() => {
-    const mark = list.querySelector('[data-testid="unread-separator"]');
-    if (mark) list.scrollTop += mark.getBoundingClientRect().top - list.getBoundingClientRect().top - 8;
-    else list.scrollTop = 0; // the first unread is on a page above: start from the top
-  });
+  open.revealMark = true;
+  requestAnimationFrame(() => revealMark(open));
+}
+
+/**
+ * Scroll the "Новые сообщения" mark to the top of the list, once. While the
+ * first unread message is on a page above, go to the top instead: that
+ * fetches the page (loadEarlier calls this again after it).
+ */
+export function revealMark(open) {
+  const list = ui.messageList;
+  if (!open.revealMark || state.open !== open || !list) return;
+  const mark = list.querySelector('[data-testid="unread-separator"]');
+  if (mark) {
+    open.revealMark = false;
+    list.scrollTop += mark.getBoundingClientRect().top - list.getBoundingClientRect().top - 8;
+  } else if (open.hasMore) {
+    list.scrollTop = 0;
+  } else {
+    open.revealMark = false;
+  }
 }
 
 /** The newest message id of a list of messages, 0 for none. */

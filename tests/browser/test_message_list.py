@@ -271,6 +271,31 @@ def test_unread_separator_when_opening(server, new_page):
     assert shown[at - 1 : at + 2] == ["msg:Ещё одно", "unread:Новые сообщения", "msg:После перезагрузки 1"], shown
 
 
+def test_unread_separator_on_an_earlier_page(server, new_page):
+    base = server.base_url
+    alice, bob = new_page(), new_page(viewport={"width": 1000, "height": 600})
+    sign_in(alice, base, "Алиса", 13101)
+    sign_in(bob, base, "Борис", 13102)
+    conv_id = create_conversation(alice, "Много непрочитанного")
+    join(bob, conv_id)
+    send(bob, "Прочитал")
+    bob.get_by_test_id("global-chat-item").click()
+    expect(bob.get_by_test_id("chat-title")).to_have_text("Анонимный чат")
+    # More unread than the first page (100) holds.
+    api_send(base, 13101, "Алиса", conv_id, [f"Пачка {i}" for i in range(1, 106)])
+    badge = conversation_item(bob, "joined", conv_id).get_by_test_id("unread-badge")
+    expect(badge).to_have_attribute("data-count", "105")
+
+    open_joined(bob, conv_id)
+    # The page above is fetched to find the first unread, and the list opens there.
+    separator = bob.get_by_test_id("unread-separator")
+    expect(separator).to_be_in_viewport()
+    expect(message(bob, "Пачка 1")).to_be_in_viewport()
+    shown = rows(bob)
+    at = shown.index("unread:Новые сообщения")
+    assert shown[at - 1 : at + 2] == ["msg:Прочитал", "unread:Новые сообщения", "msg:Пачка 1"], shown
+
+
 def set_visible(page: Page, visible: bool) -> None:
     """What the browser does when the tab goes to the background or comes back."""
     page.evaluate(
@@ -398,13 +423,24 @@ def test_a_stable_colour_per_user(server, new_page):
     def name_colour(page: Page, text: str) -> str:
         return message(page, text).get_by_test_id("message-author").evaluate("(el) => getComputedStyle(el).color")
 
-    def avatar_colour(page: Page, text: str) -> str:
-        return message(page, text).get_by_test_id("message-avatar").evaluate(
-            "(el) => getComputedStyle(el).backgroundColor"
+    def user_colours(page: Page, text: str) -> tuple[str, str]:
+        """The colour a name is drawn from (shaded to read on its bubble), and the avatar's."""
+        found = message(page, text)
+        name = found.get_by_test_id("message-author").evaluate("(el) => el.style.getPropertyValue('--user-color')")
+        picture = found.get_by_test_id("message-avatar").evaluate("(el) => getComputedStyle(el).backgroundColor")
+        return name, picture
+
+    def computed(page: Page, colour: str) -> str:
+        return page.evaluate(
+            "(c) => { const el = document.createElement('i'); el.style.color = c; document.body.append(el);"
+            " const v = getComputedStyle(el).color; el.remove(); return v; }",
+            colour,
         )
 
     in_second = name_colour(bob, "Алиса во второй")
-    assert in_second == avatar_colour(bob, "Алиса во второй")
+    base_colour, avatar_colour = user_colours(bob, "Алиса во второй")
+    assert base_colour and computed(bob, base_colour) == avatar_colour
+    assert in_second != computed(bob, "var(--accent)")  # not every name in the one accent colour
     assert name_colour(alice, "Борис во второй") != in_second  # the ids were picked to hash apart
 
     open_joined(bob, first)
@@ -417,7 +453,7 @@ def test_a_stable_colour_per_user(server, new_page):
     # The member list of the info panel: the same colour again.
     bob.get_by_test_id("chat-info").click()
     member = bob.locator('[data-testid="info-member"][data-user-id="15001"] .avatar')
-    assert member.evaluate("(el) => getComputedStyle(el).backgroundColor") == in_second
+    assert member.evaluate("(el) => getComputedStyle(el).backgroundColor") == avatar_colour
 
 
 def test_date_separators(server, new_page, browser):
