@@ -15,6 +15,7 @@ import { pageActive } from './attention.js';
 const LOAD_EARLIER_MARGIN = 300;
 
 const NEW_BELOW = ['новое', 'новых', 'новых'];
+const NEW_BELOW_SPOKEN = ['новое сообщение', 'новых сообщения', 'новых сообщений'];
 
 // Per rendered list: row key -> {sig, node}.
 const nodeCaches = new WeakMap();
@@ -232,9 +233,15 @@ function updateNewBelow() {
     if (!node || node.getBoundingClientRect().top < bottom) ui.unseenBelow.delete(id);
   }
   const n = ui.unseenBelow.size;
-  button.hidden = n === 0;
-  const label = n ? `↓ ${n} ${plural(n, NEW_BELOW)}` : '';
-  if (button.textContent !== label) button.textContent = label;
+  // Further up than a screen, a plain "↓" leads back even with nothing new.
+  const far = list.scrollHeight - list.scrollTop - list.clientHeight > list.clientHeight;
+  button.hidden = n === 0 && !far;
+  const label = n ? `↓ ${n} ${plural(n, NEW_BELOW)}` : '↓';
+  if (button.textContent !== label) {
+    button.textContent = label;
+    button.dataset.count = String(n);
+    button.setAttribute('aria-label', n ? `${n} ${plural(n, NEW_BELOW_SPOKEN)}, к последним` : 'К последним сообщениям');
+  }
 }
 
 /**

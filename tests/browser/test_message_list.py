@@ -187,6 +187,7 @@ def test_new_messages_button_while_scrolled_up(server, new_page):
     # Scrolled up, each one below the visible area counts.
     scroll_to_top(alice)
     expect(message(alice, "Длинное 0\n" + TALL)).to_be_in_viewport()
+    expect(button).to_have_text("↓")  # far up: a way back down even with nothing new
     send(bob, "Новое 1")
     expect(button).to_be_visible()
     expect(button).to_have_text("↓ 1 новое")
