@@ -44,6 +44,7 @@ export function countText(n, forms) {
 
 /** "09:41": a message's time (its day is on the date separator above it). */
 export function formatClock(unixSeconds) {
+  if (!unixSeconds) return '';
   return new Date(unixSeconds * 1000).toLocaleTimeString('ru-RU', { hour: '2-digit', minute: '2-digit' });
 }
 

@@ -54,7 +54,7 @@ function messageNode(m, row) {
       ? h('div', { class: 'msg-author', testid: 'message-author', style: `--user-color:${userColor(m.user_id)}` }, m.name || `id${m.user_id}`)
       : null,
     h('div', { class: 'msg-text', testid: 'message-text' }, m.message),
-    h('time', { class: 'msg-time', datetime: new Date(m.time * 1000).toISOString() }, formatClock(m.time))));
+    h('time', { class: 'msg-time', datetime: m.time ? new Date(m.time * 1000).toISOString() : null }, formatClock(m.time))));
 }
 
 function rowText(row) {

@@ -45,6 +45,7 @@ export function buildTimeline({
   let groupTail = null; // the last message row, while the next one may join its group
 
   const enterDay = (time) => {
+    if (!time) return; // no time known: it belongs to the day before it
     const key = dayKey(time);
     if (key === day) return;
     day = key;

@@ -1,8 +1,9 @@
 """The message list reads like a modern messenger's (issue 11): service lines
 for a conversation's creation and for joins and leaves, senders' consecutive
 messages grouped under one name and avatar, a stable colour per user, date
-separators, a "Новые сообщения" mark at the first unread message and a
-"↓ N новых" button while scrolled up.
+separators, a "Новые сообщения" mark at the first unread message (when a chat
+opens, and for what arrived while the page was not seen), a "↓ N новых"
+button while scrolled up, and earlier pages fetched on scrolling up.
 
 Messages that only set the scene are sent through the HTTP API (fast, and
 with the send-rate limit off); the ones a test looks at arrive live.
@@ -502,5 +503,29 @@ def test_date_separators(server, new_page, browser):
             }"""
         )
         assert plan == ["date:Вчера", "1<", "2>", "3<>", "4<>", "date:Сегодня", "5<>", "6<>"], plan
+
+        # The creation message only as the conversation's very first; live events after what they followed.
+        plans = page.evaluate(
+            """async () => {
+                const { buildTimeline } = await import('/timeline.js');
+                const t = new Date(2026, 10, 24, 12, 0).getTime() / 1000;
+                const messages = [
+                    { id: 1, user_id: 7, name: 'А', message: 'Создана беседа.', time: t },
+                    { id: 2, user_id: 7, name: 'А', message: 'Привет', time: t + 1 },
+                ];
+                const events = [{ kind: 'joined', userId: 8, name: 'Б', time: t + 2, afterId: 1, seq: 1 }];
+                const show = (rows) => rows.map((r) => r.type === 'message' ? `msg:${r.message.message}` : `${r.type}:${r.kind || r.label}`);
+                return [
+                    show(buildTimeline({ messages, events, startReached: true, creatorId: 7, now: new Date(2026, 10, 24, 13, 0) })),
+                    show(buildTimeline({ messages, events, startReached: false, creatorId: 7, now: new Date(2026, 10, 24, 13, 0) })),
+                    show(buildTimeline({ messages, startReached: true, creatorId: 8, now: new Date(2026, 10, 24, 13, 0) })),
+                ];
+            }"""
+        )
+        assert plans == [
+            ["date:Сегодня", "service:created", "service:joined", "msg:Привет"],
+            ["date:Сегодня", "msg:Создана беседа.", "service:joined", "msg:Привет"],
+            ["date:Сегодня", "msg:Создана беседа.", "msg:Привет"],
+        ], plans
     finally:
         context.close()
