@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 
+from server import eventloop
 from server.app import ChatServer, SettingsConflict
 from server.auth import load_or_create_secret, sign_launch_params
 from server.settings import load_settings
@@ -112,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         sign(args.user_id)
     elif args.command == "watch":
         settings = load_settings()
-        asyncio.run(watch(args.user_id, args.url or f"ws://{settings.host}:{settings.port}/v1/ws"))
+        eventloop.run(watch(args.user_id, args.url or f"ws://{settings.host}:{settings.port}/v1/ws"), settings.event_loop)
     elif args.command == "apidoc":
         write_apidoc()
     elif args.command == "migrate":
-        asyncio.run(migrate())
+        eventloop.run(migrate(), load_settings().event_loop)
     else:
-        asyncio.run(serve())
+        eventloop.run(serve(), load_settings().event_loop)
     return 0
 
 

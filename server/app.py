@@ -7,6 +7,7 @@ start and stop the same thing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -279,4 +280,8 @@ class ChatServer:
         database = self.database.url.render_as_string(hide_password=True)
         cache = f"redis {self.settings.redis_url} (prefix {self.settings.redis_prefix})" if self.settings.redis_url else "in-process"
         metrics_at = f"http://{self.settings.metrics_host_port[0]}:{self.metrics_port}/metrics" if self.metrics_port else "off"
-        return f"listening on http://{self.settings.host}:{port}/ · database {database} · cache {cache} · metrics {metrics_at}"
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # "uvloop" or "asyncio"
+        return (
+            f"listening on http://{self.settings.host}:{port}/ · database {database} · cache {cache}"
+            f" · metrics {metrics_at} · event loop {loop}"
+        )

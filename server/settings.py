@@ -12,6 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from server.eventloop import loop_factory
+
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config" / "chat.toml"
 
 
@@ -35,6 +37,9 @@ class Settings:
     # benches) gets no listener unless it asks.
     metrics_addr: str = ""
     metrics_token: str = ""  # if set, /metrics is also served on the API port to this bearer token
+    db_timeout: float = 5.0
+    redis_timeout: float = 1.0
+    event_loop: str = "uvloop"  # or "asyncio" (server/eventloop.py)
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
@@ -45,8 +50,6 @@ class Settings:
         if not host or not port.isdigit():
             raise ValueError(f"setting metrics_addr must be host:port or off, got {self.metrics_addr!r}")
         return host.strip("[]"), int(port)
-    db_timeout: float = 5.0
-    redis_timeout: float = 1.0
 
     @property
     def sqlite_path(self) -> Path:
@@ -98,4 +101,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         if env_value is not None:
             values[name] = env_value
     values.update(overrides)
-    return Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    loop_factory(settings.event_loop)  # a name it does not know is refused here, before anything starts
+    return settings

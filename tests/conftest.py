@@ -12,6 +12,7 @@ prefix, deleted afterwards, so parallel runs never meet.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from typing import Iterator
 import pymysql
 import pytest
 import redis as redis_sync
+import uvloop
 from sqlalchemy.engine import make_url
 
 from server.app import ChatServer
@@ -36,6 +38,10 @@ BACKENDS = [
     b.strip() for b in os.environ.get("CHAT_TEST_BACKENDS", "mysql,embedded,two-processes").split(",") if b.strip()
 ]
 TEST_SECRET = "test-secret-" + uuid.uuid4().hex
+# In-process servers run on the loop run.py runs them on (setting event_loop,
+# default uvloop); CHAT_TEST_EVENT_LOOP=asyncio runs the suite on the standard one.
+EVENT_LOOP = os.environ.get("CHAT_TEST_EVENT_LOOP", Settings.event_loop)
+asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy() if EVENT_LOOP == "asyncio" else uvloop.EventLoopPolicy())
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from server.eventloop import loop_factory
 from server.settings import load_settings
 
 
@@ -12,6 +13,16 @@ def test_defaults():
     assert (settings.host, settings.port, settings.max_members, settings.auth_max_age) == ("127.0.0.1", 8080, 100, 0)
     assert settings.database_url == "" and settings.redis_url == "" and settings.cors_origins == ()
     assert settings.effective_database_url.startswith("sqlite+aiosqlite:///")
+    assert settings.event_loop == "uvloop"
+
+
+@pytest.mark.parametrize("name", ["uvloop", "asyncio"])
+def test_the_event_loop_setting_picks_the_loop(name):
+    loop = loop_factory(load_settings(environ={"CHAT_EVENT_LOOP": name}).event_loop)()
+    try:
+        assert type(loop).__module__.split(".")[0] == name
+    finally:
+        loop.close()
 
 
 def test_file_then_environment(tmp_path):
@@ -24,7 +35,7 @@ def test_file_then_environment(tmp_path):
     assert settings.cors_origins == ("https://a.example", "https://b.example")
 
 
-@pytest.mark.parametrize("environ", [{"CHAT_PORT": "eighty"}, {"CHAT_MAX_MEMBERS": ""}])
+@pytest.mark.parametrize("environ", [{"CHAT_PORT": "eighty"}, {"CHAT_MAX_MEMBERS": ""}, {"CHAT_EVENT_LOOP": "trio"}])
 def test_bad_values_fail_loudly(environ):
     with pytest.raises(ValueError):
         load_settings(environ=environ)
