@@ -165,7 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("CHAT_PORT", "8090")))
     args = parser.parse_args(argv)
     raise_nofile_limit()
-    asyncio.run(serve(args.host, args.port))
+    # The same event loop as our server's (CHAT_EVENT_LOOP, default uvloop), so the ratios compare servers, not loops.
+    if os.environ.get("CHAT_EVENT_LOOP", "uvloop") == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(args.host, args.port))
+    else:
+        asyncio.run(serve(args.host, args.port))
     return 0
 
 

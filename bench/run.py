@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as ``python bench/run.py``: make ``bench`` 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.launch import self_check  # noqa: E402
+from server.eventloop import EVENT_LOOPS  # noqa: E402
 from bench.loadgen import (  # noqa: E402
     DeliveryConfig, IdleConfig, StormConfig, Target, raise_nofile_limit, run_delivery, run_idle, run_storm,
 )
@@ -145,18 +146,27 @@ class ServerProcess:
 # --- per-target resources (temp dirs, MariaDB database, Redis prefix) ----------------
 
 
+def split_target(name: str) -> tuple[str, str]:
+    """``mariadb@asyncio`` → ("mariadb", "asyncio"): a target on another event loop than the default."""
+    base, _, event_loop = name.partition("@")
+    return base, event_loop
+
+
 @contextlib.contextmanager
 def provision(name: str, run_id: str, args: argparse.Namespace, max_members: int) -> Iterator[ServerSpec]:
     """Yield a target's start spec; remove whatever it created afterwards."""
     python = sys.executable
+    name, event_loop = split_target(name)
+    loop_env = {"CHAT_EVENT_LOOP": event_loop} if event_loop else {}
     if name == "baseline":
-        yield ServerSpec(name, [python, str(REPO / "bench" / "baseline_server.py"), "--port", "{port}"], {})
+        yield ServerSpec(name, [python, str(REPO / "bench" / "baseline_server.py"), "--port", "{port}"], loop_env)
         return
     data_dir = tempfile.mkdtemp(prefix=f"chatbench-{name}-")
     env = {
         "CHAT_VK_SECRET": args.secret, "CHAT_DATA_DIR": data_dir, "CHAT_MAX_MEMBERS": str(max_members),
         # Each sending user sends far faster than a person: flood control off.
         "CHAT_SEND_RATE_LIMIT": "0",
+        **loop_env,
     }
     try:
         if name == "embedded":
@@ -296,7 +306,7 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
                     continue
                 server = ServerProcess(spec, log_dir / f"{name}-{job.label}.log")
                 others = [ServerProcess(spec, log_dir / f"{name}-{job.label}-2.log")
-                          for _ in range(1 if name in TWO_PROCESS_TARGETS else 0)]
+                          for _ in range(1 if split_target(name)[0] in TWO_PROCESS_TARGETS else 0)]
                 # Another busy process on this 2-core machine skews every figure: record it.
                 load_before = round(os.getloadavg()[0], 2)
                 if load_before > 1.5 and not warned_load:
@@ -498,7 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list of: " + ", ".join(ALL_TARGETS))
+    parser.add_argument(
+        "--targets", default=",".join(ALL_TARGETS),
+        help="comma list of: " + ", ".join(ALL_TARGETS) + "; a suffix @asyncio or @uvloop picks the event loop "
+             "(default: the server's own, uvloop), e.g. mariadb,mariadb@asyncio side by side",
+    )
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma list of: " + ", ".join(ALL_WORKLOADS))
     parser.add_argument("-R", "--receivers", type=int, default=50, help="receivers for fanout/global (default 50)")
     parser.add_argument("-K", "--messages", type=int, default=1000, help="messages for fanout/global (default 1000)")
@@ -533,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
         args.timeout = min(args.timeout, 60.0)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = sorted(set(targets) - set(ALL_TARGETS)) + sorted(set(workloads) - set(ALL_WORKLOADS))
+    unknown = sorted(
+        t for t in targets if split_target(t)[0] not in ALL_TARGETS or split_target(t)[1] not in ("", *EVENT_LOOPS)
+    ) + sorted(set(workloads) - set(ALL_WORKLOADS))
     if unknown or not targets or not workloads:
         log(f"unknown or empty targets/workloads: {unknown}")
         return 2
