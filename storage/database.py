@@ -106,6 +106,21 @@ INSERT_MESSAGE = insert(MESSAGES)
 INSERT_MESSAGES_RETURNING = insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True)
 
 
+@contextlib.asynccontextmanager
+async def _invalidated_if_cancelled(holder: Any) -> AsyncIterator[Any]:
+    """Yield a session or connection; close it at the end, and invalidate it first if cancelled (see Database._session)."""
+    try:
+        yield holder
+    except asyncio.CancelledError:
+        try:
+            await holder.invalidate()
+        except Exception:  # already broken: nothing more to release
+            pass
+        raise
+    finally:
+        await holder.close()
+
+
 def bounded(operation: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Give a Database method the database's deadline; past it, StorageTimeout.
 
@@ -255,20 +270,10 @@ class Database:
         mid-statement, the connection is closed, not rolled back (see _session).
         """
         lock = self._sqlite_write_lock or contextlib.nullcontext()
-        async with lock:
-            connection = await self.engine.connect()
-            try:
-                await connection.begin()
-                yield connection
-                await connection.commit()
-            except asyncio.CancelledError:
-                try:
-                    await connection.invalidate()
-                except Exception:  # already broken: nothing more to release
-                    pass
-                raise
-            finally:
-                await connection.close()
+        async with lock, _invalidated_if_cancelled(await self.engine.connect()) as connection:
+            await connection.begin()
+            yield connection
+            await connection.commit()
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -285,17 +290,8 @@ class Database:
         keep one in an open transaction that holds table locks. Closing it
         makes the server roll back on its own.
         """
-        session = self.sessions()
-        try:
+        async with _invalidated_if_cancelled(self.sessions()) as session:
             yield session
-        except asyncio.CancelledError:
-            try:
-                await session.invalidate()
-            except Exception:  # already broken: nothing more to release
-                pass
-            raise
-        finally:
-            await session.close()
 
     async def _lock_conversation(
         self, session: AsyncSession, conversation_id: int, user_id: int
