@@ -20,7 +20,6 @@ import logging
 from asyncio import Future
 from typing import Any, Iterable, Sequence
 
-import tornado.ioloop
 import tornado.web
 import tornado.websocket
 import voluptuous as vol
@@ -180,13 +179,7 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         self._queue.clear()
         if self._registered:
             self._registered = False
-            tornado.ioloop.IOLoop.current().add_callback(self._forget)
-
-    async def _forget(self) -> None:
-        try:
-            await self.chat.close_connection(self)
-        except Exception:
-            log.exception("cleanup of socket %s failed", self.socket_id)
+            self.chat.forget_connection(self)
 
     # Outgoing frames
 

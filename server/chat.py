@@ -18,6 +18,7 @@ events need no waiting. Unread counters carry the database's version
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -83,6 +84,8 @@ class ChatService:
         self.max_members = settings.max_members
         self.locks = KeyedLocks()
         self.sockets = SocketMirror(cache)
+        self._forgetting: set[asyncio.Future[None]] = set()  # cleanups of closed sockets still running
+        self._closing_all = False
         # Everything else that touches a conversation waits while a batch of
         # its messages commits and is published.
         self.outbox: GroupCommit[PendingMessage, int] = GroupCommit(
@@ -133,8 +136,30 @@ class ChatService:
         if await self.hub.disconnect(connection):
             await self.sockets.closed(connection.user_id, connection.socket_id)
 
+    def forget_connection(self, connection: Connection) -> None:
+        """Forget a closed socket in the background (its handler cannot wait); shutdown waits for it."""
+        if self._closing_all:
+            return  # close_all_connections forgets whatever is still registered
+        cleanup = asyncio.ensure_future(self._forget_quietly(connection))
+        self._forgetting.add(cleanup)
+        cleanup.add_done_callback(self._forgetting.discard)
+
+    async def _forget_quietly(self, connection: Connection) -> None:
+        try:
+            await self.close_connection(connection)
+        except Exception:
+            log.exception("cleanup of socket %s failed", connection.socket_id)
+
     async def close_all_connections(self) -> None:
-        """Forget every socket (at shutdown), their ids in one cache round trip."""
+        """Forget every socket (at shutdown), their ids in one cache round trip.
+
+        Cleanups of sockets that closed just before still run on the storage;
+        they finish first (each is bounded by the storage deadlines). Sockets
+        that close from now on are left to this.
+        """
+        self._closing_all = True
+        while self._forgetting:
+            await asyncio.gather(*self._forgetting)
         for connection in self.registry.connections():
             if await self.hub.disconnect(connection):
                 self.sockets.closed(connection.user_id, connection.socket_id)
