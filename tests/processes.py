@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Mapping
 
 from tornado.httpclient import AsyncHTTPClient
 
@@ -22,6 +23,14 @@ from tests.outages import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECS = 30
+
+
+def spawn_run_py(settings: Mapping[str, str], log_path: Path, root: Path = REPO) -> subprocess.Popen:
+    """``python run.py`` with exactly these CHAT_* settings (none inherited), its output appended to ``log_path``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CHAT_")}
+    env.update(settings)
+    with open(log_path, "ab") as log:  # the child holds its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "run.py"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 class ChatProcess(ServerUnderTest):
@@ -41,12 +50,10 @@ class ChatProcess(ServerUnderTest):
         self.process: subprocess.Popen | None = None
 
     def spawn(self, **settings: str) -> subprocess.Popen:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-        env.update({**self.deployment.env, "CHAT_PORT": str(self.port), **settings})
-        log = open(self.deployment.directory / f"{self.name}.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "run.py"], cwd=REPO, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT)
-        log.close()
+        self.process = spawn_run_py(
+            {**self.deployment.env, "CHAT_PORT": str(self.port), **settings},
+            self.deployment.directory / f"{self.name}.log",
+        )
         return self.process
 
     async def start(self) -> None:

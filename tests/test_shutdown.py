@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -31,8 +29,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tests.conftest import REDIS_URL, TEST_SECRET
 from tests.helpers import ServerUnderTest, Socket, User
 from tests.outages import free_port
+from tests.processes import spawn_run_py
 
-REPO = Path(__file__).resolve().parent.parent
 SENDERS = 8
 SENDING_BEFORE_SIGTERM_SECS = 1.5
 EXIT_TIMEOUT_SECS = 20
@@ -53,16 +51,13 @@ class ServerProcess(ServerUnderTest):
 @pytest.fixture
 def server_process(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int, dict]]:
     port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("CHAT_")}
-    env.update(CHAT_HOST="127.0.0.1", CHAT_PORT=str(port), CHAT_VK_SECRET=TEST_SECRET, CHAT_DATA_DIR=str(tmp_path),
+    env = dict(CHAT_HOST="127.0.0.1", CHAT_PORT=str(port), CHAT_VK_SECRET=TEST_SECRET, CHAT_DATA_DIR=str(tmp_path),
                CHAT_SEND_RATE_LIMIT="0")
     prefix = f"chattest:{uuid.uuid4().hex}:"
     if backend == "mysql":
         env.update(CHAT_DATABASE_URL=request.getfixturevalue("mysql_database_url"), CHAT_REDIS_URL=REDIS_URL,
                    CHAT_REDIS_PREFIX=prefix)
-    log = open(tmp_path / "server.log", "wb")
-    process = subprocess.Popen([sys.executable, "run.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    process = spawn_run_py(env, tmp_path / "server.log")
     yield process, port, env
     if process.poll() is None:
         process.kill()
