@@ -83,7 +83,7 @@ class ChatService:
         self.hub = hub
         self.max_members = settings.max_members
         self.locks = KeyedLocks()
-        self.sockets = SocketMirror(cache)
+        self.sockets = SocketMirror(cache, announce=hub.sockets_closed)
         self._forgetting: set[asyncio.Future[None]] = set()  # cleanups of closed sockets still running
         self._closing_all = False
         # Everything else that touches a conversation waits while a batch of

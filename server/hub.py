@@ -33,14 +33,15 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from server import wire
 from server.ratelimit import RateLimiter
 from server.registry import Connection, Registry
 from server.settings import Settings
 from storage.bus import (
-    ALL, CONVERSATION, GLOBAL, HEARTBEAT_SECS, STARTED, SUBSCRIPTION, VIEWERS, Bus, Entry, EntryBatch, id_key,
+    ALL, CONVERSATION, GLOBAL, HEARTBEAT_SECS, PROCESS_ID_CHARS, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS, Bus,
+    Entry, EntryBatch, id_key,
 )
 from storage.cache import SOCKET_REFRESH_SECS, Cache
 from storage.database import Database
@@ -71,6 +72,11 @@ RETRY_SECS = 0.5
 CLOCK_SKEW_MS = 5000
 # How long a closed socket is remembered, to undo a view that raced its close.
 CLOSED_MEMORY_SECS = 60.0
+# A socket of another process, once Redis said it is open, counts as open
+# here (the 428 rule) without asking again until its process announces its
+# close, dies, or this long passes (the bound if an announcement is lost).
+REMOTE_SOCKET_MEMORY_SECS = 30.0
+REMOTE_SOCKET_MEMORY_SIZE = 100_000  # users
 
 
 class ResumeFailed(Exception):
@@ -100,6 +106,8 @@ class Hub:
         self._closed: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.closing: set[str] = set()  # sockets closed whose views are still being ended
         self._profiles: dict[int, tuple[Profile, float]] = {}  # users whose sockets are elsewhere → (profile, until)
+        self._remote: dict[int, dict[str, float]] = {}  # user → their sockets known open elsewhere → until
+        self._remote_closes = 0  # SOCKETS_CLOSED entries applied so far (see require_socket)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beating: asyncio.Task[None] | None = None
 
@@ -140,8 +148,10 @@ class Hub:
         """One heartbeat: say we are alive, learn of the others, clean up after dead ones and lost history."""
         self.peers, dead, lost = await self.bus.beat()
         if lost:
+            self._remote.clear()  # the announcements of closes went with the log
             await self.history_lost()
         for process_id in dead:
+            self._forget_remote(lambda socket_id: socket_id[:PROCESS_ID_CHARS] == process_id)
             await self._reap(process_id)
 
     async def history_lost(self) -> None:
@@ -218,6 +228,16 @@ class Hub:
             registry.send(registry.viewers_audience(meta["c"], meta["m"]), wire.position_head(frame, epoch, entry_id))
         elif kind == SUBSCRIPTION:
             self._apply_subscription(entry_id, meta)
+        elif kind == SOCKETS_CLOSED:
+            self._remote_closes += 1
+            closed = {socket_id for _, socket_id in meta["s"]}
+            for user_id in {user_id for user_id, _ in meta["s"]}:
+                known = self._remote.get(user_id)
+                if known is not None:
+                    for socket_id in closed.intersection(known):
+                        del known[socket_id]
+                    if not known:
+                        del self._remote[user_id]
         elif kind == STARTED and meta.get("p") != self.bus.process_id:
             self.peers = max(self.peers, 1)  # a new process: stop answering alone at once
 
@@ -338,14 +358,61 @@ class Hub:
     # Who is connected, anywhere
 
     async def require_socket(self, user_id: int, socket_id: str | None) -> None:
-        """Raise LookupError unless the user (that socket) is open on some process."""
+        """Raise LookupError unless the user (that socket) is open on some process.
+
+        A socket on another process is asked of Redis once, then remembered
+        until its process announces its close through the log (or dies): a
+        user sending through this process again and again costs no Redis
+        call per request.
+        """
         if self.registry.user_sockets(user_id, socket_id):
             return
         if self.peers:
+            if self._known_remote(user_id, socket_id):
+                return
+            closes_before = self._remote_closes
             cached = await self.cache.sockets_of(user_id)
             if cached and (socket_id is None or socket_id in cached):
+                # A close announced while Redis answered may be of one of
+                # these: remember them only if none was.
+                if self._remote_closes == closes_before:
+                    self._remember_remote(user_id, cached if socket_id is None else {socket_id})
                 return
         raise LookupError("no open socket")
+
+    def _known_remote(self, user_id: int, socket_id: str | None) -> bool:
+        known = self._remote.get(user_id)
+        if not known:
+            return False
+        now = time.monotonic()
+        if socket_id is not None:
+            return known.get(socket_id, 0.0) > now
+        return any(until > now for until in known.values())
+
+    def _remember_remote(self, user_id: int, socket_ids: Iterable[str]) -> None:
+        if len(self._remote) >= REMOTE_SOCKET_MEMORY_SIZE:
+            self._remote.clear()  # crude, and rare: asking Redis again is always right
+        until = time.monotonic() + REMOTE_SOCKET_MEMORY_SECS
+        mine = self.bus.process_id
+        known = self._remote.setdefault(user_id, {})
+        for socket_id in socket_ids:
+            if socket_id[:PROCESS_ID_CHARS] != mine:
+                known[socket_id] = until
+        if not known:
+            del self._remote[user_id]
+
+    def _forget_remote(self, matches: Callable[[str], bool]) -> None:
+        for user_id in list(self._remote):
+            known = self._remote[user_id]
+            for socket_id in [s for s in known if matches(s)]:
+                del known[socket_id]
+            if not known:
+                del self._remote[user_id]
+
+    async def sockets_closed(self, sockets: Sequence[tuple[int, str]]) -> None:
+        """Announce closed sockets of this process to the others, which may remember them as open."""
+        if self.peers:
+            await self.bus.append([Entry(SOCKETS_CLOSED, {"s": [[user_id, socket_id] for user_id, socket_id in sockets]})])
 
     async def sockets_for(self, user_id: int, socket_id: str | None) -> list[str]:
         """The sockets a request acts for: the one it names, or all the user's; LookupError if none."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable, Mapping
+from typing import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from storage.cache import Cache
 
@@ -19,8 +19,11 @@ log = logging.getLogger("chat")
 class SocketMirror:
     """Keeps the cache's socket ids in step with the live sockets, cheaply."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(
+        self, cache: Cache, announce: Callable[[Sequence[tuple[int, str]]], Awaitable[None]] | None = None
+    ) -> None:
         self.cache = cache
+        self.announce = announce  # tells the other processes of a batch of closed sockets
         self._closed: list[tuple[int, str]] = []  # (user, socket) ids still in the cache
         self._forgetting: asyncio.Task[None] | None = None  # the task emptying _closed
 
@@ -51,6 +54,12 @@ class SocketMirror:
             except Exception as error:
                 # They expire on their own within SOCKET_TTL_SECS.
                 log.warning("could not remove %d closed socket ids from the cache: %s", len(batch), error)
+            if self.announce is not None:
+                try:
+                    await self.announce(batch)
+                except Exception as error:
+                    # The others' memory of them expires on its own (server/hub.py REMOTE_SOCKET_MEMORY_SECS).
+                    log.warning("could not announce %d closed sockets: %s", len(batch), error)
 
     async def refresh(self, sockets_by_user: Mapping[int, Iterable[str]]) -> None:
         """Re-add every live socket id and push back its expiry."""

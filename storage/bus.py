@@ -48,6 +48,7 @@ VIEWERS = "viewers"  # a viewer count change: a conversation's members and viewe
 SUBSCRIPTION = "subscription"  # a socket started or stopped listening (not delivered)
 STARTED = "started"  # a process started: the log is never empty, so every position names an entry
 STOPPED = "stopped"  # a process stopped cleanly (it also wakes that process's own reader, to end it)
+SOCKETS_CLOSED = "closed"  # sockets closed on their process: the others stop taking them as open (not delivered)
 
 # How long a chat's head and its held-back events are kept when nothing happens.
 HEAD_TTL_SECS = 7 * 24 * 3600

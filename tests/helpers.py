@@ -49,6 +49,13 @@ async def eventually(predicate, message="condition never became true", attempts:
     raise AssertionError(message() if callable(message) else message)
 
 
+async def close_and_wait(server: "ServerUnderTest", socket: "Socket") -> None:
+    """Close a socket and wait until its process has let it go: out of the registry, its views ended."""
+    socket.close()
+    await eventually(lambda: not server.registry.user_sockets(socket.user_id, socket.socket_id)
+                     and socket.socket_id not in server.chat_server.hub.closing)
+
+
 def delete_event(conversation_id: int) -> dict:
     """The frame announcing a conversation's deletion."""
     return {"event": "delete_conversation", "data": {"conversation_id": conversation_id}}

@@ -14,7 +14,7 @@ import redis.asyncio
 
 from server.app import ChatServer
 from tests.conftest import REDIS_URL
-from tests.helpers import ServerUnderTest, Socket, User, eventually
+from tests.helpers import ServerUnderTest, User, close_and_wait, eventually
 
 pytestmark = pytest.mark.gen_test
 
@@ -22,12 +22,6 @@ pytestmark = pytest.mark.gen_test
 def texts(frames: list[dict]) -> list[str]:
     return [frame["data"]["message"] for frame in frames if frame["event"] == "new_message"]
 
-
-async def close_and_forget(server: ServerUnderTest, socket: Socket) -> None:
-    """Close a socket and wait until its process has let it go (a phone losing its network, seen by the server)."""
-    socket.close()
-    await eventually(lambda: not server.registry.user_sockets(socket.user_id, socket.socket_id)
-                     and socket.socket_id not in server.chat_server.hub.closing)
 
 async def bob_goes_away(server: ServerUnderTest, name: str) -> tuple[User, User, int, str]:
     """Alice creates a conversation, Bob joins it, reads everything, then loses his connection.
@@ -40,7 +34,7 @@ async def bob_goes_away(server: ServerUnderTest, name: str) -> tuple[User, User,
     await bob.join(conversation_id)
     await bob_socket.drain()
     position = bob_socket.position
-    await close_and_forget(server, bob_socket)
+    await close_and_wait(server, bob_socket)
     return alice, bob, conversation_id, position
 
 
@@ -53,7 +47,7 @@ async def test_resume_delivers_what_was_missed_in_order_then_live(server: Server
     assert texts(await bob_socket.drain()) == ["before"]
     position = bob_socket.position
 
-    await close_and_forget(server, bob_socket)
+    await close_and_wait(server, bob_socket)
     for n in range(3):
         await alice.send(f"missed {n}", conversation_id)
     await alice.send("global, not subscribed")  # bob's socket never listened to the global chat
@@ -85,7 +79,7 @@ async def test_resume_from_an_earlier_position_gives_only_what_came_after(server
     first_two = [await bob_socket.next_frame() for _ in range(2)]
     assert texts(first_two) == ["m0", "m1"]
     position = bob_socket.position  # the client processed only two of them
-    await close_and_forget(server, bob_socket)
+    await close_and_wait(server, bob_socket)
 
     resumed, first = await bob.resume(position)
     assert first["event"] == "resumed" and first["data"]["missed"] == 2
@@ -99,7 +93,7 @@ async def test_membership_changes_while_away_are_replayed(server: ServerUnderTes
     conversation_id = await alice.create("members come and go")
     await alice_socket.drain()
     position = alice_socket.position
-    await close_and_forget(server, alice_socket)
+    await close_and_wait(server, alice_socket)
     await alice.connect()  # another tab keeps the 428 rule satisfied
     await bob.join(conversation_id)
     await bob.send("hi", conversation_id)
@@ -123,7 +117,7 @@ async def test_global_subscription_carries_over(server: ServerUnderTest):
     await alice.send("first")
     assert texts(await bob_socket.drain()) == ["first"]
     position = bob_socket.position
-    await close_and_forget(server, bob_socket)
+    await close_and_wait(server, bob_socket)
     await alice.send("while away")
 
     resumed, first = await bob.resume(position)
@@ -142,7 +136,7 @@ async def test_views_carry_over(server: ServerUnderTest):
     await alice_socket.drain()
     assert texts(await vera_socket.drain()) == ["seen live"]
     position = vera_socket.position
-    await close_and_forget(server, vera_socket)
+    await close_and_wait(server, vera_socket)
     await alice.send("missed", conversation_id)
 
     resumed, first = await vera.resume(position)
@@ -194,7 +188,7 @@ async def test_another_users_position_is_not_a_capability(server: ServerUnderTes
     conversation_id = await alice.create("private")
     await alice_socket.drain()
     position = alice_socket.position
-    await close_and_forget(server, alice_socket)
+    await close_and_wait(server, alice_socket)
     await alice.connect()
     await alice.send("secret", conversation_id)
 
@@ -252,7 +246,7 @@ async def test_redis_losing_its_data_closes_sockets_and_fails_resumes(server: Se
     await bob.join(conversation_id)
     await bob_socket.drain()
     position = bob_socket.position
-    await close_and_forget(server, bob_socket)
+    await close_and_wait(server, bob_socket)
     await alice.send("before the flush", conversation_id)
     client = redis.asyncio.from_url(REDIS_URL)
     keys = [key async for key in client.scan_iter(match=server.chat_server.settings.redis_prefix + "*")]

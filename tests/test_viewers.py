@@ -14,18 +14,11 @@ import secrets
 
 import pytest
 
-from tests.helpers import ServerUnderTest, Socket, User, delete_event, eventually
+from tests.helpers import ServerUnderTest, Socket, User, close_and_wait, delete_event, eventually
 
 pytestmark = pytest.mark.gen_test
 
 MESSAGE_FIELDS = {"id", "name", "avatar", "user_id", "message", "time"}
-
-
-async def close_and_wait(server: ServerUnderTest, socket: Socket) -> None:
-    """Close a socket and wait until the server has taken it out of the registry and ended its views."""
-    socket.close()
-    await eventually(lambda: not server.registry.user_sockets(socket.user_id, socket.socket_id)
-                     and socket.socket_id not in server.chat_server.hub.closing)
 
 
 def viewers_change(conversation_id: int, viewers: int) -> dict:

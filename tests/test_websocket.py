@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio
 
 from tests.conftest import REDIS_URL
-from tests.helpers import ServerUnderTest, eventually
+from tests.helpers import ServerUnderTest, close_and_wait, eventually
 
 pytestmark = pytest.mark.gen_test
 
@@ -206,3 +206,35 @@ async def test_refused_handshakes_answer_json_and_write_nothing(server: ServerUn
     assert await _user_rows(server) == 0
     await user.connect()
     assert await _user_rows(server) == 1
+
+
+# Only two processes have a socket that one process knows from another.
+@pytest.mark.parametrize("backend", ["two-processes"])
+async def test_another_process_remembers_an_open_socket_until_its_close_is_announced(server: ServerUnderTest, backend):
+    """The process answering HTTP asks Redis for a socket of another process once, then remembers it.
+
+    The socket's own process announces its close through the event log, so
+    the 428 rule holds again within moments, not after the memory expires.
+    """
+    alice, socket = await server.connected_user(1)
+    hub = server.http_chat_server.hub
+    lookups = []
+    asked = hub.cache.sockets_of
+
+    async def counted(user_id):
+        lookups.append(user_id)
+        return await asked(user_id)
+
+    hub.cache.sockets_of = counted
+    for _ in range(3):
+        assert (await alice.get("/v1/conversations/get", socket=socket)).ok
+        assert (await alice.get("/v1/conversations/get")).ok
+    assert lookups == [1], "Redis asked once, then the socket was remembered"
+
+    await close_and_wait(server, socket)
+
+    async def refused() -> bool:
+        named, unnamed = await alice.get("/v1/conversations/get", socket=socket), await alice.get("/v1/conversations/get")
+        return (named.status, named.error_code, unnamed.status, unnamed.error_code) == (428, 1, 428, 1)
+
+    await eventually(refused, "the close never reached the other process", attempts=100)  # 2 s, far below 30
