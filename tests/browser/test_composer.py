@@ -16,7 +16,9 @@ import urllib.request
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.test_web_client import conversation_item, message, messages, send, sign_in, wait_online
+from tests.browser.test_web_client import (
+    conversation_item, create_conversation, message, send, set_visible, sign_in, wait_online,
+)
 
 expect.set_options(timeout=10_000)
 
@@ -74,16 +76,6 @@ class SocketSwitch:
         self.page.evaluate("dispatchEvent(new Event('online'))")  # reconnect now, not after the backoff
 
 
-def create_conversation(page: Page, name: str) -> str:
-    page.get_by_test_id("create-conversation").click()
-    page.get_by_test_id("create-name-input").fill(name)
-    page.get_by_test_id("dialog-ok").click()
-    expect(page.get_by_test_id("chat-title")).to_have_text(name)
-    item = conversation_item(page, "joined", name=name)
-    expect(item).to_have_count(1)
-    return item.get_attribute("data-id")
-
-
 def type_and_enter(page: Page, text: str) -> None:
     box = page.get_by_test_id("composer-input")
     box.fill(text)
@@ -124,19 +116,6 @@ def wait_for_unread_on_server(base_url: str, user_id: int, conversation_id: str,
     while (current := unread_on_server(base_url, user_id, conversation_id)) != count:
         assert time.monotonic() < deadline, f"unread on the server is {current}, not {count}"
         time.sleep(0.1)
-
-
-def set_visible(page: Page, visible: bool) -> None:
-    """What the browser does when the tab goes to the background or comes back."""
-    page.evaluate(
-        """visible => {
-          const state = visible ? 'visible' : 'hidden';
-          Object.defineProperty(document, 'visibilityState', { get: () => state, configurable: true });
-          Object.defineProperty(document, 'hidden', { get: () => !visible, configurable: true });
-          document.dispatchEvent(new Event('visibilitychange'));
-        }""",
-        visible,
-    )
 
 
 # ---------------------------------------------------------------- defect 3: past the rate limit

@@ -17,7 +17,9 @@ import urllib.request
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.test_web_client import conversation_item, message, messages, send, sign_in
+from tests.browser.test_web_client import (
+    conversation_item, create_conversation, message, messages, send, set_visible, sign_in,
+)
 
 expect.set_options(timeout=10_000)
 
@@ -48,14 +50,6 @@ def api_send(base_url: str, user_id: int, name: str, conversation_id: str, texts
     launch = post("/v1/dev/signin", {"user_id": user_id, "name": name})["launch_params"]
     for text in texts:
         post("/v1/messages/send", {"text": text, "conversation_id": int(conversation_id)}, launch)
-
-
-def create_conversation(page: Page, name: str) -> str:
-    page.get_by_test_id("create-conversation").click()
-    page.get_by_test_id("create-name-input").fill(name)
-    page.get_by_test_id("dialog-ok").click()
-    expect(page.get_by_test_id("chat-title")).to_have_text(name)
-    return conversation_item(page, "joined", name=name).get_attribute("data-id")
 
 
 def join(page: Page, conv_id: str) -> None:
@@ -296,19 +290,6 @@ def test_unread_separator_on_an_earlier_page(server, new_page):
     shown = rows(bob)
     at = shown.index("unread:Новые сообщения")
     assert shown[at - 1 : at + 2] == ["msg:Прочитал", "unread:Новые сообщения", "msg:Пачка 1"], shown
-
-
-def set_visible(page: Page, visible: bool) -> None:
-    """What the browser does when the tab goes to the background or comes back."""
-    page.evaluate(
-        """visible => {
-          const state = visible ? 'visible' : 'hidden';
-          Object.defineProperty(document, 'visibilityState', { get: () => state, configurable: true });
-          Object.defineProperty(document, 'hidden', { get: () => !visible, configurable: true });
-          document.dispatchEvent(new Event('visibilitychange'));
-        }""",
-        visible,
-    )
 
 
 def test_unread_mark_for_what_arrived_while_away(server, new_page):

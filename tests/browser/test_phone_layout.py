@@ -7,23 +7,13 @@ from __future__ import annotations
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.test_web_client import conversation_item, send, sign_in
+from tests.browser.test_web_client import conversation_item, create_conversation, send, sign_in
 
 PHONE = {"width": 375, "height": 740}
 # VK draws its menu and close buttons over the top-right corner of a mini app
 # on phones: about 90 px wide (a capsule of two buttons and its margin).
 VK_CORNER = 90
 LONG_TEXT = "Анонимно с телефона: довольно длинное сообщение, чтобы проверить превью в списке"
-
-
-def create_conversation(page: Page, name: str) -> str:
-    page.get_by_test_id("create-conversation").click()
-    page.get_by_test_id("create-name-input").fill(name)
-    page.get_by_test_id("dialog-ok").click()
-    expect(page.get_by_test_id("chat-title")).to_have_text(name)
-    item = conversation_item(page, "joined", name=name)
-    expect(item).to_have_count(1)
-    return item.get_attribute("data-id")
 
 
 def page_width(page: Page) -> int:

@@ -11,19 +11,11 @@ import shutil
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.test_web_client import REPO, conversation_item, message, send, shot, sign_in
+from tests.browser.test_web_client import REPO, conversation_item, create_conversation, message, send, shot, sign_in
 
 SIZES = {"phone": {"width": 375, "height": 740}, "desktop": {"width": 1280, "height": 800}}
 # No emoji: the test machine may have no colour emoji font, and tofu would show.
 CATS = "Любители котиков"
-
-
-def create(page: Page, name: str) -> str:
-    page.get_by_test_id("create-conversation").click()
-    page.get_by_test_id("create-name-input").fill(name)
-    page.get_by_test_id("dialog-ok").click()
-    expect(page.get_by_test_id("chat-title")).to_have_text(name)
-    return conversation_item(page, "joined", name=name).get_attribute("data-id")
 
 
 def join(page: Page, conv_id: str) -> None:
@@ -54,11 +46,11 @@ def test_main_screens(chat_server, new_page, artifacts_dir):
     sign_in(alice, base, "Алиса", 2001)
     sign_in(bob, base, "Борис", 2002)
     sign_in(vera, base, "Вера", 2003)
-    hikes = create(bob, "Походы выходного дня")
+    hikes = create_conversation(bob, "Походы выходного дня")
     send(bob, "В субботу идём на Лосиный остров, кто с нами?")
-    books = create(vera, "Книжный клуб")
+    books = create_conversation(vera, "Книжный клуб")
     send(vera, "Дочитали «Мастера и Маргариту»? Обсуждаем в четверг.")
-    cats = create(alice, CATS)
+    cats = create_conversation(alice, CATS)
     for page, conv_id in ((bob, cats), (vera, cats), (alice, hikes), (alice, books)):
         join(page, conv_id)
     for page in (alice, bob, vera):

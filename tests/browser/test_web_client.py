@@ -71,6 +71,30 @@ def send(page: Page, text: str) -> None:
     expect(message(page, text).and_(page.locator(".pending"))).to_have_count(0)
 
 
+def create_conversation(page: Page, name: str) -> str:
+    """Create a conversation through the dialog; return its id once it is in the "joined" list."""
+    page.get_by_test_id("create-conversation").click()
+    page.get_by_test_id("create-name-input").fill(name)
+    page.get_by_test_id("dialog-ok").click()
+    expect(page.get_by_test_id("chat-title")).to_have_text(name)
+    item = conversation_item(page, "joined", name=name)
+    expect(item).to_have_count(1)
+    return item.get_attribute("data-id")
+
+
+def set_visible(page: Page, visible: bool) -> None:
+    """What the browser does when the tab goes to the background or comes back."""
+    page.evaluate(
+        """visible => {
+          const state = visible ? 'visible' : 'hidden';
+          Object.defineProperty(document, 'visibilityState', { get: () => state, configurable: true });
+          Object.defineProperty(document, 'hidden', { get: () => !visible, configurable: true });
+          document.dispatchEvent(new Event('visibilitychange'));
+        }""",
+        visible,
+    )
+
+
 def shot(page: Page, path: Path) -> None:
     page.screenshot(path=str(path), animations="disabled")
 
