@@ -117,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "apidoc":
         write_apidoc()
     elif args.command == "migrate":
-        eventloop.run(migrate(), load_settings().event_loop)
+        event_loop = load_settings().event_loop  # a bad setting is refused before anything starts
+        eventloop.run(migrate(), event_loop)
     else:
-        eventloop.run(serve(), load_settings().event_loop)
+        event_loop = load_settings().event_loop
+        eventloop.run(serve(), event_loop)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 ``uvloop`` (libuv underneath) by default: every Redis command, MySQL
 statement and timer costs less CPU on it than on the standard loop, which
-the benchmarks measure side by side (docs/BENCHMARKS.md, ``--event-loop``).
+the benchmarks measure side by side (docs/BENCHMARKS.md; ``--targets
+mariadb,mariadb@asyncio``).
 ``asyncio`` selects the standard loop; so does a platform uvloop does not
 support, with a warning. Tornado, aiomysql and redis-py run on either.
 """

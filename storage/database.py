@@ -79,7 +79,7 @@ GLOBAL_CHAT_ROW = 1
 
 # The send path's statements, built once: building a statement and its cache
 # key on every call cost as much as the rest of the transaction's Python
-# (0.6 ms against 1.2-1.4 ms per transaction with a session, measured on MariaDB).
+# (0.6-0.7 ms of CPU against 1.2-1.5 ms per transaction with a session, on MariaDB: docs/BENCHMARKS.md).
 LOCK_CONVERSATION = (
     select(CONVERSATIONS.c.seq, CONVERSATIONS.c.last_message_id, CONVERSATIONS.c.counter_version, MEMBERS.c.user_id)
     .outerjoin(MEMBERS, MEMBERS.c.conversation_id == CONVERSATIONS.c.id)
