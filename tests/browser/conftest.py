@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.processes import spawn_run_py
 
 REPO = Path(__file__).resolve().parents[2]
 # The server's checkout; another one may be named to try a client against it.
@@ -61,22 +62,16 @@ class ChatServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ChatServerProcess":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-        env.update(
+        settings = dict(
             CHAT_HOST="127.0.0.1",
             CHAT_PORT=str(self.port),
             CHAT_DATA_DIR=str(self.data_dir),
             CHAT_METRICS_ADDR="127.0.0.1:0",  # not the default port: runs side by side must not meet there
             PYTHONUNBUFFERED="1",
         )
-        env.update(self.env_extra)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"server-{int(time.time() * 1000)}.log"
-        log_file = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "run.py"], cwd=SERVER_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-        log_file.close()
+        self.process = spawn_run_py({**settings, **self.env_extra}, self.log_path, root=SERVER_ROOT)
         self._wait_until_up()
         return self
 
