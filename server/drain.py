@@ -23,17 +23,21 @@ class Drain:
     def __init__(self) -> None:
         self.closed = False
         self._active = 0  # requests admitted and not yet finished
-        self._last_refusal = -math.inf  # loop time a request was last turned away
+        # Loop time a request was last turned away, or answered after the close:
+        # a client just answered may knock again at once.
+        self._last_knock = -math.inf
 
     def enter(self) -> None:
         """Admit a request (it must call ``leave`` when finished), or raise ShuttingDown."""
         if self.closed:
-            self._last_refusal = asyncio.get_running_loop().time()
+            self._last_knock = asyncio.get_running_loop().time()
             raise ShuttingDown()
         self._active += 1
 
     def leave(self) -> None:
         self._active -= 1
+        if self.closed:
+            self._last_knock = asyncio.get_running_loop().time()
 
     @property
     def active(self) -> int:
@@ -45,8 +49,11 @@ class Drain:
         The quiet period keeps the door answering 503 to clients still
         sending (they stop on their first 503) rather than closing the
         listening socket under them, which resets connections the kernel
-        already accepted; it lasts at most MAX_QUIET_WAIT_SECS. Return False
-        if requests were still in flight after ``timeout_secs``.
+        already accepted; it lasts at most MAX_QUIET_WAIT_SECS. It counts
+        from the last answer too: a client whose request was in flight sends
+        its next one as soon as it has the answer, and must find the door
+        still answering. Return False if requests were still in flight after
+        ``timeout_secs``.
         """
         self.closed = True
         loop = asyncio.get_running_loop()
@@ -56,6 +63,6 @@ class Drain:
                 return False
             await asyncio.sleep(POLL_SECS)
         quiet_deadline = min(deadline, loop.time() + MAX_QUIET_WAIT_SECS)
-        while loop.time() - self._last_refusal < quiet_secs and loop.time() < quiet_deadline:
+        while loop.time() - self._last_knock < quiet_secs and loop.time() < quiet_deadline:
             await asyncio.sleep(POLL_SECS)
         return True

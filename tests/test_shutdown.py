@@ -26,6 +26,8 @@ import redis as redis_sync
 from sqlalchemy.engine import make_url
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from server.drain import Drain
+from server.errors import ShuttingDown
 from tests.conftest import REDIS_URL, TEST_SECRET
 from tests.helpers import ServerUnderTest, Socket, User
 from tests.outages import free_port
@@ -159,3 +161,18 @@ async def test_sigterm_under_load_answers_every_request_and_loses_nothing(server
     # The SIGTERM fell among requests in flight, and they were answered, not cut.
     assert any(status == 200 and at > sigterm_at for _, status, at in outcomes)
     assert len(acknowledged) > SENDERS
+
+
+@pytest.mark.gen_test
+async def test_the_door_stays_open_a_moment_after_the_last_answer():
+    """A client answered during the drain sends its next request at once: it must get a 503, not a closed socket."""
+    drain = Drain()
+    drain.enter()  # one request in flight when the shutdown begins
+    closing = asyncio.ensure_future(drain.close(5.0, 0.25))
+    await asyncio.sleep(0.05)
+    drain.leave()  # answered
+    await asyncio.sleep(0.1)
+    assert not closing.done(), "the listening socket would close under the client's next request"
+    with pytest.raises(ShuttingDown):
+        drain.enter()  # that next request: refused with 503
+    assert await closing is True
