@@ -151,7 +151,7 @@ class Hub:
             self._remote.clear()  # the announcements of closes went with the log
             await self.history_lost()
         for process_id in dead:
-            self._forget_remote(lambda socket_id: socket_id[:PROCESS_ID_CHARS] == process_id)
+            self._forget_remote(None, lambda socket_id: socket_id[:PROCESS_ID_CHARS] == process_id)
             await self._reap(process_id)
 
     async def history_lost(self) -> None:
@@ -230,14 +230,8 @@ class Hub:
             self._apply_subscription(entry_id, meta)
         elif kind == SOCKETS_CLOSED:
             self._remote_closes += 1
-            closed = {socket_id for _, socket_id in meta["s"]}
-            for user_id in {user_id for user_id, _ in meta["s"]}:
-                known = self._remote.get(user_id)
-                if known is not None:
-                    for socket_id in closed.intersection(known):
-                        del known[socket_id]
-                    if not known:
-                        del self._remote[user_id]
+            for user_id, socket_id in meta["s"]:
+                self._forget_remote(user_id, lambda known: known == socket_id)
         elif kind == STARTED and meta.get("p") != self.bus.process_id:
             self.peers = max(self.peers, 1)  # a new process: stop answering alone at once
 
@@ -401,13 +395,16 @@ class Hub:
         if not known:
             del self._remote[user_id]
 
-    def _forget_remote(self, matches: Callable[[str], bool]) -> None:
-        for user_id in list(self._remote):
-            known = self._remote[user_id]
+    def _forget_remote(self, user_id: int | None, matches: Callable[[str], bool]) -> None:
+        """Forget remembered remote sockets that ``matches`` picks, of one user (or of everyone: None)."""
+        for user in [user_id] if user_id is not None else list(self._remote):
+            known = self._remote.get(user)
+            if known is None:
+                continue
             for socket_id in [s for s in known if matches(s)]:
                 del known[socket_id]
             if not known:
-                del self._remote[user_id]
+                del self._remote[user]
 
     async def sockets_closed(self, sockets: Sequence[tuple[int, str]]) -> None:
         """Announce closed sockets of this process to the others, which may remember them as open."""
