@@ -244,10 +244,13 @@ def mariadb_available(args: argparse.Namespace) -> str | None:
 class Job:
     workload: str  # fanout, global, idle
     sockets: int = 0  # idle only
+    rate: float = 0.0  # fanout, global: sends/s offered, instead of --rate (the equal-load pass)
 
     @property
     def label(self) -> str:
-        return f"idle-{self.sockets}" if self.workload == "idle" else self.workload
+        if self.workload == "idle":
+            return f"idle-{self.sockets}"
+        return f"{self.workload}@{self.rate:g}/s" if self.rate else self.workload
 
 
 async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace,
@@ -282,7 +285,7 @@ async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace,
                                                    timeout=args.timeout, restart=restart))
     config = DeliveryConfig(
         workload=job.workload, receivers=args.receivers, messages=args.messages, concurrency=args.concurrency,
-        senders=args.senders, rate=args.rate, first_user=FIRST_USER[job.workload], timeout=args.timeout,
+        senders=args.senders, rate=job.rate or args.rate, first_user=FIRST_USER[job.workload], timeout=args.timeout,
     )  # fmt: skip
     result = await run_delivery(target, config)
     if result.get("server_cpu_s") is not None and result.get("deliveries"):
@@ -296,16 +299,18 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
     deadline = time.monotonic() + args.total_timeout
     max_members = max(100, args.receivers + 10)
     warned_load = False
-    for name in targets:
-        with provision(name, run_id, args, max_members) as spec:
-            for job in jobs:
+
+    async def run_target(name: str, run_jobs: list[Job], database_tag: str) -> None:
+        nonlocal warned_load
+        with provision(name, database_tag, args, max_members) as spec:
+            for job in run_jobs:
                 row: dict[str, Any] = {"target": name, "label": job.label}
                 if time.monotonic() > deadline:
                     row.update(ok=False, error=f"skipped: --total-timeout {args.total_timeout:g} s reached")
                     results.append(row)
                     continue
-                server = ServerProcess(spec, log_dir / f"{name}-{job.label}.log")
-                others = [ServerProcess(spec, log_dir / f"{name}-{job.label}-2.log")
+                server = ServerProcess(spec, log_dir / f"{name}-{job.label.replace('/', '')}.log")
+                others = [ServerProcess(spec, log_dir / f"{name}-{job.label.replace('/', '')}-2.log")
                           for _ in range(1 if split_target(name)[0] in TWO_PROCESS_TARGETS else 0)]
                 # Another busy process on this 2-core machine skews every figure: record it.
                 load_before = round(os.getloadavg()[0], 2)
@@ -334,8 +339,33 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
                 row["load_avg_1m_before"] = load_before
                 log(f"[bench] {name}: {job.label} {'ok' if row.get('ok') else 'FAILED'} {summary_line(row)}")
                 results.append(row)
+
+    for name in targets:
+        await run_target(name, jobs, run_id)
+    if not args.rate and args.equal_load:
+        # Closed loop runs two processes slower than one, and CPU per delivery
+        # falls steeply with load (bigger batches): comparing them would
+        # compare unequal work. So one process runs again at the rate the two
+        # processes reached, and the ratio divides by that.
+        for one, two in equal_load_pairs(targets):
+            reached = [Job(row["label"], rate=round(row["sends_per_s"]))
+                       for row in results if row["target"] == two and row.get("ok") and row.get("sends_per_s")]
+            if reached:
+                await run_target(one, reached, f"{run_id}_eq")
     add_ratios(results)
     return results
+
+
+def equal_load_pairs(targets: list[str]) -> list[tuple[str, str]]:
+    """(one-process target, its two-process counterpart on the same loop), for pairs both in the run."""
+    pairs = []
+    for two in targets:
+        base, event_loop = split_target(two)
+        if base in TWO_PROCESS_TARGETS:
+            one = "mariadb" + (f"@{event_loop}" if event_loop else "")
+            if one in targets:
+                pairs.append((one, two))
+    return pairs
 
 
 def scan_log(path: Path) -> dict[str, Any]:
@@ -387,6 +417,33 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
             if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0:
                 ratios[key] = round(mine / theirs, 2)
         row["vs_baseline"] = ratios
+    add_one_process_ratios(results)
+
+
+def add_one_process_ratios(results: list[dict[str, Any]]) -> None:
+    """A two-process row's CPU per delivery divided by one process's at the same offered load.
+
+    The one-process row is the same workload when the run had a fixed rate,
+    or the equal-load pass's row at the rate the two processes reached.
+    """
+    rows = {(row["target"], row["label"]): row for row in results if row.get("ok")}
+    for one, two in equal_load_pairs(sorted({row["target"] for row in results})):
+        for (target, label), row in rows.items():
+            if target != two:
+                continue
+            single = rows.get((one, f"{label}@{round(row.get('sends_per_s') or 0):g}/s")) or rows.get((one, label))
+            if single is None or (single["label"] == label and not _same_rate(single, row)):
+                continue
+            mine, theirs = row.get("server_cpu_us_per_delivery"), single.get("server_cpu_us_per_delivery")
+            if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0:
+                row["vs_one_process"] = {"cpu_per_delivery": round(mine / theirs, 2), "at": single["label"],
+                                         "one_process_cpu_us_per_delivery": theirs}
+
+
+def _same_rate(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Both rows ran at (nearly) the same sends/s: an open-loop run, or the equal-load pass."""
+    ra, rb = a.get("sends_per_s") or 0, b.get("sends_per_s") or 0
+    return ra > 0 and rb > 0 and abs(ra - rb) <= 0.05 * max(ra, rb)
 
 
 def _dig(row: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -414,6 +471,7 @@ COLUMNS = [
     ("deliv/s ÷ base", ("vs_baseline", "deliveries_per_s")),
     ("p99 ÷ base", ("vs_baseline", "p99")),
     ("CPU/deliv ÷ base", ("vs_baseline", "cpu_per_delivery")),
+    ("CPU/deliv ÷ 1 proc", ("vs_one_process", "cpu_per_delivery")),
     ("RSS/sock ÷ base", ("vs_baseline", "rss_per_socket")),
     ("storm s", ("storm_seconds",)),
     ("restart s", ("restart_seconds",)),
@@ -489,7 +547,9 @@ def markdown_table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines += ["", "## Failures", ""]
         lines += [f"- {r['target']} {r['label']}: {r.get('error') or json.dumps(r.get('checks'))}" for r in failures]
     lines += log_error_lines(results, markdown=True)
-    lines += ["", "Ratios divide by the baseline's figure for the same workload (deliveries/s: higher is better; p99, CPU and RSS: lower is better)."]
+    lines += ["", "Ratios divide by the baseline's figure for the same workload (deliveries/s: higher is better; p99, CPU and RSS: lower is better).",
+              "CPU/deliv ÷ 1 proc divides two processes' CPU per delivery by one process's at the same offered load "
+              "(a row `workload@N/s` is one process run again at the rate the two processes reached in closed loop)."]
     return "\n".join(lines) + "\n"
 
 
@@ -520,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--senders", type=int, default=0, help="distinct sending users (default min(C, R))")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="messages/s, open loop, the same for every target (default 0: as fast as C allows)")
+    parser.add_argument("--no-equal-load", dest="equal_load", action="store_false",
+                        help="in closed loop, skip running one process again at the rate two processes reached "
+                             "(the run that CPU/deliv ÷ 1 proc divides by)")
     parser.add_argument("--idle-sockets", default="2000", help="comma list of idle socket counts (default 2000)")
     parser.add_argument("--storm-sockets", type=int, default=2000, help="sockets that reconnect at once in the storm (default 2000)")
     parser.add_argument("--idle-procs", type=int, default=0, help="client processes for idle (default: one per 5000 sockets)")

@@ -13,7 +13,19 @@ import bench.run
 def test_benchmark_smoke_run_passes_its_delivery_checks(tmp_path):
     # Tiny sizes: this proves the load generator, the baseline and our server
     # still fit together and deliver exactly once in order; it measures nothing.
-    assert bench.run.main(["--smoke", "--targets", "baseline,embedded,mariadb", "--results-dir", str(tmp_path)]) == 0
+    assert bench.run.main(
+        ["--smoke", "--targets", "baseline,embedded,mariadb,mariadb-2p", "--results-dir", str(tmp_path)]
+    ) == 0
+    (report,) = tmp_path.glob("bench-*.json")
+    rows = {(r["target"], r["label"]): r for r in json.loads(report.read_text())["results"]}
+    # Closed loop: one process runs again at the rate two processes reached,
+    # and the two-process ratio divides by that run.
+    for workload in ("fanout", "global"):
+        two = rows[("mariadb-2p", workload)]
+        again = f"{workload}@{round(two['sends_per_s']):g}/s"
+        assert rows[("mariadb", again)]["ok"]
+        assert two["vs_one_process"]["at"] == again
+        assert two["vs_one_process"]["cpu_per_delivery"] > 0
 
 
 @pytest.mark.slow
