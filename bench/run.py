@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 ALL_TARGETS = ("baseline", "embedded", "mariadb", "mariadb-2p")
 # Targets run as two processes of one chat (same database and Redis prefix).
-TWO_PROCESS_TARGETS = {"mariadb-2p"}
+TWO_PROCESS_TARGETS = {"mariadb-2p": "mariadb"}  # → the one-process target it is compared with
 ALL_WORKLOADS = ("fanout", "global", "idle", "storm", "storm-restart")
 READY_TIMEOUT = 60.0  # seconds for a server to start listening (migrations included)
 
@@ -363,7 +363,7 @@ def equal_load_pairs(targets: list[str]) -> list[tuple[str, str]]:
     for two in targets:
         base, event_loop = split_target(two)
         if base in TWO_PROCESS_TARGETS:
-            one = "mariadb" + (f"@{event_loop}" if event_loop else "")
+            one = TWO_PROCESS_TARGETS[base] + (f"@{event_loop}" if event_loop else "")
             if one in targets:
                 pairs.append((one, two))
     return pairs
@@ -404,7 +404,8 @@ def summary_line(row: dict[str, Any]) -> str:
 
 
 def add_ratios(results: list[dict[str, Any]]) -> None:
-    """Each row's deliveries/s, p99 and RSS/socket divided by the baseline's for the same workload."""
+    """Each row's deliveries/s, p99 and RSS/socket divided by the baseline's for the same workload;
+    two processes' CPU per delivery divided by one process's at the same load."""
     baseline = {row["label"]: row for row in results if row["target"] == "baseline" and row.get("ok")}
     for row in results:
         base = baseline.get(row["label"])
