@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from asyncio import Future
 from typing import Any, Iterable, Sequence
 
@@ -122,8 +123,10 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         )
         self.user_id = user.user_id
         self.socket_id = self.chat.new_socket_id()
-        self.position_tail = wire.position_tail(self.socket_id)
-        self._resume = self.get_query_argument("resume", "") or None
+        self.position_key = secrets.token_urlsafe(9)
+        self.position_tail = wire.position_tail(self.socket_id, self.position_key)
+        # An empty value is a position too (a malformed one), not the absence of a resume.
+        self._resume = self.get_query_argument("resume", None)
         # Counted in flight while it writes, so shutdown does not close the
         # database under it (the upgrade itself is not: it lasts as long as the socket).
         self.drain.enter()
@@ -180,6 +183,12 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         if self._registered:
             self._registered = False
             self.chat.forget_connection(self)
+
+    def retire(self, code: int, reason: str) -> None:
+        """Close now and stop counting as open at once; the caller forgets the socket (ChatService.retire)."""
+        self._registered = False
+        self._queue.clear()
+        self.close(code, reason)
 
     # Outgoing frames
 

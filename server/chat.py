@@ -84,6 +84,7 @@ class ChatService:
         self.max_members = settings.max_members
         self.locks = KeyedLocks()
         self.sockets = SocketMirror(cache, announce=hub.sockets_closed)
+        hub.on_retire = self._retire_now
         self._forgetting: set[asyncio.Future[None]] = set()  # cleanups of closed sockets still running
         self._closing_all = False
         # Everything else that touches a conversation waits while a batch of
@@ -123,13 +124,34 @@ class ChatService:
         remains: a socket that did not open leaves no trace.
         """
         try:
-            first_frames = await self.hub.connect(connection, profile, resume)
+            first_frames, replaced = await self.hub.connect(connection, profile, resume)
+            if replaced is not None:
+                await self._retire(connection.user_id, replaced)
         except BaseException:
             await self.hub.disconnect(connection)
             raise
         # Mirrored before the greeting: a client that has it may call any process at once.
         await self.sockets.opened(connection.user_id, connection.socket_id)
         connection.release(first_frames)
+
+    async def _retire(self, user_id: int, socket_id: str) -> None:
+        """Close the socket a resume replaced, wherever it is, before the resume is answered (API.md §3).
+
+        A phone that changed networks resumes before anyone noticed its old
+        TCP connection died: the old socket counts as closed from now on.
+        """
+        old = self.registry.connection(socket_id)
+        if old is None:
+            await self.hub.retire_remote(user_id, socket_id)
+            await self.sockets.closed(user_id, socket_id)
+            return
+        old.retire(wire.CLOSE_REPLACED, "Replaced by a resumed socket")
+        await self.close_connection(old)
+
+    def _retire_now(self, connection: Connection) -> None:
+        """Retire a socket of this process that a resume on another one replaced."""
+        connection.retire(wire.CLOSE_REPLACED, "Replaced by a resumed socket")
+        self.forget_connection(connection)
 
     async def close_connection(self, connection: Connection) -> None:
         """Forget a closed socket everywhere; viewers' audiences learn of changed counts."""

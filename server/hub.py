@@ -33,7 +33,7 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 from server import wire
 from server.ratelimit import RateLimiter
@@ -100,7 +100,10 @@ class Hub:
         self._waiters: list[tuple[tuple[int, int], int, asyncio.Future[None]]] = []  # heap: entry id → publisher
         self._tiebreak = itertools.count()
         self._recent: collections.deque[tuple[str, Entry]] = collections.deque(maxlen=RECENT_ENTRIES)
-        self._history: dict[str, list[list[Any]]] = {}  # local socket → [[entry id, global, views], ...]
+        # Local socket → its record for a resume: "u" user, "k" its key, "s" the
+        # entry of its first frame, "h" [[entry id, global, views], ...] what it
+        # listened to from each entry on (saved to the bus as it changes).
+        self._records: dict[str, dict[str, Any]] = {}
         # Sockets of this process closed lately: a view appended while one
         # closed arrives after its close, and must be undone (see _apply_subscription).
         self._closed: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -109,6 +112,8 @@ class Hub:
         self._remote: dict[int, dict[str, float]] = {}  # user → their sockets known open elsewhere → until
         self._remote_closes = 0  # SOCKETS_CLOSED entries applied so far (see require_socket)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Closes a local socket whose place a resume on another process took (set by ChatService).
+        self.on_retire: Callable[[Connection], None] | None = None
         self._beating: asyncio.Task[None] | None = None
 
     # Lifetime
@@ -232,6 +237,9 @@ class Hub:
             self._remote_closes += 1
             for user_id, socket_id in meta["s"]:
                 self._forget_remote(user_id, lambda known: known == socket_id)
+                connection = registry.connection(socket_id) if meta.get("r") else None
+                if connection is not None and self.on_retire is not None:
+                    self.on_retire(connection)  # a resume on another process took its place
         elif kind == STARTED and meta.get("p") != self.bus.process_id:
             self.peers = max(self.peers, 1)  # a new process: stop answering alone at once
 
@@ -262,16 +270,21 @@ class Hub:
 
     def _remember_state(self, socket_id: str, user_id: int, entry_id: str) -> None:
         """Record what a local socket listens to from this entry on (a resume needs it)."""
-        history = self._history.setdefault(socket_id, [])
+        record = self._records.get(socket_id)
+        if record is None:
+            return
         subscribed, views = self.registry.socket_state(socket_id)
+        history = record["h"]
         history.append([entry_id, subscribed, views])
         del history[:-HISTORY_STATES]
-        self._spawn(self._save_socket(socket_id, user_id))
+        self._spawn(self._save_socket(socket_id))
 
-    async def _save_socket(self, socket_id: str, user_id: int) -> None:
+    async def _save_socket(self, socket_id: str) -> None:
+        record = self._records.get(socket_id)
+        if record is None:
+            return  # closed meanwhile: its record was saved at its close
         try:
-            await self.bus.save_socket(socket_id, {"u": user_id, "h": self._history.get(socket_id, [])},
-                                       self.window_secs + 2 * SOCKET_REFRESH_SECS)
+            await self.bus.save_socket(socket_id, record, self.window_secs + 2 * SOCKET_REFRESH_SECS)
         except Exception as error:
             log.warning("socket %s record not saved: %s", socket_id, error)
 
@@ -482,21 +495,31 @@ class Hub:
         """A new socket's id: this process's id (whoever cleans up after it finds its views by it), then a secret."""
         return self.bus.process_id + secrets.token_urlsafe(9)
 
-    async def connect(self, connection: Connection, profile: Profile, resume: str | None) -> list[bytes]:
-        """Register an open socket (resuming an old one's place if asked); return its first frames.
+    async def connect(
+        self, connection: Connection, profile: Profile, resume: str | None
+    ) -> tuple[list[bytes], str | None]:
+        """Register an open socket (resuming an old one's place if asked).
 
-        The first frames are the greeting and, with a resume, the missed
-        frames; the connection holds live frames until it sends them
-        (``Connection.release``).
+        Return its first frames (the greeting and, with a resume, the missed
+        frames; the connection holds live frames until it sends them,
+        ``Connection.release``) and the resumed socket if it may still be
+        open somewhere: the caller retires it (``ChatService.open_connection``).
         """
         user_id, socket_id = connection.user_id, connection.socket_id
         old: dict[str, Any] | None = None
-        failure = after = old_socket = ""
-        if resume:
+        failure = start = old_socket = ""
+        fetched: EntryBatch | None = None
+        if resume is not None:
             try:
-                old, after, old_socket = await self._resumable(user_id, resume)
+                old, start, old_socket = await self._resumable(user_id, resume)
+                if self._recent_from(start, self._applied_id) is None:
+                    # Read before the socket is registered: from then on
+                    # nothing may wait, or live entries would pass by it.
+                    fetched = await self.bus.read(start, self._applied_id)
+                    if fetched is None:
+                        raise ResumeFailed("history trimmed: the position is no longer in the log")
             except ResumeFailed as error:
-                failure = str(error)
+                old, failure = None, str(error)
         before = self._applied_id
         rooms = await self.database.user_conversation_ids(user_id)
         first = self.registry.add(connection, profile)
@@ -504,29 +527,37 @@ class Hub:
             self.registry.set_rooms(user_id, rooms)
             self._catch_up_rooms(user_id, before)
         at = self._applied_id
-        state: tuple[bool, list[int]] = (False, [])
+        history: list[list[Any]] = [[at, False, []]]
         replay: list[bytes] = []
         if old is not None:
             try:
-                state, replay = await self._replay(old, old_socket, after, at, connection)
+                history, replay = self._replay(old, old_socket, self._entries(start, at, fetched), connection)
             except ResumeFailed as error:
                 old, failure = None, str(error)
-        if state[0]:
+        _, subscribed, views = history[-1]
+        if subscribed:
             self.registry.subscribe_global([socket_id])
-        for conversation_id in state[1]:
+        for conversation_id in views:
             self.registry.start_viewing(conversation_id, user_id, [socket_id])
-        self._history[socket_id] = [[at, state[0], list(state[1])]]
-        self._spawn(self._save_socket(socket_id, user_id))
-        if state[1]:
-            self._spawn(self._carry_views(user_id, socket_id, state[1]))
-        head = wire.position_head
+        self._records[socket_id] = {
+            "u": user_id, "k": connection.position_key, "s": start if old is not None else at,
+            "h": history[-HISTORY_STATES:],
+        }
+        self._spawn(self._save_socket(socket_id))
+        if views:
+            # Before the first frame: the user never stops viewing, so no
+            # count drops in between if her other socket closes next.
+            await self._carry_views(user_id, socket_id, views)
+        head, epoch = wire.position_head, self.bus.epoch
         if old is not None:
-            first_frame = head(wire.resumed(socket_id, user_id, len(replay)), self.bus.epoch, at)
-        elif resume:
-            first_frame = head(wire.resume_failed(socket_id, user_id, failure), self.bus.epoch, at)
+            # The position asked for: resuming from it again replays the same frames.
+            first_frame = head(wire.resumed(socket_id, user_id, len(replay)), epoch, start)
+        elif resume is not None:
+            first_frame = head(wire.resume_failed(socket_id, user_id, failure), epoch, at)
         else:
-            first_frame = head(wire.connected(socket_id, user_id), self.bus.epoch, at)
-        return [first_frame + connection.position_tail, *replay]
+            first_frame = head(wire.connected(socket_id, user_id), epoch, at)
+        retire = old_socket if old is not None and "e" not in old else None
+        return [first_frame + connection.position_tail, *replay], retire
 
     def _catch_up_rooms(self, user_id: int, after: str) -> None:
         """Apply the room changes of this user that the log brought while their rooms were read."""
@@ -551,9 +582,13 @@ class Hub:
                             socket_id, conversation_id, error)
 
     async def _resumable(self, user_id: int, position: str) -> tuple[dict[str, Any], str, str]:
-        """The old socket's record, the entry to resume after and the old socket; ResumeFailed if not exact."""
+        """The old socket's record, the entry to resume from and the old socket; ResumeFailed if not exact.
+
+        A position resumes only a socket of this user, with that socket's
+        key, at an entry between its first frame and its close.
+        """
         try:
-            epoch, entry_id, old_socket = wire.parse_position(position)
+            epoch, entry_id, old_socket, key = wire.parse_position(position)
             entry_key = id_key(entry_id)
         except ValueError:
             raise ResumeFailed("unknown position") from None
@@ -564,32 +599,63 @@ class Hub:
             raise ResumeFailed("too late: the resume window has passed")
         if entry_key[0] > now_ms + CLOCK_SKEW_MS:
             raise ResumeFailed("unknown position")  # not yet written: made up
-        record = await self.bus.load_socket(old_socket)
-        if record is None or record.get("u") != user_id:
+        record = self._records.get(old_socket) or await self.bus.load_socket(old_socket)
+        if record is None or record.get("u") != user_id or not secrets.compare_digest(record.get("k", ""), key):
             raise ResumeFailed("unknown position")
+        if entry_key < id_key(record["s"]) or ("e" in record and entry_key > id_key(record["e"])):
+            raise ResumeFailed("unknown position")  # never sent to that socket
+        if entry_key > self._applied and entry_key > id_key(await self.bus.last_id()):
+            raise ResumeFailed("unknown position")  # past the log's head: made up
         await self.applied(entry_id)  # the position may come from a process ahead of this one
         return record, entry_id, old_socket
 
-    async def _replay(
-        self, record: dict[str, Any], old_socket: str, after: str, upto: str, connection: Connection
-    ) -> tuple[tuple[bool, list[int]], list[bytes]]:
-        """The frames the old socket would have got after ``after``, and its subscriptions at the end."""
-        after_key = id_key(after)
-        states = [state for state in record["h"] if id_key(state[0]) <= after_key]
-        if not states:
-            raise ResumeFailed("unknown position")
-        _, subscribed, views = states[-1]
-        views = set(views)
-        entries = self._recent_after(after, upto)
-        if entries is None:
-            entries = await self.bus.read(after, upto)
+    def _entries(self, start: str, upto: str, fetched: EntryBatch | None) -> EntryBatch:
+        """The log from ``start`` (included) up to ``upto``: what was read from the bus, then memory."""
+        if fetched is None:
+            entries = self._recent_from(start, upto)
+        elif fetched[-1][0] == upto:
+            entries = fetched
+        else:  # the log moved on while it was read
+            rest = self._recent_from(fetched[-1][0], upto)
+            entries = None if rest is None else fetched + rest[1:]
         if entries is None:
             raise ResumeFailed("history trimmed: the position is no longer in the log")
+        return entries
+
+    def _replay(
+        self, record: dict[str, Any], old_socket: str, entries: EntryBatch, connection: Connection
+    ) -> tuple[list[list[Any]], list[bytes]]:
+        """The frames the old socket would have got after ``entries[0]``, and what it listened to meanwhile.
+
+        The first entry is the position's: it must be one the old socket was
+        sent (its first frame's, or one its audience rule gives it), so a
+        position moved onto another socket resumes nothing.
+        """
+        start, first = entries[0]
+        start_key = id_key(start)
+        # What it listened to: the record's states (snapshots, in log order),
+        # and the old socket's own subscription entries (a record saved by
+        # another process may lag them).
+        states = collections.deque(record["h"])
+        if not states or id_key(states[0][0]) > start_key:
+            raise ResumeFailed("unknown position")
+        while len(states) > 1 and id_key(states[1][0]) <= start_key:
+            states.popleft()
+        _, subscribed, views = states.popleft()
+        views = set(views)
         user_id = record["u"]
+        if start != record["s"] and not receives(first, user_id, subscribed, views):
+            raise ResumeFailed("unknown position")
+        history: list[list[Any]] = [[start, subscribed, sorted(views)]]
         frames = []
         epoch = self.bus.epoch
-        for entry_id, entry in entries:
+        for entry_id, entry in entries[1:]:
             meta, kind = entry.meta, entry.kind
+            if states and id_key(states[0][0]) <= id_key(entry_id):
+                while states and id_key(states[0][0]) <= id_key(entry_id):
+                    _, subscribed, views = states.popleft()
+                views = set(views)
+                history.append([entry_id, subscribed, sorted(views)])
             if kind == SUBSCRIPTION:
                 if old_socket in (meta.get("s") or []) and not meta.get("closed"):
                     if meta["op"] == "global":
@@ -598,34 +664,27 @@ class Hub:
                         views.add(meta["c"])
                     elif meta["op"] == "unview":
                         views.discard(meta["c"])
+                    history.append([entry_id, subscribed, sorted(views)])
                 continue
-            if kind == ALL:
-                frame = entry.frame
-            elif kind == GLOBAL and subscribed:
-                frame = entry.frame
-            elif kind in (CONVERSATION, VIEWERS) and (user_id in meta.get("m", ()) or meta["c"] in views):
-                frame = entry.frame if kind == CONVERSATION else wire.viewers_change(meta["c"], meta["n"])
-            else:
-                continue
-            if kind == ALL and meta.get("room") == "drop":
+            if receives(entry, user_id, subscribed, views):
+                frame = wire.viewers_change(meta["c"], meta["n"]) if kind == VIEWERS else entry.frame
+                frames.append(wire.position_head(frame, epoch, entry_id) + connection.position_tail)
+            if kind == ALL and meta.get("room") == "drop" and meta["c"] in views:
                 views.discard(meta["c"])
-            frames.append(wire.position_head(frame, epoch, entry_id) + connection.position_tail)
-        return (subscribed, sorted(views)), frames
+                history.append([entry_id, subscribed, sorted(views)])
+        return history, frames
 
-    def _recent_after(self, after: str, upto: str) -> EntryBatch | None:
-        """The entries after ``after`` from memory, if memory still holds ``after`` itself."""
-        if not self._recent or id_key(self._recent[0][0]) > id_key(after):
+    def _recent_from(self, first: str, upto: str) -> EntryBatch | None:
+        """The entries from ``first`` (included) up to ``upto`` from memory, if memory still holds ``first``."""
+        if not self._recent or id_key(self._recent[0][0]) > id_key(first):
             return None
-        after_key, upto_key = id_key(after), id_key(upto)
-        found = False
+        first_key, upto_key = id_key(first), id_key(upto)
         batch = []
         for entry_id, entry in self._recent:
             key = id_key(entry_id)
-            if key == after_key:
-                found = True
-            elif key > after_key and key <= upto_key:
+            if first_key <= key <= upto_key:
                 batch.append((entry_id, entry))
-        return batch if found else None
+        return batch if batch and batch[0][0] == first else None
 
     async def disconnect(self, connection: Connection) -> bool:
         """Forget a closed socket: its views end (announced), its record stays for a resume. False if unknown."""
@@ -633,7 +692,8 @@ class Hub:
         if views is None:
             return False
         socket_id, user_id = connection.socket_id, connection.user_id
-        self._history.pop(socket_id, None)
+        self._records.pop(socket_id, None)
+        end = self._applied_id  # nothing after this entry reaches it
         now = time.monotonic()
         self._closed[socket_id] = now
         while next(iter(self._closed.values())) < now - CLOSED_MEMORY_SECS:
@@ -645,10 +705,14 @@ class Hub:
         finally:
             self.closing.discard(socket_id)
         try:
-            await self.bus.expire_sockets([socket_id], self.window_secs)
+            await self.bus.end_socket(socket_id, end, self.window_secs)
         except Exception as error:
-            log.warning("socket %s record not expired: %s", socket_id, error)
+            log.warning("socket %s record not ended: %s", socket_id, error)
         return True
+
+    async def retire_remote(self, user_id: int, socket_id: str) -> None:
+        """Close a socket of another process that a resume replaced: its process retires it, the others forget it."""
+        await self.publish([Entry(SOCKETS_CLOSED, {"s": [[user_id, socket_id]], "r": True})])
 
     async def _end_views(self, conversation_id: int, user_id: int, socket_ids: list[str]) -> None:
         """End closed sockets' views of a conversation (announced if the count falls)."""
@@ -661,8 +725,22 @@ class Hub:
 
     async def refresh(self) -> None:
         """Push back the expiry of live sockets' records."""
-        await self.bus.expire_sockets(list(self._history), self.window_secs + 2 * SOCKET_REFRESH_SECS)
+        await self.bus.expire_sockets(list(self._records), self.window_secs + 2 * SOCKET_REFRESH_SECS)
 
+
+def receives(entry: Entry, user_id: int, subscribed: bool, views: Collection[int]) -> bool:
+    """Whether a socket of ``user_id`` listening so (the global chat, ``views``) is sent ``entry``.
+
+    The replay's rule; live delivery applies the same one through the registry's rooms.
+    """
+    kind = entry.kind
+    if kind == ALL:
+        return True
+    if kind == GLOBAL:
+        return subscribed
+    if kind in (CONVERSATION, VIEWERS):
+        return user_id in entry.meta.get("m", ()) or entry.meta["c"] in views
+    return False
 
 def message_entry(message: StoredMessage, members: Sequence[int]) -> Entry:
     """The log entry announcing a stored message."""

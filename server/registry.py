@@ -24,7 +24,8 @@ class Connection(Protocol):
 
     socket_id: str
     user_id: int
-    position_tail: bytes  # what ends this socket's positions: its id and the frame's closing
+    position_key: str  # the socket's secret part of its positions (server/wire.py)
+    position_tail: bytes  # what ends this socket's positions: its id, its key and the frame's closing
 
     def send(self, frame: bytes) -> None:
         """Queue a pre-encoded frame; never blocks, never raises."""
@@ -34,6 +35,9 @@ class Connection(Protocol):
 
     def release(self, first: "Sequence[bytes]") -> None:
         """Send ``first``, then the frames held since the socket was registered."""
+
+    def retire(self, code: int, reason: str) -> None:
+        """Close now, without the usual cleanup on close: whoever retires the socket forgets it."""
 
 
 class Registry:

@@ -61,21 +61,24 @@ def conversation_info(info: ConversationInfo) -> dict[str, Any]:
 
 # Socket frames
 #
-# Every event frame carries its position: "<epoch>.<log entry id>.<socket id>",
+# Every event frame carries its position: "<epoch>.<log entry id>.<socket id>.<socket key>",
 # appended as a last member "pos". The frame is encoded once per event; each
-# socket adds only its own tail (see Registry.send).
+# socket adds only its own tail (see Registry.send). The key is a secret of the
+# socket, given only in its frames (never in X-Socket-Id): a position cannot be
+# made up from a socket id, and checking it costs nothing per delivery.
+
+# The close code of a socket whose successor resumed its place (API.md §3).
+CLOSE_REPLACED = 4000
 
 
-def position(epoch: str, entry_id: str, socket_id: str) -> str:
-    return f"{epoch}.{entry_id}.{socket_id}"
-
-
-def parse_position(value: str) -> tuple[str, str, str]:
-    """(epoch, entry id, socket id) of a position; ValueError if it is not one."""
-    epoch, entry_id, socket_id = value.split(".")
-    if not (epoch and entry_id and socket_id) or len(value) > 200:
+def parse_position(value: str) -> tuple[str, str, str, str]:
+    """(epoch, entry id, socket id, socket key) of a position; ValueError if it is not one."""
+    if len(value) > 200:
         raise ValueError("not a position")
-    return epoch, entry_id, socket_id
+    epoch, entry_id, socket_id, key = value.split(".")
+    if not (epoch and entry_id and socket_id and key):
+        raise ValueError("not a position")
+    return epoch, entry_id, socket_id, key
 
 
 def position_head(frame: bytes, epoch: str, entry_id: str) -> bytes:
@@ -83,9 +86,9 @@ def position_head(frame: bytes, epoch: str, entry_id: str) -> bytes:
     return frame[:-1] + b',"pos":"' + f"{epoch}.{entry_id}.".encode()
 
 
-def position_tail(socket_id: str) -> bytes:
-    """What closes a socket's positioned frames: its id, then the frame."""
-    return socket_id.encode() + b'"}'
+def position_tail(socket_id: str, key: str) -> bytes:
+    """What closes a socket's positioned frames: its id and key, then the frame."""
+    return f"{socket_id}.{key}".encode() + b'"}'
 
 PONG = encode("pong")
 

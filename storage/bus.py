@@ -30,6 +30,7 @@ import abc
 import asyncio
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import secrets
@@ -127,8 +128,12 @@ class Bus(abc.ABC):
         """Whether the chat was closed (a deleted conversation)."""
 
     @abc.abstractmethod
-    async def read(self, after: str, upto: str) -> EntryBatch | None:
-        """The entries after ``after`` up to ``upto``; None if ``after`` is not (or no longer) in the log."""
+    async def read(self, first: str, upto: str) -> EntryBatch | None:
+        """The entries from ``first`` (itself included) up to ``upto``; None if ``first`` is not (or no longer) in the log."""
+
+    @abc.abstractmethod
+    async def last_id(self) -> str:
+        """The id of the log's last entry ("0-0" if it is empty)."""
 
     @abc.abstractmethod
     async def change_viewers(
@@ -151,12 +156,19 @@ class Bus(abc.ABC):
         """Keep what a socket listened to, for a resume (expires after ``ttl_secs``)."""
 
     @abc.abstractmethod
+    async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
+        """Mark a socket's record closed after ``entry_id`` (its last possible frame); it expires after ``ttl_secs``.
+
+        Kept apart from the record, so a late save of the record cannot undo it.
+        """
+
+    @abc.abstractmethod
     async def expire_sockets(self, socket_ids: Iterable[str], ttl_secs: float) -> None:
         """Push the expiry of socket records to ``ttl_secs`` from now."""
 
     @abc.abstractmethod
     async def load_socket(self, socket_id: str) -> dict[str, Any] | None:
-        """A socket's record, or None once it expired (or never existed)."""
+        """A socket's record (with "e", its end, once closed), or None once it expired (or never existed)."""
 
     @abc.abstractmethod
     async def take_token(self, user_id: int, rate: float, burst: float) -> float:
@@ -296,12 +308,15 @@ class MemoryBus(Bus):
     async def chain_closed(self, chain: str) -> bool:
         return chain in self._heads and self._heads[chain] is None
 
-    async def read(self, after: str, upto: str) -> EntryBatch | None:
-        index = self._ids.get(after)
+    async def read(self, first: str, upto: str) -> EntryBatch | None:
+        index = self._ids.get(first)
         if index is None:
             return None
         upto_key = id_key(upto)
-        return [(i, e) for i, e in list(self._log)[index - self._first_index + 1:] if id_key(i) <= upto_key]
+        return [(i, e) for i, e in itertools.islice(self._log, index - self._first_index, None) if id_key(i) <= upto_key]
+
+    async def last_id(self) -> str:
+        return self._log[-1][0] if self._log else "0-0"
 
     async def change_viewers(
         self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
@@ -337,7 +352,12 @@ class MemoryBus(Bus):
         return {cid: len(set(self._viewers.get(cid, {}).values())) for cid in conversation_ids}
 
     async def save_socket(self, socket_id: str, record: dict[str, Any], ttl_secs: float) -> None:
-        self._sockets[socket_id] = (record, time.monotonic() + ttl_secs)
+        ended = self._sockets.get(socket_id, ({}, 0.0))[0].get("e")
+        self._sockets[socket_id] = ({**record, "e": ended} if ended else dict(record), time.monotonic() + ttl_secs)
+
+    async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
+        record = self._sockets.get(socket_id, ({}, 0.0))[0]
+        self._sockets[socket_id] = ({**record, "e": entry_id}, time.monotonic() + ttl_secs)
 
     async def expire_sockets(self, socket_ids: Iterable[str], ttl_secs: float) -> None:
         now = time.monotonic()
@@ -348,7 +368,7 @@ class MemoryBus(Bus):
 
     async def load_socket(self, socket_id: str) -> dict[str, Any] | None:
         record = self._sockets.get(socket_id)
-        return record[0] if record is not None and record[1] > time.monotonic() else None
+        return record[0] if record is not None and record[1] > time.monotonic() and "u" in record[0] else None
 
     async def take_token(self, user_id: int, rate: float, burst: float) -> float:
         raise NotImplementedError("one process: the service's own limiter decides")
@@ -651,12 +671,12 @@ class RedisBus(Bus):
     async def chain_closed(self, chain: str) -> bool:
         return await self.client.get(self._head_key(chain)) == b"x"
 
-    async def read(self, after: str, upto: str) -> EntryBatch | None:
-        first = await self.client.xrange(self.log_key, min=after, max=after)
-        if not first:
+    async def read(self, first: str, upto: str) -> EntryBatch | None:
+        found = await self.client.xrange(self.log_key, min=first, max=first)
+        if not found:
             return None
-        batch: EntryBatch = []
-        start = "(" + after
+        batch: EntryBatch = [(entry_id.decode(), _decode(fields)) for entry_id, fields in found]
+        start = "(" + first
         while True:
             chunk = await self.client.xrange(self.log_key, min=start, max=upto, count=READ_COUNT)
             batch += [(entry_id.decode(), _decode(fields)) for entry_id, fields in chunk]
@@ -685,8 +705,26 @@ class RedisBus(Bus):
             values = await pipe.execute()
         return {cid: len(set(users)) for cid, users in zip(conversation_ids, values)}
 
+    async def last_id(self) -> str:
+        last = await self.client.xrevrange(self.log_key, count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    # A socket's record is a hash: "r" what it listened to (rewritten as it
+    # changes), "e" its end (written once, at its close).
+
     async def save_socket(self, socket_id: str, record: dict[str, Any], ttl_secs: float) -> None:
-        await self.client.set(self._socket_key(socket_id), json.dumps(record), ex=max(1, int(ttl_secs)))
+        key = self._socket_key(socket_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, "r", json.dumps(record))
+            pipe.expire(key, max(1, int(ttl_secs)))
+            await pipe.execute()
+
+    async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
+        key = self._socket_key(socket_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, "e", entry_id)
+            pipe.expire(key, max(1, int(ttl_secs)))
+            await pipe.execute()
 
     async def expire_sockets(self, socket_ids: Iterable[str], ttl_secs: float) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -695,8 +733,13 @@ class RedisBus(Bus):
             await pipe.execute()
 
     async def load_socket(self, socket_id: str) -> dict[str, Any] | None:
-        record = await self.client.get(self._socket_key(socket_id))
-        return None if record is None else json.loads(record)
+        fields = await self.client.hgetall(self._socket_key(socket_id))
+        if b"r" not in fields:
+            return None
+        record = json.loads(fields[b"r"])
+        if b"e" in fields:
+            record["e"] = fields[b"e"].decode()
+        return record
 
     async def take_token(self, user_id: int, rate: float, burst: float) -> float:
         wait_ms = await self._take_token(keys=[f"{self.prefix}rate:{user_id}"], args=[rate, burst, time.time()])

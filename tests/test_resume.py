@@ -175,8 +175,8 @@ async def test_a_forged_position_fails_and_gives_a_fresh_socket(server: ServerUn
 async def test_a_forged_position_with_the_right_epoch_fails(server: ServerUnderTest):
     """Only the epoch is right: the entry and the socket are made up."""
     alice, alice_socket = await server.connected_user(1)
-    epoch, entry_id, _ = alice_socket.position.split(".")
-    for forged in (f"{epoch}.{entry_id}.nosuchsocket", f"{epoch}.99999999999999-0.{alice_socket.socket_id}"):
+    epoch, entry_id, tail = alice_socket.position.split(".", 2)
+    for forged in (f"{epoch}.{entry_id}.nosuchsocket.key", f"{epoch}.99999999999999-0.{tail}"):
         socket, first = await alice.resume(forged)
         assert first["event"] == "resume_failed", forged
         socket.close()
