@@ -590,24 +590,6 @@ class Database:
             return version
 
     @bounded
-    async def membership(self, conversation_id: int, user_id: int) -> bool:
-        """Return whether the user is a member; raise ConversationMissing if it is gone."""
-        async with self._read() as session:
-            row = (
-                await session.execute(
-                    select(Conversation.id, Member.user_id)
-                    .outerjoin(
-                        Member,
-                        (Member.conversation_id == Conversation.id) & (Member.user_id == user_id),
-                    )
-                    .where(Conversation.id == conversation_id)
-                )
-            ).first()
-        if row is None:
-            raise ConversationMissing()
-        return row[1] is not None
-
-    @bounded
     async def joined_conversations(self, user_id: int, offset: int, limit: int) -> list[ConversationRow]:
         """The user's conversations, most recent activity first, with the last message."""
         last = Message.__table__.alias("last_message")
