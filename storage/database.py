@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 import functools
-from typing import Any, AsyncIterator, Awaitable, Callable, ParamSpec, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, ParamSpec, Sequence, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -80,8 +80,15 @@ GLOBAL_CHAT_ROW = 1
 # The send path's statements, built once: building a statement and its cache
 # key on every call cost as much as the rest of the transaction's Python
 # (0.6-0.7 ms of CPU against 1.2-1.5 ms per transaction with a session, on MariaDB: docs/BENCHMARKS.md).
+# The conversation row with every member, locked until commit (lock_conversation).
+# MySQL 8 locks the conversation row only (OF); MariaDB, which has no OF, locks
+# the member rows read as well, which changes nothing: whoever writes a member
+# row holds its conversation's lock first.
 LOCK_CONVERSATION = (
-    select(CONVERSATIONS.c.seq, CONVERSATIONS.c.last_message_id, CONVERSATIONS.c.counter_version, MEMBERS.c.user_id)
+    select(
+        CONVERSATIONS.c.seq, CONVERSATIONS.c.last_message_id, CONVERSATIONS.c.counter_version,
+        CONVERSATIONS.c.creator_id, CONVERSATIONS.c.members_count, MEMBERS.c.user_id,
+    )
     .outerjoin(MEMBERS, MEMBERS.c.conversation_id == CONVERSATIONS.c.id)
     .where(CONVERSATIONS.c.id == bindparam("conversation"))
     .with_for_update(of=CONVERSATIONS)
@@ -293,32 +300,6 @@ class Database:
         async with _invalidated_if_cancelled(self.sessions()) as session:
             yield session
 
-    async def _lock_conversation(
-        self, session: AsyncSession, conversation_id: int, user_id: int
-    ) -> tuple[Conversation, bool]:
-        """Lock the conversation row; return it and whether the user is a member."""
-        row = (
-            await session.execute(
-                select(Conversation, Member.user_id)
-                .outerjoin(
-                    Member,
-                    (Member.conversation_id == Conversation.id) & (Member.user_id == user_id),
-                )
-                .where(Conversation.id == conversation_id)
-                .with_for_update(of=Conversation)
-            )
-        ).first()
-        if row is None:
-            raise ConversationMissing()
-        return row[0], row[1] is not None
-
-    async def _lock_membership(self, session: AsyncSession, conversation_id: int, user_id: int) -> Conversation:
-        """Lock the conversation row of which the user must be a member."""
-        conversation, is_member = await self._lock_conversation(session, conversation_id, user_id)
-        if not is_member:
-            raise NotMember()
-        return conversation
-
     # Users
 
     @bounded
@@ -400,15 +381,13 @@ class Database:
         async with self._write_connection() as connection:
             if conversation_id == GLOBAL_CHAT_ID:
                 return await self._add_global_messages(connection, drafts)
-            rows = (await connection.execute(LOCK_CONVERSATION, {"conversation": conversation_id})).all()
-            if not rows:
-                raise ConversationMissing()
-            seq, last_message_id, counter_version, _ = rows[0]
-            members = [row.user_id for row in rows if row.user_id is not None]
+            conversation = await lock_conversation(connection, conversation_id)
+            members = conversation.member_ids
             accepted = [draft for draft in drafts if draft.user_id in members]
-            order = Sequenced(seq + 1, last_message_id, counter_version + 1)
             if not accepted:
-                return CommittedBatch([None] * len(drafts), members, Sequenced(seq, last_message_id, counter_version))
+                unchanged = Sequenced(conversation.seq, conversation.last_message_id, conversation.counter_version)
+                return CommittedBatch([None] * len(drafts), members, unchanged)
+            order = conversation.next_order()
             ids = iter(await self._insert_messages(connection, conversation_id, accepted))
             message_ids = [next(ids) if draft.user_id in members else None for draft in drafts]
             stored = [message_id for message_id in message_ids if message_id is not None]
@@ -507,14 +486,12 @@ class Database:
         Return the newest ``page`` messages, read in the same transaction, and the join's order.
         """
         async with self._write() as session:
-            conversation, is_member = await self._lock_conversation(
-                session, conversation_id, user_id
-            )
-            if is_member:
+            conversation = await lock_conversation(session, conversation_id)
+            if user_id in conversation.member_ids:
                 raise AlreadyMember()
             # The condition is checked by the database in the same statement
             # that takes the place, so two joins can never both take the last one.
-            order = _next(conversation)
+            order = conversation.next_order()
             taken = await session.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation_id, Conversation.members_count < max_members)
@@ -536,13 +513,15 @@ class Database:
     async def leave(self, conversation_id: int, user_id: int) -> tuple[bool, Sequenced]:
         """Remove a member; delete the conversation when nobody is left. Return (deleted, the leave's order)."""
         async with self._write() as session:
-            conversation = await self._lock_membership(session, conversation_id, user_id)
+            conversation = await lock_conversation(session, conversation_id)
+            if user_id not in conversation.member_ids:
+                raise NotMember()
             await session.execute(
                 delete(Member).where(
                     Member.conversation_id == conversation_id, Member.user_id == user_id
                 )
             )
-            order = _next(conversation)
+            order = conversation.next_order()
             if conversation.members_count <= 1:
                 await self._delete_rows(session, conversation_id)
                 return True, order
@@ -559,12 +538,11 @@ class Database:
     async def delete_conversation(self, conversation_id: int, user_id: int) -> tuple[Sequenced, list[int]]:
         """Delete a conversation with everything in it; only its creator may. Return its order and its members."""
         async with self._write() as session:
-            conversation, _ = await self._lock_conversation(session, conversation_id, user_id)
+            conversation = await lock_conversation(session, conversation_id)
             if conversation.creator_id != user_id:
                 raise NotCreator()
-            members = list(await session.scalars(select(Member.user_id).where(Member.conversation_id == conversation_id)))
             await self._delete_rows(session, conversation_id)
-            return _next(conversation), members
+            return conversation.next_order(), conversation.member_ids
 
     @staticmethod
     async def _delete_rows(session: AsyncSession, conversation_id: int) -> None:
@@ -577,7 +555,9 @@ class Database:
     async def mark_read(self, conversation_id: int, user_id: int) -> int:
         """Mark every message of the conversation read for a member; return the new counter version."""
         async with self._write() as session:
-            conversation = await self._lock_membership(session, conversation_id, user_id)
+            conversation = await lock_conversation(session, conversation_id)
+            if user_id not in conversation.member_ids:
+                raise NotMember()
             await session.execute(
                 update(Member)
                 .where(Member.conversation_id == conversation_id, Member.user_id == user_id)
@@ -727,9 +707,40 @@ class Database:
         return counts
 
 
-def _next(conversation: Conversation) -> Sequenced:
-    """The order of an announced change to a locked conversation: the next seq and counter version."""
-    return Sequenced(conversation.seq + 1, conversation.last_message_id, conversation.counter_version + 1)
+class LockedConversation(NamedTuple):
+    """A conversation row as read under its lock: what a transaction on it decides from.
+
+    A tuple because the send path builds one per batch.
+    """
+
+    seq: int
+    last_message_id: int
+    counter_version: int
+    creator_id: int
+    members_count: int
+    member_ids: list[int]
+
+    def next_order(self) -> Sequenced:
+        """The order of a change announced from this transaction: the next seq and counter version."""
+        return Sequenced(self.seq + 1, self.last_message_id, self.counter_version + 1)
+
+
+async def lock_conversation(connection: AsyncConnection | AsyncSession, conversation_id: int) -> LockedConversation:
+    """Lock a conversation's row until commit and read it with its members; ConversationMissing if it is gone.
+
+    The one way a transaction serializes on a conversation (join, leave,
+    delete, mark read, send): its seq and counter version can only be
+    decided, and moved, by one transaction at a time, so changes commit in
+    seq order. A new conversation needs no lock: its row is its creator's
+    until commit. On SQLite, where FOR UPDATE does not exist, the write lock
+    (Database._write) already makes writers take turns.
+    """
+    rows = (await connection.execute(LOCK_CONVERSATION, {"conversation": conversation_id})).all()
+    if not rows:
+        raise ConversationMissing()
+    seq, last_message_id, counter_version, creator_id, members_count, _ = rows[0]
+    member_ids = [row.user_id for row in rows if row.user_id is not None]
+    return LockedConversation(seq, last_message_id, counter_version, creator_id, members_count, member_ids)
 
 
 def _configure_sqlite(dbapi_connection, _record, busy_timeout_secs: float) -> None:
