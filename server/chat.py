@@ -399,7 +399,7 @@ class ChatService:
             await self.hub.change_viewers(conversation_id, user_id, sockets if socket_id else [], False, members)
 
 
-# A conversation's creation is its first event (storage/database.py).
+# A conversation's creation is its first event (storage/conversations.py).
 CREATED = Sequenced(seq=1, last_message_id=0)
 
 

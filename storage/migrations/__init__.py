@@ -1,1 +1,1 @@
-"""Alembic migrations, applied at start-up by :func:`storage.database.Database.migrate`."""
+"""Alembic migrations, applied at start-up by :func:`storage.engine.DatabaseEngine.migrate`."""
