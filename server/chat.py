@@ -145,12 +145,12 @@ class ChatService:
             await self.hub.retire_remote(user_id, socket_id)
             await self.sockets.closed(user_id, socket_id)
             return
-        old.retire(wire.CLOSE_REPLACED, "Replaced by a resumed socket")
+        old.retire(wire.CLOSE_REPLACED, wire.REPLACED_REASON)
         await self.close_connection(old)
 
     def _retire_now(self, connection: Connection) -> None:
         """Retire a socket of this process that a resume on another one replaced."""
-        connection.retire(wire.CLOSE_REPLACED, "Replaced by a resumed socket")
+        connection.retire(wire.CLOSE_REPLACED, wire.REPLACED_REASON)
         self.forget_connection(connection)
 
     async def close_connection(self, connection: Connection) -> None:

@@ -508,16 +508,15 @@ class Hub:
         user_id, socket_id = connection.user_id, connection.socket_id
         old: dict[str, Any] | None = None
         failure = start = old_socket = ""
-        fetched: EntryBatch | None = None
+        fetched: EntryBatch = []
         if resume is not None:
             try:
                 old, start, old_socket = await self._resumable(user_id, resume)
-                if self._recent_from(start, self._applied_id) is None:
-                    # Read before the socket is registered: from then on
-                    # nothing may wait, or live entries would pass by it.
-                    fetched = await self.bus.read(start, self._applied_id)
-                    if fetched is None:
-                        raise ResumeFailed("history trimmed: the position is no longer in the log")
+                # Read before the socket is registered: from then on nothing
+                # may wait, or live entries would pass by it.
+                fetched = self._recent_from(start, self._applied_id) or await self.bus.read(start, self._applied_id)
+                if not fetched:
+                    raise ResumeFailed("history trimmed: the position is no longer in the log")
             except ResumeFailed as error:
                 old, failure = None, str(error)
         before = self._applied_id
@@ -531,7 +530,7 @@ class Hub:
         replay: list[bytes] = []
         if old is not None:
             try:
-                history, replay = self._replay(old, old_socket, self._entries(start, at, fetched), connection)
+                history, replay = self._replay(old, old_socket, self._extended(fetched, at), connection)
             except ResumeFailed as error:
                 old, failure = None, str(error)
         _, subscribed, views = history[-1]
@@ -609,18 +608,14 @@ class Hub:
         await self.applied(entry_id)  # the position may come from a process ahead of this one
         return record, entry_id, old_socket
 
-    def _entries(self, start: str, upto: str, fetched: EntryBatch | None) -> EntryBatch:
-        """The log from ``start`` (included) up to ``upto``: what was read from the bus, then memory."""
-        if fetched is None:
-            entries = self._recent_from(start, upto)
-        elif fetched[-1][0] == upto:
-            entries = fetched
-        else:  # the log moved on while it was read
-            rest = self._recent_from(fetched[-1][0], upto)
-            entries = None if rest is None else fetched + rest[1:]
-        if entries is None:
+    def _extended(self, fetched: EntryBatch, upto: str) -> EntryBatch:
+        """``fetched`` followed by what the log brought from memory since, up to ``upto``."""
+        if fetched[-1][0] == upto:
+            return fetched
+        rest = self._recent_from(fetched[-1][0], upto)  # the log moved on while it was read
+        if rest is None:
             raise ResumeFailed("history trimmed: the position is no longer in the log")
-        return entries
+        return fetched + rest[1:]
 
     def _replay(
         self, record: dict[str, Any], old_socket: str, entries: EntryBatch, connection: Connection
@@ -653,8 +648,8 @@ class Hub:
             meta, kind = entry.meta, entry.kind
             if states and id_key(states[0][0]) <= id_key(entry_id):
                 while states and id_key(states[0][0]) <= id_key(entry_id):
-                    _, subscribed, views = states.popleft()
-                views = set(views)
+                    _, subscribed, state_views = states.popleft()
+                views = set(state_views)
                 history.append([entry_id, subscribed, sorted(views)])
             if kind == SUBSCRIPTION:
                 if old_socket in (meta.get("s") or []) and not meta.get("closed"):

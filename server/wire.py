@@ -69,6 +69,7 @@ def conversation_info(info: ConversationInfo) -> dict[str, Any]:
 
 # The close code of a socket whose successor resumed its place (API.md §3).
 CLOSE_REPLACED = 4000
+REPLACED_REASON = "Replaced by a resumed socket"
 
 
 def parse_position(value: str) -> tuple[str, str, str, str]:

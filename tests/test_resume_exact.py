@@ -13,12 +13,9 @@ import asyncio
 import pytest
 
 from tests.helpers import ServerUnderTest, close_and_wait, eventually
+from tests.test_resume import bob_goes_away, texts
 
 pytestmark = pytest.mark.gen_test
-
-
-def texts(frames: list[dict]) -> list[str]:
-    return [frame["data"]["message"] for frame in frames if frame["event"] == "new_message"]
 
 
 def swap_socket_part(position: str, other: str) -> str:
@@ -106,13 +103,7 @@ async def test_the_resumed_frames_own_position_resumes_the_whole_replay(server: 
 
 
 async def test_a_replayed_frames_position_resumes_after_it(server: ServerUnderTest):
-    alice, _ = await server.connected_user(1)
-    bob, bob_socket = await server.connected_user(2)
-    conversation_id = await alice.create("halfway")
-    await bob.join(conversation_id)
-    await bob_socket.drain()
-    position = bob_socket.position
-    await close_and_wait(server, bob_socket)
+    alice, bob, conversation_id, position = await bob_goes_away(server, "halfway")
     for text in ("a", "b", "c"):
         await alice.send(text, conversation_id)
 
