@@ -5,8 +5,15 @@ Every event goes through the log (``storage/bus.py``), also with one process:
 a process applies the log in order to its registry, so every socket on every
 process gets every event in the same order, and a socket's every frame
 carries its position in the log. ``publish`` returns once this process has
-applied the entry, so an HTTP answer still follows its own events on this
-process's sockets.
+applied the entry (or after APPLIED_WAIT_SECS, if its reader is cut off), so
+an HTTP answer follows its own events on this process's sockets. An event
+committed while Redis is away is announced in the background once it is
+back; the request that committed it does not wait.
+
+Redis losing the log (a restart, a flush) closes no socket: each process
+rebuilds what Redis held of its sockets (ids, views, records) and sends each
+of its sockets one ``resync`` frame through the new log; what was committed
+meanwhile is in what the client refetches, what comes after flows live.
 
 What only all processes together know: whether a user has an open socket
 anywhere (the 428 rule), their sockets, distinct viewers, the send rate. A
@@ -27,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import functools
 import heapq
 import itertools
 import logging
@@ -40,8 +46,8 @@ from server.ratelimit import RateLimiter
 from server.registry import Connection, Registry
 from server.settings import Settings
 from storage.bus import (
-    ALL, CONVERSATION, GLOBAL, HEARTBEAT_SECS, PROCESS_ID_CHARS, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS, Bus,
-    Entry, EntryBatch, id_key,
+    ALL, CONVERSATION, GLOBAL, HEARTBEAT_SECS, PROCESS_ID_CHARS, RESYNC, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS,
+    Bus, Entry, EntryBatch, id_key,
 )
 from storage.cache import SOCKET_REFRESH_SECS, Cache
 from storage.database import Database
@@ -59,8 +65,6 @@ APPLIED_WAIT_SECS = 5.0
 RECENT_ENTRIES = 20_000
 # A socket's record keeps this many subscription states (a resume needs the one at its position).
 HISTORY_STATES = 20
-# The close code of sockets whose events Redis lost: "service restart", reconnect.
-CLOSE_HISTORY_LOST = 1012
 # How long stopping waits for background work (socket records, announcements) before cancelling it.
 STOP_GRACE_SECS = 2.0
 # Profiles of users whose sockets are on other processes are read again after this long.
@@ -115,6 +119,7 @@ class Hub:
         # Closes a local socket whose place a resume on another process took (set by ChatService).
         self.on_retire: Callable[[Connection], None] | None = None
         self._beating: asyncio.Task[None] | None = None
+        self._resync_pending = False  # Redis lost the log and this process has not resynced its sockets yet
 
     # Lifetime
 
@@ -140,37 +145,72 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def _beat_forever(self) -> None:
+        failing = False
         while True:
             try:
                 await self.beat()
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("heartbeat failed: %s", error)
-            await asyncio.sleep(HEARTBEAT_SECS)
+                if not failing:
+                    log.warning("heartbeat failed: %s", error)
+                failing = True
+                # Soon, not in HEARTBEAT_SECS: if Redis came back without the
+                # log, the other processes refuse this one's users until its
+                # socket ids are written again (the breaker makes it cheap).
+                await asyncio.sleep(RETRY_SECS)
+                continue
+            await self.bus.next_beat(HEARTBEAT_SECS)
 
     async def beat(self) -> None:
         """One heartbeat: say we are alive, learn of the others, clean up after dead ones and lost history."""
+        peers_before = self.peers
         self.peers, dead, lost = await self.bus.beat()
         if lost:
             self._remote.clear()  # the announcements of closes went with the log
-            await self.history_lost()
+            self._resync_pending = True
+            # The heartbeats went too: the others reappear as they beat again;
+            # until then this process must not believe it is alone.
+            self.peers = max(self.peers, peers_before)
+        if self._resync_pending:
+            await self.history_lost()  # retried at the next beat if Redis fails again meanwhile
+            self._resync_pending = False
         for process_id in dead:
             self._forget_remote(None, lambda socket_id: socket_id[:PROCESS_ID_CHARS] == process_id)
             await self._reap(process_id)
 
     async def history_lost(self) -> None:
-        """Redis lost events (it restarted, or was flushed): close every socket here, 1012.
+        """Redis lost the log (it restarted, or was flushed): resync this process's sockets, closing none.
 
         Some event may have been committed and never reached a socket, and
-        nothing can tell which: the clients reconnect, their resume fails
-        (the epoch changed) and they refetch, so nobody keeps a silent gap.
+        nothing can tell which. What Redis held of these sockets is written
+        again (their ids for the 428 rule, their views), then a RESYNC entry
+        goes through the new log: applying it sends every socket here one
+        ``resync`` frame, positioned in the new epoch, and restarts its
+        record there (_resync_sockets). The client refetches what it shows:
+        everything committed before the entry is in that, everything after it
+        arrives live. Old positions answer ``resume_failed`` (another epoch).
         """
         connections = self.registry.connections()
-        log.warning("Redis lost the event log (restarted or flushed): closing %d sockets so they refetch",
-                    len(connections))
+        log.warning("Redis lost the event log (restarted or flushed): resyncing %d sockets", len(connections))
+        await self.cache.refresh_sockets(self.registry.connected_users())
+        viewing: dict[tuple[int, int], list[str]] = collections.defaultdict(list)
         for connection in connections:
-            connection.close(CLOSE_HISTORY_LOST, "Event history lost, reconnect")
+            for conversation_id in self.registry.socket_state(connection.socket_id)[1]:
+                viewing[conversation_id, connection.user_id].append(connection.socket_id)
+        for (conversation_id, user_id), socket_ids in viewing.items():
+            members = await self._members(conversation_id)
+            await self.bus.change_viewers(conversation_id, user_id, socket_ids, True, members)
+        await self.publish([Entry(RESYNC, {"p": self.bus.process_id})])
+
+    def _resync_sockets(self, epoch: str, entry_id: str) -> None:
+        """Applying this process's RESYNC entry: each socket here is told, and its record starts at the entry."""
+        self.registry.send_all(wire.position_head(wire.RESYNC, epoch, entry_id))
+        for socket_id, record in self._records.items():
+            subscribed, views = self.registry.socket_state(socket_id)
+            record["s"], record["h"] = entry_id, [[entry_id, subscribed, views]]
+        self._spawn(self._save_sockets())
 
     async def _reap(self, process_id: str) -> None:
         """Clean up after a process that died: its sockets stop counting, its views end (and are announced)."""
@@ -240,6 +280,8 @@ class Hub:
                 connection = registry.connection(socket_id) if meta.get("r") else None
                 if connection is not None and self.on_retire is not None:
                     self.on_retire(connection)  # a resume on another process took its place
+        elif kind == RESYNC and meta.get("p") == self.bus.process_id:
+            self._resync_sockets(epoch, entry_id)
         elif kind == STARTED and meta.get("p") != self.bus.process_id:
             self.peers = max(self.peers, 1)  # a new process: stop answering alone at once
 
@@ -279,6 +321,12 @@ class Hub:
         del history[:-HISTORY_STATES]
         self._spawn(self._save_socket(socket_id))
 
+    async def _save_sockets(self) -> None:
+        try:
+            await self.bus.save_sockets(dict(self._records), self.window_secs + 2 * SOCKET_REFRESH_SECS)
+        except Exception as error:
+            log.warning("socket records not saved: %s", error)
+
     async def _save_socket(self, socket_id: str) -> None:
         record = self._records.get(socket_id)
         if record is None:
@@ -291,7 +339,7 @@ class Hub:
     # Publishing
 
     async def publish(self, entries: Sequence[Entry]) -> None:
-        """Append entries to the log; return once applied here."""
+        """Append entries to the log; return once applied here (or after APPLIED_WAIT_SECS)."""
         await self.applied(await self.bus.append(entries))
 
     async def publish_in_order(
@@ -302,33 +350,44 @@ class Hub:
 
         ``last_message_id`` is the chat's last message id after this event.
         When the predecessor is late (its process may have died between its
-        commit and its append), the gap is filled from the database.
+        commit and its append), the gap is filled from the database. When
+        Redis is away, the event is announced in the background once it is
+        back, and this returns at once.
         """
         name = "g" if chain == GLOBAL_CHAT_ID else str(chain)
-        append = functools.partial(
-            self.bus.append_in_order, name, order.seq - 1, order.seq, last_message_id, entries, closes, members
-        )
+
+        def append() -> Any:
+            return self.bus.append_in_order(
+                name, order.seq - 1, order.seq, last_message_id, entries, closes, members, alone=not self.peers
+            )
+
         try:
             last = await append()
         except Exception as error:
             if not is_storage_unavailable(error):
                 raise
             # Committed, but Redis is away: announce it once Redis answers
-            # again (the append is idempotent: a chat's head never goes back).
+            # again (the append is idempotent: a chat's head never goes back;
+            # if Redis came back without the log, a later event may pass it,
+            # and the resync covers it).
             log.warning("chat %s event %d not announced yet (%s); retrying in the background", name, order.seq, error)
-            self._spawn(self._append_when_back(name, append))
+            self._spawn(self._append_when_back(name, chain, order, append))
             return
+        await self._settle(name, chain, order, last)
+
+    async def _settle(self, name: str, chain: int, order: Sequenced, last: str | None) -> None:
+        """Wait until an appended event is applied here, or fill the gap before one held back."""
         if last is None:
             await self._wait_or_fill(name, chain, order)
-            return
-        await self.applied(last)
+        else:
+            await self.applied(last)
 
-    async def _append_when_back(self, name: str, append) -> None:
+    async def _append_when_back(self, name: str, chain: int, order: Sequenced, append) -> None:
         give_up = time.monotonic() + self.window_secs
         while time.monotonic() < give_up:
             await asyncio.sleep(RETRY_SECS)
             try:
-                await append()
+                await self._settle(name, chain, order, await append())
                 log.info("chat %s: the held-up event is announced", name)
                 return
             except Exception as error:
@@ -646,6 +705,9 @@ class Hub:
         epoch = self.bus.epoch
         for entry_id, entry in entries[1:]:
             meta, kind = entry.meta, entry.kind
+            if kind == RESYNC and meta.get("p") == old_socket[:PROCESS_ID_CHARS]:
+                # The old socket was told (or would have been) that it may have missed events.
+                raise ResumeFailed("history lost (the server or its Redis restarted)")
             if states and id_key(states[0][0]) <= id_key(entry_id):
                 while states and id_key(states[0][0]) <= id_key(entry_id):
                     _, subscribed, state_views = states.popleft()

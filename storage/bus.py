@@ -50,6 +50,7 @@ SUBSCRIPTION = "subscription"  # a socket started or stopped listening (not deli
 STARTED = "started"  # a process started: the log is never empty, so every position names an entry
 STOPPED = "stopped"  # a process stopped cleanly (it also wakes that process's own reader, to end it)
 SOCKETS_CLOSED = "closed"  # sockets closed on their process: the others stop taking them as open (not delivered)
+RESYNC = "resync"  # Redis lost the log: the publishing process's sockets are told their view may be stale
 
 # How long a chat's head and its held-back events are kept when nothing happens.
 HEAD_TTL_SECS = 7 * 24 * 3600
@@ -105,14 +106,17 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def append_in_order(
         self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
-        closes: bool = False, members: Sequence[int] = (),
+        closes: bool = False, members: Sequence[int] = (), alone: bool = False,
     ) -> str | None:
         """Append a chat's event number ``seq`` once the chat's head is ``prev``; None when held back.
 
         ``closes`` ends the chat (a deleted conversation): its viewers are
         dropped (a count of 0 is announced to ``members`` and them just
         before the last entry, the delete)
-        and nothing of it is appended afterwards.
+        and nothing of it is appended afterwards. An unknown head (Redis
+        lost it) holds the event back too, for the gap filler, unless the
+        appending process is ``alone``: its own appends are in commit order
+        already, and an older one that is late is covered by the resync.
         """
 
     @abc.abstractmethod
@@ -156,6 +160,10 @@ class Bus(abc.ABC):
         """Keep what a socket listened to, for a resume (expires after ``ttl_secs``)."""
 
     @abc.abstractmethod
+    async def save_sockets(self, records: Mapping[str, dict[str, Any]], ttl_secs: float) -> None:
+        """``save_socket`` for many sockets at once (one round trip)."""
+
+    @abc.abstractmethod
     async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
         """Mark a socket's record closed after ``entry_id`` (its last possible frame); it expires after ``ttl_secs``.
 
@@ -194,6 +202,10 @@ class Bus(abc.ABC):
     async def shared_settings_conflict(self, settings: Mapping[str, str]) -> list[str]:
         """Publish the settings every process must share; return those a live process has otherwise."""
         return []
+
+    async def next_beat(self, secs: float) -> None:
+        """Wait until the next heartbeat is due: ``secs``, or sooner once the shared state answers again."""
+        await asyncio.sleep(secs)
 
     async def close(self) -> None:
         """Stop reading and release connections."""
@@ -259,7 +271,7 @@ class MemoryBus(Bus):
 
     async def append_in_order(
         self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
-        closes: bool = False, members: Sequence[int] = (),
+        closes: bool = False, members: Sequence[int] = (), alone: bool = True,
     ) -> str | None:
         if chain in self._heads and self._heads[chain] is None:
             return ""  # closed: the conversation is gone
@@ -355,6 +367,10 @@ class MemoryBus(Bus):
         ended = self._sockets.get(socket_id, ({}, 0.0))[0].get("e")
         self._sockets[socket_id] = ({**record, "e": ended} if ended else dict(record), time.monotonic() + ttl_secs)
 
+    async def save_sockets(self, records: Mapping[str, dict[str, Any]], ttl_secs: float) -> None:
+        for socket_id, record in records.items():
+            await self.save_socket(socket_id, record, ttl_secs)
+
     async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
         record = self._sockets.get(socket_id, ({}, 0.0))[0]
         self._sockets[socket_id] = ({**record, "e": entry_id}, time.monotonic() + ttl_secs)
@@ -435,15 +451,24 @@ local function entries_from(first)
 end
 """ % {"head_ttl": HEAD_TTL_SECS}
 
-# KEYS: log, head, held, viewers. ARGV: prev, seq, last message id, closes, minid, members (JSON), chat, entries…
-_APPEND_IN_ORDER_LUA = _LUA_HELPERS + """
+# A chat's head and held events are keyed by the epoch the appending process
+# believes in; a process that has not noticed yet that Redis lost the log
+# (or whose epoch is stale) gets 'epoch' back, learns the new one and appends
+# again, so every process orders a chat's events by the same head.
+_EPOCH_CHECK = """
+if redis.call('GET', KEYS[5]) ~= ARGV[EPOCH_ARG] then return {'epoch', ''} end
+"""
+
+# KEYS: log, head, held, viewers, epoch. ARGV: prev, seq, last message id, closes, minid, members (JSON), chat,
+# alone (1/0: an unknown head is no gap), epoch, entries…
+_APPEND_IN_ORDER_LUA = _LUA_HELPERS + _EPOCH_CHECK.replace("EPOCH_ARG", "9") + """
 local head = redis.call('GET', KEYS[2])
 if head == 'x' then return {'closed', ''} end
 local prev, seq = tonumber(ARGV[1]), tonumber(ARGV[2])
 local head_seq = nil
 if head then head_seq = tonumber(string.match(head, '^(%d+)')) end
-local entries = entries_from(8)
-if (head_seq == nil and prev == 0) or head_seq == prev then
+local entries = entries_from(10)
+if (head_seq == nil and (prev == 0 or ARGV[8] == '1')) or head_seq == prev then
   return {'ok', run(KEYS[1], ARGV[5], KEYS[2], KEYS[3], KEYS[4], seq, ARGV[3], ARGV[4], entries, ARGV[6], ARGV[7]) or ''}
 end
 if head_seq ~= nil and head_seq >= seq then return {'dup', ''} end
@@ -452,14 +477,14 @@ redis.call('EXPIRE', KEYS[3], %(held_ttl)d)
 return {'held', ''}
 """.replace("%(held_ttl)d", str(HELD_TTL_SECS))
 
-# KEYS: log, head, held, viewers. ARGV: seq, last message id, minid, chat, entries…
-_FILL_GAP_LUA = _LUA_HELPERS + """
+# KEYS: log, head, held, viewers, epoch. ARGV: seq, last message id, minid, chat, epoch, entries…
+_FILL_GAP_LUA = _LUA_HELPERS + _EPOCH_CHECK.replace("EPOCH_ARG", "5") + """
 local head = redis.call('GET', KEYS[2])
 if head == 'x' then return {'closed', ''} end
 local head_seq = nil
 if head then head_seq = tonumber(string.match(head, '^(%d+)')) end
 if head_seq ~= nil and head_seq >= tonumber(ARGV[1]) then return {'dup', ''} end
-return {'ok', run(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[1]), ARGV[2], '0', entries_from(5), '[]', ARGV[4]) or ''}
+return {'ok', run(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[1]), ARGV[2], '0', entries_from(6), '[]', ARGV[4]) or ''}
 """
 
 # KEYS: log, viewers (socket → user), head of the conversation, the prefix of the views each process's
@@ -571,8 +596,10 @@ class RedisBus(Bus):
         self._epoch = self.client.register_script(_EPOCH_LUA)
         self._reading: asyncio.Task[None] | None = None
         self._stopping = False
-        self._beaten = False
+        self._lost = False  # the epoch changed since the last beat (Redis lost the log)
+        self._generation = -1  # the client's connection generation when the epoch was last synced
         self._last_read = "0-0"
+        self._answering_again = asyncio.Event()  # the reader got through after failing
 
     # Keys. A chat's head and held events are per epoch: after Redis lost its
     # data, old heads would hold back events that can never be released.
@@ -595,20 +622,40 @@ class RedisBus(Bus):
     def _min_id(self) -> str:
         return str(int((time.time() - self.window_secs - 60) * 1000))
 
-    async def _sync_epoch(self) -> str:
-        """The epoch every process shares, renewed when Redis lost the log (see _EPOCH_LUA)."""
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self.prefix}epoch"
+
+    async def _sync_epoch(self) -> None:
+        """Learn the epoch every process shares, renewed when Redis lost the log (see _EPOCH_LUA)."""
+        generation = self.client.breaker.generation
         info = await self.client.info("server")
         run = str(info["run_id"])[:RUN_ID_CHARS]
-        return (await self._epoch(keys=[f"{self.prefix}epoch"], args=[run, run + secrets.token_hex(3)])).decode()
+        epoch = (await self._epoch(keys=[self._epoch_key], args=[run, run + secrets.token_hex(3)])).decode()
+        if self.epoch and epoch != self.epoch:
+            self._lost = True
+        self.epoch, self._generation = epoch, generation
+
+    async def _in_epoch(self, script, keys: Callable[[], list[str]], args: Callable[[], list[Any]]) -> tuple[bytes, bytes]:
+        """Run a chat's script in the current epoch: learnt again first after a reconnect, and when the script
+        says this process's is stale."""
+        if self._generation != self.client.breaker.generation:
+            await self._sync_epoch()  # Redis closed our connections: it may have restarted from a snapshot
+        outcome, last = await script(keys=keys(), args=args())
+        if outcome == b"epoch":
+            await self._sync_epoch()
+            outcome, last = await script(keys=keys(), args=args())
+        return outcome, last
 
     async def start(self, apply: Callable[[EntryBatch], None]) -> str:
-        self.epoch = await self._sync_epoch()
+        await self._sync_epoch()
         self._last_read = await self.append([Entry(STARTED, {"p": self.process_id})])
         await self.beat()
         self._reading = asyncio.ensure_future(self._read_forever(apply))
         return self._last_read
 
     async def _read_forever(self, apply: Callable[[EntryBatch], None]) -> None:
+        failing = False
         while not self._stopping:
             try:
                 reply = await self.reader.xread({self.log_key: self._last_read}, count=READ_COUNT, block=READ_BLOCK_MS)
@@ -616,8 +663,12 @@ class RedisBus(Bus):
                 raise
             except Exception as error:
                 log.warning("reading the event log failed (%s); retrying", error)
+                failing = True
                 await asyncio.sleep(0.5)
                 continue
+            if failing:
+                failing = False
+                self._answering_again.set()  # beat now: Redis may have come back without the log
             if not reply:
                 continue
             batch = [(entry_id.decode(), _decode(fields)) for entry_id, fields in reply[0][1]]
@@ -645,19 +696,23 @@ class RedisBus(Bus):
 
     async def append_in_order(
         self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
-        closes: bool = False, members: Sequence[int] = (),
+        closes: bool = False, members: Sequence[int] = (), alone: bool = False,
     ) -> str | None:
-        outcome, last = await self._append_in_order(
-            keys=[self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain)],
-            args=[prev, seq, last_message_id, "1" if closes else "0", self._min_id(), json.dumps(list(members)),
-                  chain, *self._flatten(entries)],
+        outcome, last = await self._in_epoch(
+            self._append_in_order,
+            lambda: [self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain),
+                     self._epoch_key],
+            lambda: [prev, seq, last_message_id, "1" if closes else "0", self._min_id(), json.dumps(list(members)),
+                     chain, "1" if alone else "0", self.epoch, *self._flatten(entries)],
         )
         return None if outcome == b"held" else last.decode()
 
     async def fill_gap(self, chain: str, seq: int, last_message_id: int, entries: Sequence[Entry]) -> str | None:
-        _, last = await self._fill_gap(
-            keys=[self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain)],
-            args=[seq, last_message_id, self._min_id(), chain, *self._flatten(entries)],
+        _, last = await self._in_epoch(
+            self._fill_gap,
+            lambda: [self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain),
+                     self._epoch_key],
+            lambda: [seq, last_message_id, self._min_id(), chain, self.epoch, *self._flatten(entries)],
         )
         return last.decode()
 
@@ -719,6 +774,14 @@ class RedisBus(Bus):
             pipe.expire(key, max(1, int(ttl_secs)))
             await pipe.execute()
 
+    async def save_sockets(self, records: Mapping[str, dict[str, Any]], ttl_secs: float) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for socket_id, record in records.items():
+                key = self._socket_key(socket_id)
+                pipe.hset(key, "r", json.dumps(record))
+                pipe.expire(key, max(1, int(ttl_secs)))
+            await pipe.execute()
+
     async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
         key = self._socket_key(socket_id)
         async with self.client.pipeline(transaction=False) as pipe:
@@ -752,10 +815,8 @@ class RedisBus(Bus):
             pipe.zadd(key, {self.process_id: now})
             pipe.zrange(key, 0, -1, withscores=True)
             _, processes = await pipe.execute()
-        epoch = await self._sync_epoch()
-        lost = self._beaten and epoch != self.epoch
-        self.epoch = epoch
-        self._beaten = True
+        await self._sync_epoch()
+        lost, self._lost = self._lost, False
         live = dead = 0
         dead_ids = []
         for process_id, beaten in processes:
@@ -795,6 +856,13 @@ class RedisBus(Bus):
                 return differing
         await self.client.hset(key, mapping=dict(settings))
         return []
+
+    async def next_beat(self, secs: float) -> None:
+        try:
+            await asyncio.wait_for(self._answering_again.wait(), secs)
+        except asyncio.TimeoutError:
+            pass
+        self._answering_again.clear()
 
     async def leave(self) -> None:
         """Say this process is gone (a clean shutdown), so nobody waits for it to time out."""

@@ -8,6 +8,11 @@ breaker: for ``BREAK_SECS`` every call on that client fails at once, as if
 Redis refused the connection, and the request goes on with what it has
 (the cache is never the only copy of anything). After that one call is let
 through to see whether Redis is back.
+
+A Redis that restarted closed every connection of the pool, and each would
+fail once when next used: a few dozen failed calls in a row. So the first
+call that finds its connection closed by the server marks the others as
+stale, and each reconnects before its next command instead.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ class Breaker:
 
     def __init__(self) -> None:
         self.open_until = 0.0
+        self.generation = 0  # bumped when Redis closed a connection: older connections are stale
+
+    def connection_lost(self) -> None:
+        self.generation += 1
 
     def check(self) -> None:
         if self.open_until and time.monotonic() < self.open_until:
@@ -45,8 +54,11 @@ class Breaker:
 
 def _connection_class(breaker: Breaker) -> type[Connection]:
     class BreakerConnection(Connection):
+        generation = 0
+
         async def connect(self) -> None:
             breaker.check()
+            self.generation = breaker.generation  # before connecting: the handshake sends commands too
             try:
                 await super().connect()
             except (redis.TimeoutError, TimeoutError):
@@ -55,6 +67,8 @@ def _connection_class(breaker: Breaker) -> type[Connection]:
 
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             breaker.check()
+            if self.is_connected and self.generation < breaker.generation:
+                await self.disconnect(nowait=True)  # Redis closed a sibling: this one is closed too
             if not self.is_connected or (check_health and self.health_check_interval):
                 try:
                     await super().send_packed_command(command, check_health)
@@ -78,6 +92,7 @@ def _connection_class(breaker: Breaker) -> type[Connection]:
                 raise redis.TimeoutError("Timeout writing to socket") from None
             except OSError as error:
                 await self.disconnect(nowait=True)
+                breaker.connection_lost()
                 raise redis.ConnectionError(f"Error while writing to socket: {error}") from error
             except BaseException:
                 # A write cut short leaves the connection mid-command: never reuse it.
@@ -89,6 +104,9 @@ def _connection_class(breaker: Breaker) -> type[Connection]:
                 response = await super().read_response(*args, **kwargs)
             except (redis.TimeoutError, TimeoutError):
                 breaker.trip()
+                raise
+            except redis.ConnectionError:
+                breaker.connection_lost()
                 raise
             breaker.reset()
             return response
