@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import redis.asyncio
 
 from server.app import ChatServer
-from tests.conftest import REDIS_URL
 from tests.helpers import ServerUnderTest, User, close_and_wait, eventually
+from tests.redis_access import async_client, delete_matching
 
 pytestmark = pytest.mark.gen_test
 
@@ -228,7 +227,7 @@ async def _trim_log(server: ServerUnderTest) -> None:
         chat_server.hub._recent.clear()
     bus = server.chat_server.bus
     if server.backend == "mysql":
-        client = redis.asyncio.from_url(REDIS_URL)
+        client = async_client(server.chat_server.settings.redis_url)
         await client.xtrim(bus.log_key, maxlen=0)
         await client.aclose()
     else:
@@ -248,10 +247,8 @@ async def test_redis_losing_its_data_closes_sockets_and_fails_resumes(server: Se
     position = bob_socket.position
     await close_and_wait(server, bob_socket)
     await alice.send("before the flush", conversation_id)
-    client = redis.asyncio.from_url(REDIS_URL)
-    keys = [key async for key in client.scan_iter(match=server.chat_server.settings.redis_prefix + "*")]
-    await client.delete(*keys)
-    await client.aclose()
+    settings = server.chat_server.settings
+    await delete_matching(settings.redis_url, settings.redis_prefix + "*")
     for _ in range(2):  # each process's next heartbeat notices the loss; the one after sees the others again
         for chat_server in {server.chat_server, server.http_chat_server}:
             await chat_server.hub.beat()
