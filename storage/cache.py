@@ -198,9 +198,9 @@ class RedisCache(Cache):
         # A bounded pool that makes a burst of requests wait for a connection
         # instead of failing ("Too many connections") or opening hundreds,
         # and a bounded wait for a Redis that does not answer.
+        self.prefix = checked_prefix(prefix)
         self.client = bounded_client(url, timeout_secs, decode_responses=True)
         self.on_cluster = isinstance(self.client, RedisCluster)
-        self.prefix = checked_prefix(prefix)
         # Each process also lists the socket ids it wrote, so that the
         # survivors can remove them at once if it dies (server/hub.py).
         self.process_key = f"{prefix}procsockets:{process_id}"
