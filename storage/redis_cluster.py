@@ -7,8 +7,9 @@ of the plain client:
 - Each command waits at most the timeout, on connections whose breaker
   fails calls fast after a timeout (one breaker per node: a frozen node
   does not fail the calls that go to the others).
-- At most ``max_connections`` commands are in flight per client, so never
-  more connections than that to any node, and a burst waits (up to the pool
+- At most ``max_connections`` commands are in flight per client (a
+  pipeline counts once: it takes one connection per node), so never more
+  connections than that to any node, and a burst waits (up to the pool
   timeout) for its turn instead of failing: RedisCluster alone raises
   MaxConnectionsError at once.
 - No command is sent twice: RedisCluster retries a command after a

@@ -11,6 +11,7 @@ too, through the ``two-processes`` topology of conftest.py.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from storage.bus import CONVERSATION, Entry, RedisBus
 from storage.cache import RedisCache
 from storage.records import UnreadCounts
+from storage.redis_client import REDIS_MAX_CONNECTIONS, bounded_client
 from storage.redis_cluster import seed_nodes
 from tests.outages import RedisClusterInstance
 from tests.helpers import User
@@ -96,6 +98,23 @@ def _node_of_slot(redis_cluster: RedisClusterInstance, slot: int) -> str:
         return client.nodes_manager.get_node_from_slot(slot).name
     finally:
         client.close()
+
+
+async def test_a_burst_waits_for_a_connection_as_on_a_single_redis(redis_cluster: RedisClusterInstance, prefix: str):
+    """More calls at once than connections: they wait their turn (RedisCluster alone raises MaxConnectionsError)."""
+    client = bounded_client(redis_cluster.url, 1.0)
+    try:
+        await client.ping()  # the layout is known: every call of the burst goes out at once
+        burst = 5 * REDIS_MAX_CONNECTIONS
+        await asyncio.gather(*(client.set(f"{prefix}burst:{n}", n) for n in range(burst)))
+        async with client.pipeline(transaction=False) as pipe:
+            for n in range(burst):
+                pipe.get(f"{prefix}burst:{n}")
+            assert [int(value) for value in await pipe.execute()] == list(range(burst))
+        for node in client.get_nodes():
+            assert len(node._connections) <= REDIS_MAX_CONNECTIONS
+    finally:
+        await client.aclose()
 
 
 async def test_two_processes_on_the_cluster_deliver_in_order_and_resume(cluster_deployment: Deployment):
