@@ -256,7 +256,8 @@ class RedisClusterNode(RedisInstance):
     """One master of a :class:`RedisClusterInstance`; its cluster state goes to ``nodes-<port>.conf``.
 
     The nodes talk to each other on a port of their own (by default the
-    client port + 10000, which may be taken or past 65535): a free one too.
+    client port + 10000, which may be taken or past 65535): a free one too
+    (``--cluster-port``, Redis 7).
     """
 
     name = "redis-cluster-node"
