@@ -283,8 +283,14 @@ class RedisCache(Cache):
             calls.append(([self.unread_key(conversation_id)], args))
         if self.on_cluster:
             # Each conversation's hash is in a slot of its own, and a cluster
-            # pipeline cannot load a script a node lacks: one call each, at once.
-            await asyncio.gather(*(self._unread_prime(keys=keys, args=args) for keys, args in calls))
+            # pipeline cannot load a script a node lacks: one call each, at once
+            # (all of them waited for, so that none fails unheard).
+            outcomes = await asyncio.gather(
+                *(self._unread_prime(keys=keys, args=args) for keys, args in calls), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
             return
         async with self.client.pipeline(transaction=False) as pipe:
             for keys, args in calls:
