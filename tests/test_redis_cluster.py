@@ -12,9 +12,12 @@ too, through the ``two-processes`` topology of conftest.py.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from pathlib import Path
 
 import pytest
+import redis.exceptions
 
 from storage.bus import CONVERSATION, Entry, RedisBus
 from storage.cache import RedisCache
@@ -115,6 +118,32 @@ async def test_a_burst_waits_for_a_connection_as_on_a_single_redis(redis_cluster
             assert len(node._connections) <= REDIS_MAX_CONNECTIONS
     finally:
         await client.aclose()
+
+
+async def test_a_frozen_node_fails_its_own_calls_fast_and_no_others(tmp_path: Path):
+    """One breaker per node: after one timeout its calls fail at once; the other nodes' calls go on."""
+    timeout_secs = 0.5
+    with RedisClusterInstance(tmp_path / "cluster") as cluster:  # its own: the session's is never paused
+        client = bounded_client(cluster.url, timeout_secs)
+        try:
+            await client.ping()
+            frozen = cluster.nodes[0]
+            on_node: dict[bool, str] = {}
+            for n in range(1000):
+                on_node.setdefault(client.get_node_from_key(f"k{n}").port == frozen.port, f"k{n}")
+            frozen.pause()
+            started = time.monotonic()
+            with pytest.raises(redis.exceptions.TimeoutError):
+                await client.get(on_node[True])
+            assert time.monotonic() - started < timeout_secs + 1
+            started = time.monotonic()
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await client.get(on_node[True])
+            assert time.monotonic() - started < timeout_secs / 2  # the breaker, not another timeout
+            assert await client.set(on_node[False], "still here")
+            frozen.resume()
+        finally:
+            await client.aclose()
 
 
 async def test_two_processes_on_the_cluster_deliver_in_order_and_resume(cluster_deployment: Deployment):
