@@ -37,7 +37,8 @@ import secrets
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from storage.redis_client import bounded_client, dedicated_client
+from storage.redis_client import bounded_client, connection_generation, dedicated_client, server_info
+from storage.redis_keys import BUS_TAG, checked_prefix, slot_key
 
 log = logging.getLogger("chat.bus")
 
@@ -488,7 +489,8 @@ return {'ok', run(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[1])
 """
 
 # KEYS: log, viewers (socket → user), head of the conversation, the prefix of the views each process's
-# sockets hold (a socket id starts with its process's id: OWNER_CHARS characters).
+# sockets hold (a socket id starts with its process's id: OWNER_CHARS characters). The views keys are
+# built here, not declared: a cluster allows that because they are in the slot of the others ({bus}).
 # ARGV: conversation, user, viewing (1/0), minid, members (JSON), closed (1/0: the sockets closed), process, sockets…
 _CHANGE_VIEWERS_LUA = """
 if redis.call('GET', KEYS[3]) == 'x' then return 0 end
@@ -578,17 +580,22 @@ def _decode(fields: Mapping[bytes, bytes]) -> Entry:
 
 
 class RedisBus(Bus):
-    """The log is a Redis stream; every process reads it with a blocking XREAD on its own connection."""
+    """The log is a Redis stream; every process reads it with a blocking XREAD on its own connection.
+
+    On a Redis Cluster the log and every key its scripts touch with it share
+    one hash slot (``{bus}``, storage/redis_keys.py).
+    """
 
     def __init__(self, url: str, prefix: str, window_secs: float, timeout_secs: float = 1.0) -> None:
         self.process_id = secrets.token_hex(PROCESS_ID_CHARS // 2)
         self.epoch = ""
-        self.prefix = prefix
+        self.prefix = checked_prefix(prefix)
         self.window_secs = window_secs
         self.client = bounded_client(url, timeout_secs)
         # The reader blocks on its own connection, never on the pool's.
         self.reader = dedicated_client(url, READ_BLOCK_MS / 1000 + timeout_secs, timeout_secs)
-        self.log_key = f"{prefix}log"
+        self.log_key = self._bus_key("log")
+        self.epoch_key = self._bus_key("epoch")
         self._append_in_order = self.client.register_script(_APPEND_IN_ORDER_LUA)
         self._fill_gap = self.client.register_script(_FILL_GAP_LUA)
         self._change_viewers = self.client.register_script(_CHANGE_VIEWERS_LUA)
@@ -603,18 +610,24 @@ class RedisBus(Bus):
 
     # Keys. A chat's head and held events are per epoch: after Redis lost its
     # data, old heads would hold back events that can never be released.
+    # The scripts touch the log, heads, held events, viewers and the views of
+    # processes in one step: all of them are in the bus's slot.
+
+    def _bus_key(self, name: str) -> str:
+        return slot_key(self.prefix, BUS_TAG, name)
 
     def _head_key(self, chain: str) -> str:
-        return f"{self.prefix}head:{self.epoch}:{chain}"
+        return self._bus_key(f"head:{self.epoch}:{chain}")
 
     def _held_key(self, chain: str) -> str:
-        return f"{self.prefix}held:{self.epoch}:{chain}"
+        return self._bus_key(f"held:{self.epoch}:{chain}")
 
     def _viewers_key(self, conversation_id: int | str) -> str:
-        return f"{self.prefix}viewers:{conversation_id}"
+        return self._bus_key(f"viewers:{conversation_id}")
 
     def _views_key(self, process_id: str) -> str:
-        return f"{self.prefix}procviews:{process_id}"
+        # _CHANGE_VIEWERS_LUA builds these from _views_key("") and a socket's owner.
+        return self._bus_key(f"procviews:{process_id}")
 
     def _socket_key(self, socket_id: str) -> str:
         return f"{self.prefix}socket:{socket_id}"
@@ -622,24 +635,21 @@ class RedisBus(Bus):
     def _min_id(self) -> str:
         return str(int((time.time() - self.window_secs - 60) * 1000))
 
-    @property
-    def _epoch_key(self) -> str:
-        return f"{self.prefix}epoch"
-
     async def _sync_epoch(self) -> None:
         """Learn the epoch every process shares, renewed when Redis lost the log (see _EPOCH_LUA)."""
-        generation = self.client.breaker.generation
-        info = await self.client.info("server")
+        generation = connection_generation()
+        # The run id of the server that holds the log: on a cluster, the log's master.
+        info = await server_info(self.client, self.epoch_key, "server")
         run = str(info["run_id"])[:RUN_ID_CHARS]
-        epoch = (await self._epoch(keys=[self._epoch_key], args=[run, run + secrets.token_hex(3)])).decode()
+        epoch = (await self._epoch(keys=[self.epoch_key], args=[run, run + secrets.token_hex(3)])).decode()
         if self.epoch and epoch != self.epoch:
             self._lost = True
         self.epoch, self._generation = epoch, generation
 
     async def _in_epoch(self, script, keys: Callable[[], list[str]], args: Callable[[], list[Any]]) -> tuple[bytes, bytes]:
-        """Run a chat's script in the current epoch: learnt again first after a reconnect, and when the script
-        says this process's is stale."""
-        if self._generation != self.client.breaker.generation:
+        """Run a chat's script in the current epoch: learnt again first after a reconnect, and when the
+        script says this process's is stale."""
+        if self._generation != connection_generation():
             await self._sync_epoch()  # Redis closed our connections: it may have restarted from a snapshot
         outcome, last = await script(keys=keys(), args=args())
         if outcome == b"epoch":
@@ -701,7 +711,7 @@ class RedisBus(Bus):
         outcome, last = await self._in_epoch(
             self._append_in_order,
             lambda: [self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain),
-                     self._epoch_key],
+                     self.epoch_key],
             lambda: [prev, seq, last_message_id, "1" if closes else "0", self._min_id(), json.dumps(list(members)),
                      chain, "1" if alone else "0", self.epoch, *self._flatten(entries)],
         )
@@ -711,7 +721,7 @@ class RedisBus(Bus):
         _, last = await self._in_epoch(
             self._fill_gap,
             lambda: [self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain),
-                     self._epoch_key],
+                     self.epoch_key],
             lambda: [seq, last_message_id, self._min_id(), chain, self.epoch, *self._flatten(entries)],
         )
         return last.decode()

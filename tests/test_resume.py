@@ -11,12 +11,11 @@ import asyncio
 import json
 
 import pytest
-import redis.asyncio
 
 from server import wire
 from server.app import ChatServer
-from tests.conftest import REDIS_URL
 from tests.helpers import ServerUnderTest, User, close_and_wait, eventually
+from tests.redis_access import async_client, delete_matching
 
 pytestmark = pytest.mark.gen_test
 
@@ -230,7 +229,7 @@ async def _trim_log(server: ServerUnderTest) -> None:
         chat_server.hub._recent.clear()
     bus = server.chat_server.bus
     if server.backend == "mysql":
-        client = redis.asyncio.from_url(REDIS_URL)
+        client = async_client(server.chat_server.settings.redis_url)
         await client.xtrim(bus.log_key, maxlen=0)
         await client.aclose()
     else:
@@ -251,10 +250,8 @@ async def test_redis_losing_its_data_resyncs_sockets_and_fails_old_resumes(serve
     await close_and_wait(server, bob_socket)
     await alice.send("before the flush", conversation_id)
     await alice_socket.drain()
-    client = redis.asyncio.from_url(REDIS_URL)
-    keys = [key async for key in client.scan_iter(match=server.chat_server.settings.redis_prefix + "*")]
-    await client.delete(*keys)
-    await client.aclose()
+    settings = server.chat_server.settings
+    await delete_matching(settings.redis_url, settings.redis_prefix + "*")
     for chat_server in {server.chat_server, server.http_chat_server}:
         await chat_server.hub.beat()  # each process's next heartbeat notices the loss (run rather than waited for)
     assert await alice_socket.drain() == [json.loads(wire.RESYNC)]
