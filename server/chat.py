@@ -27,7 +27,8 @@ from typing import Iterable, Sequence
 from server import metrics, wire
 from server.errors import AlreadyMember, NotAMember, SocketRequired, TooManyRequests
 from server.groupcommit import GroupCommit
-from server.hub import Hub, message_entry
+from server.chain_order import message_entry
+from server.hub import Hub
 from server.locks import KeyedLocks
 from server.ratelimit import retry_after_secs
 from server.registry import Connection, Registry
@@ -83,7 +84,7 @@ class ChatService:
         self.hub = hub
         self.max_members = settings.max_members
         self.locks = KeyedLocks()
-        self.sockets = SocketMirror(cache, announce=hub.sockets_closed)
+        self.sockets = SocketMirror(cache, announce=hub.open_sockets.announce_closed)
         hub.on_retire = self._retire_now
         self._forgetting: set[asyncio.Future[None]] = set()  # cleanups of closed sockets still running
         self._closing_all = False
@@ -97,14 +98,14 @@ class ChatService:
     async def _require_socket(self, user_id: int, socket_id: str | None) -> None:
         """Raise SocketRequired unless the user (the socket named) is open on some process."""
         try:
-            await self.hub.require_socket(user_id, socket_id)
+            await self.hub.open_sockets.require(user_id, socket_id)
         except LookupError:
             raise SocketRequired() from None
 
     async def _sockets_for(self, user_id: int, socket_id: str | None) -> list[str]:
         """The sockets a subscription applies to: the one named, or all the user's; SocketRequired if none."""
         try:
-            return await self.hub.sockets_for(user_id, socket_id)
+            return await self.hub.open_sockets.acting_for(user_id, socket_id)
         except LookupError:
             raise SocketRequired() from None
 
@@ -214,7 +215,7 @@ class ChatService:
         wait = await self.hub.take_send_token(user_id)
         if wait:
             raise TooManyRequests(retry_after_secs(wait))
-        pending = PendingMessage(Draft(user_id, text, int(time.time())), await self.hub.profile(user_id))
+        pending = PendingMessage(Draft(user_id, text, int(time.time())), await self.hub.profiles.of(user_id))
         return await self.outbox.submit(conversation_id, pending)
 
     async def _commit_messages(
@@ -242,7 +243,7 @@ class ChatService:
             message_entry(self._stored_message(conversation_id, message_id, pending), committed.members)
             for pending, message_id in stored
         ]
-        await self.hub.publish_in_order(conversation_id, committed.order, stored[-1][1], entries)
+        await self.hub.chains.publish(conversation_id, committed.order, stored[-1][1], entries)
 
     @staticmethod
     def _stored_message(conversation_id: int, message_id: int, pending: PendingMessage) -> StoredMessage:
@@ -300,10 +301,10 @@ class ChatService:
     async def create_conversation(self, user_id: int, socket_id: str | None, name: str) -> int:
         """Create a conversation with the user as its first member; announce it to everyone."""
         await self._require_socket(user_id, socket_id)
-        profile = await self.hub.profile(user_id)
+        profile = await self.hub.profiles.of(user_id)
         conversation_id, message_id = await self.database.create_conversation(user_id, name, int(time.time()))
         async with self.locks.hold(conversation_id):
-            await self.hub.publish_in_order(
+            await self.hub.chains.publish(
                 conversation_id, CREATED, message_id,
                 [Entry(ALL, {"room": "join", "c": conversation_id, "u": user_id},
                        wire.new_conversation(conversation_id, name, profile.avatar))],
@@ -313,7 +314,7 @@ class ChatService:
     async def join(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[StoredMessage]:
         """Make the user a member (ending their viewing); return the newest messages."""
         await self._require_socket(user_id, socket_id)
-        profile = await self.hub.profile(user_id)
+        profile = await self.hub.profiles.of(user_id)
         async with self.locks.hold(conversation_id):
             messages, order = await self.database.join(
                 conversation_id, user_id, self.max_members, int(time.time()), PAGE_MESSAGES
@@ -324,7 +325,7 @@ class ChatService:
             await self.hub.change_viewers(
                 conversation_id, user_id, [], False, await self.database.member_ids(conversation_id)
             )
-            await self.hub.publish_in_order(
+            await self.hub.chains.publish(
                 conversation_id, order, order.last_message_id,
                 [Entry(ALL, {"room": "join", "c": conversation_id, "u": user_id},
                        wire.joined_conversation(conversation_id, user_id, profile.name, profile.avatar))],
@@ -339,7 +340,7 @@ class ChatService:
             left = Entry(ALL, {"room": "leave", "c": conversation_id, "u": user_id},
                          wire.leaved_conversation(conversation_id, user_id))
             if deleted:
-                await self.hub.publish_in_order(
+                await self.hub.chains.publish(
                     conversation_id, order, order.last_message_id, [left, _deleted(conversation_id)],
                     closes=True, members=[],  # the last member has left: only viewers hear the count
                 )
@@ -349,7 +350,7 @@ class ChatService:
                 self.cache.unread_apply(conversation_id, order.counter_version, {}, remove=[user_id]),
                 conversation_id,
             )
-            await self.hub.publish_in_order(conversation_id, order, order.last_message_id, [left])
+            await self.hub.chains.publish(conversation_id, order, order.last_message_id, [left])
 
     async def delete(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
         """Delete a conversation with everything in it; creator only."""
@@ -357,7 +358,7 @@ class ChatService:
         async with self.locks.hold(conversation_id):
             order, members = await self.database.delete_conversation(conversation_id, user_id)
             # Closing the chat in the log announces viewers: 0 first, and nothing of it after.
-            await self.hub.publish_in_order(
+            await self.hub.chains.publish(
                 conversation_id, order, order.last_message_id, [_deleted(conversation_id)],
                 closes=True, members=members,
             )

@@ -226,7 +226,7 @@ async def test_a_trimmed_log_fails_instead_of_skipping(server: ServerUnderTest):
 async def _trim_log(server: ServerUnderTest) -> None:
     """Drop every entry of the log, and of each process's memory of recent entries, as trimming by age would."""
     for chat_server in {server.chat_server, server.http_chat_server}:
-        chat_server.hub._recent.clear()
+        chat_server.hub.recent.clear()
     bus = server.chat_server.bus
     if server.backend == "mysql":
         client = async_client(server.chat_server.settings.redis_url)
