@@ -2,9 +2,12 @@
 
 :class:`ChatService` is what every handler calls: one method per API route
 plus the WebSocket open/close hooks. Each method checks the socket
-precondition, runs its transaction in the database, updates the cache, and
-only then publishes its events through the hub (``server/hub.py``), so an
-event never announces anything that is not committed.
+precondition, runs its transaction in the database, and only then publishes
+its events through the hub (``server/hub.py``), so an event never announces
+anything that is not committed. Unread counters a receiver may read once an
+event lands are updated in the cache before it is published; a deleted
+conversation's (delete, last member leaving) are dropped after, since
+nobody can read them any more.
 
 Order. Every transaction that announces something about a chat numbers it
 (``seq``, under the chat's row lock), and the hub appends it to the log in
@@ -12,7 +15,7 @@ that order whichever process committed it: every socket everywhere sees a
 conversation's messages in id order, and nothing of it after its
 ``delete_conversation``. Within this process, everything that touches one
 conversation also runs under its in-process lock, so this process's own
-events need no waiting. Unread counters carry the database's version
+events need no waiting (``server/chain_order.py``). Unread counters carry the database's version
 (``storage/cache.py``), so they stay exact whatever the order of updates.
 """
 
