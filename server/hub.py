@@ -248,17 +248,14 @@ class Hub:
     def _apply_one(self, epoch: str, entry_id: str, entry: Entry) -> None:
         registry, meta, kind = self.registry, entry.meta, entry.kind
         if kind == ALL:
-            self._apply_room_change(meta)
             registry.send_all(wire.position_head(entry.frame, epoch, entry_id))
             if meta.get("room") == "drop":
                 registry.drop_conversation(meta["c"])
-        elif kind == CONVERSATION:
-            registry.send(registry.audience(meta["c"]), wire.position_head(entry.frame, epoch, entry_id))
+        elif kind in (CONVERSATION, VIEWERS):  # the audience rule of resume.receives, from the same facts
+            frame = wire.viewers_change(meta["c"], meta["n"]) if kind == VIEWERS else entry.frame
+            registry.send(registry.conversation_audience(meta["c"], meta["m"]), wire.position_head(frame, epoch, entry_id))
         elif kind == GLOBAL:
             registry.send(registry.global_sockets(), wire.position_head(entry.frame, epoch, entry_id))
-        elif kind == VIEWERS:
-            frame = wire.viewers_change(meta["c"], meta["n"])
-            registry.send(registry.viewers_audience(meta["c"], meta["m"]), wire.position_head(frame, epoch, entry_id))
         elif kind == SUBSCRIPTION:
             self._apply_subscription(entry_id, meta)
         elif kind == SOCKETS_CLOSED:
@@ -271,13 +268,6 @@ class Hub:
             self._resync_sockets(epoch, entry_id)
         elif kind == STARTED and meta.get("p") != self.bus.process_id:
             self.peers = max(self.peers, 1)  # a new process: stop answering alone at once
-
-    def _apply_room_change(self, meta: dict[str, Any]) -> None:
-        room, conversation_id, user_id = meta.get("room"), meta.get("c"), meta.get("u")
-        if room == "join":
-            self.registry.join_room(conversation_id, user_id)
-        elif room == "leave":
-            self.registry.leave_room(conversation_id, user_id)
 
     def _apply_subscription(self, entry_id: str, meta: dict[str, Any]) -> None:
         if meta["op"] == "view" and meta.get("p") != self.bus.process_id:
@@ -394,12 +384,7 @@ class Hub:
                     raise ResumeFailed("history trimmed: the position is no longer in the log")
             except ResumeFailed as error:
                 old, failure = None, str(error)
-        before = self._applied_id
-        rooms = await self.database.user_conversation_ids(user_id)
-        first = self.registry.add(connection, profile)
-        if first:
-            self.registry.set_rooms(user_id, rooms)
-            self._catch_up_rooms(user_id, before)
+        self.registry.add(connection, profile)
         at = self._applied_id
         history: list[list[Any]] = [[at, False, []]]
         frames: list[bytes] = []
@@ -434,18 +419,6 @@ class Hub:
             first_frame = head(wire.connected(socket_id, user_id), epoch, at)
         retire = old_socket if old is not None and "e" not in old else None
         return [first_frame + connection.position_tail, *frames], retire
-
-    def _catch_up_rooms(self, user_id: int, after: str) -> None:
-        """Apply the room changes of this user that the log brought while their rooms were read."""
-        after_key = id_key(after)
-        changes = []
-        for entry_id, entry in self.recent.newest_first():
-            if id_key(entry_id) <= after_key:
-                break
-            if entry.kind == ALL and entry.meta.get("u") == user_id:
-                changes.append(entry.meta)
-        for meta in reversed(changes):
-            self._apply_room_change(meta)
 
     async def _carry_views(self, user_id: int, socket_id: str, conversation_ids: Sequence[int]) -> None:
         for conversation_id in conversation_ids:

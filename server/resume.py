@@ -27,7 +27,9 @@ class ResumeFailed(Exception):
 def receives(entry: Entry, user_id: int, subscribed: bool, views: Collection[int]) -> bool:
     """Whether a socket of ``user_id`` listening so (the global chat, ``views``) is sent ``entry``.
 
-    The replay's rule; live delivery applies the same one through the registry's rooms.
+    The one audience rule: the replay applies it here, live delivery through
+    ``Registry.conversation_audience`` (the event's members, the viewing
+    sockets) and the global subscription.
     """
     kind = entry.kind
     if kind == ALL:
