@@ -17,7 +17,8 @@ import time
 from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
 from server import wire
-from storage.bus import CONVERSATION, GLOBAL, Bus, Entry
+from storage.bus import Bus
+from storage.entries import Entry, conversation_event, global_event
 from storage.database import Database
 from storage.errors import is_storage_unavailable
 from storage.records import GLOBAL_CHAT_ID, Sequenced, StoredMessage
@@ -128,5 +129,5 @@ class ChainPublisher:
 def message_entry(message: StoredMessage, members: Sequence[int]) -> Entry:
     """The log entry announcing a stored message."""
     if message.conversation_id == GLOBAL_CHAT_ID:
-        return Entry(GLOBAL, {}, wire.new_message(message))
-    return Entry(CONVERSATION, {"c": message.conversation_id, "m": list(members)}, wire.new_message(message))
+        return global_event(wire.new_message(message))
+    return conversation_event(message.conversation_id, members, wire.new_message(message))

@@ -37,7 +37,7 @@ from server.ratelimit import retry_after_secs
 from server.registry import Connection, Registry
 from server.settings import Settings
 from server.socket_mirror import SocketMirror
-from storage.bus import ALL, Entry
+from storage.entries import Entry, room_change
 from storage.cache import Cache
 from storage.database import Database
 from storage.errors import StorageTimeout, is_storage_unavailable
@@ -309,8 +309,7 @@ class ChatService:
         async with self.locks.hold(conversation_id):
             await self.hub.chains.publish(
                 conversation_id, CREATED, message_id,
-                [Entry(ALL, {"room": "join", "c": conversation_id, "u": user_id},
-                       wire.new_conversation(conversation_id, name, profile.avatar))],
+                [room_change("join", conversation_id, user_id, wire.new_conversation(conversation_id, name, profile.avatar))],
             )
         return conversation_id
 
@@ -330,8 +329,8 @@ class ChatService:
             )
             await self.hub.chains.publish(
                 conversation_id, order, order.last_message_id,
-                [Entry(ALL, {"room": "join", "c": conversation_id, "u": user_id},
-                       wire.joined_conversation(conversation_id, user_id, profile.name, profile.avatar))],
+                [room_change("join", conversation_id, user_id,
+                             wire.joined_conversation(conversation_id, user_id, profile.name, profile.avatar))],
             )
         return messages
 
@@ -340,8 +339,7 @@ class ChatService:
         await self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             deleted, order = await self.database.leave(conversation_id, user_id)
-            left = Entry(ALL, {"room": "leave", "c": conversation_id, "u": user_id},
-                         wire.leaved_conversation(conversation_id, user_id))
+            left = room_change("leave", conversation_id, user_id, wire.leaved_conversation(conversation_id, user_id))
             if deleted:
                 await self.hub.chains.publish(
                     conversation_id, order, order.last_message_id, [left, _deleted(conversation_id)],
@@ -408,4 +406,4 @@ CREATED = Sequenced(seq=1, last_message_id=0)
 
 
 def _deleted(conversation_id: int) -> Entry:
-    return Entry(ALL, {"room": "drop", "c": conversation_id}, wire.delete_conversation(conversation_id))
+    return room_change("drop", conversation_id, None, wire.delete_conversation(conversation_id))

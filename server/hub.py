@@ -52,9 +52,10 @@ from server.ratelimit import RateLimiter
 from server.registry import Connection, Registry
 from server.resume import RecentEntries, ResumeFailed, replay
 from server.settings import Settings
-from storage.bus import (
-    ALL, CONVERSATION, GLOBAL, HEARTBEAT_SECS, RESYNC, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS, Bus, Entry,
-    EntryBatch, id_key,
+from storage.bus import HEARTBEAT_SECS, Bus
+from storage.entries import (
+    ALL, CONVERSATION, GLOBAL, RESYNC, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS, Entry, EntryBatch, id_key, resync,
+    sockets_closed, subscription,
 )
 from storage.cache import SOCKET_REFRESH_SECS, Cache
 from storage.database import Database
@@ -190,7 +191,7 @@ class Hub:
         for (conversation_id, user_id), socket_ids in viewing.items():
             members = await self._members(conversation_id)
             await self.bus.change_viewers(conversation_id, user_id, socket_ids, True, members)
-        await self.publish([Entry(RESYNC, {"p": self.bus.process_id})])
+        await self.publish([resync(self.bus.process_id)])
 
     def _resync_sockets(self, epoch: str, entry_id: str) -> None:
         """Applying this process's RESYNC entry: each socket here is told, and its record starts at the entry."""
@@ -251,7 +252,7 @@ class Hub:
             registry.send_all(wire.position_head(entry.frame, epoch, entry_id))
             if meta.get("room") == "drop":
                 registry.drop_conversation(meta["c"])
-        elif kind in (CONVERSATION, VIEWERS):  # the audience rule of resume.receives, from the same facts
+        elif kind in (CONVERSATION, VIEWERS):  # Entry.reaches, from the same facts
             frame = wire.viewers_change(meta["c"], meta["n"]) if kind == VIEWERS else entry.frame
             registry.send(registry.conversation_audience(meta["c"], meta["m"]), wire.position_head(frame, epoch, entry_id))
         elif kind == GLOBAL:
@@ -344,7 +345,7 @@ class Hub:
     # Subscriptions
 
     async def subscribe_global(self, user_id: int, socket_ids: Sequence[str]) -> None:
-        await self.publish([Entry(SUBSCRIPTION, {"op": "global", "u": user_id, "s": list(socket_ids)})])
+        await self.publish([subscription("global", user_id, socket_ids)])
 
     async def change_viewers(
         self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
@@ -493,7 +494,7 @@ class Hub:
 
     async def retire_remote(self, user_id: int, socket_id: str) -> None:
         """Close a socket of another process that a resume replaced: its process retires it, the others forget it."""
-        await self.publish([Entry(SOCKETS_CLOSED, {"s": [[user_id, socket_id]], "r": True})])
+        await self.publish([sockets_closed([(user_id, socket_id)], retired=True)])
 
     async def _end_views(self, conversation_id: int, user_id: int, socket_ids: list[str]) -> None:
         """End closed sockets' views of a conversation (announced if the count falls)."""

@@ -17,7 +17,8 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from server.registry import Registry
-from storage.bus import PROCESS_ID_CHARS, SOCKETS_CLOSED, Bus, Entry
+from storage.bus import PROCESS_ID_CHARS, Bus
+from storage.entries import sockets_closed
 from storage.cache import Cache
 
 # The bound on remembering a remote socket as open if its close announcement is lost.
@@ -68,7 +69,7 @@ class OpenSockets:
     async def announce_closed(self, sockets: Sequence[tuple[int, str]]) -> None:
         """Tell the other processes, which may remember them as open, of sockets closed here."""
         if self.peers():
-            await self.bus.append([Entry(SOCKETS_CLOSED, {"s": [[user_id, socket_id] for user_id, socket_id in sockets]})])
+            await self.bus.append([sockets_closed(sockets)])
 
     def closed_elsewhere(self, meta: dict[str, Any]) -> None:
         """Applying a SOCKETS_CLOSED entry: those sockets are not open any more."""

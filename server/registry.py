@@ -169,7 +169,7 @@ class Registry:
         """Sockets that get a conversation's event: the members' (as the event names them) and the viewing ones.
 
         The members come from the event, as in a resume's replay
-        (``server/resume.py`` receives): live delivery and replay decide
+        (``Entry.reaches``, storage/entries.py): live delivery and replay decide
         from the same facts. (A viewer who joins stops viewing before the
         join is applied, and still gets the count that says so.)
         """

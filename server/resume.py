@@ -3,18 +3,19 @@
 A socket's record (kept by the hub, saved to the bus) says whose it was, its
 key, the entry of its first frame and what it listened to from each entry
 on ("h": [[entry id, global chat, views], ...]). Replaying the log from the
-position's entry with :func:`receives`, the one audience rule of replay and
-position checks, gives exactly the frames that socket was, or would have
+position's entry with ``Entry.reaches`` (storage/entries.py), the one
+audience rule of replay, position checks and live delivery, gives exactly the frames that socket was, or would have
 been, sent. Anything that makes this inexact raises :class:`ResumeFailed`.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Any, Collection, Iterator
+from typing import Any, Iterator
 
 from server import wire
-from storage.bus import ALL, CONVERSATION, GLOBAL, PROCESS_ID_CHARS, RESYNC, SUBSCRIPTION, VIEWERS, Entry, EntryBatch, id_key
+from storage.bus import PROCESS_ID_CHARS
+from storage.entries import ALL, RESYNC, SUBSCRIPTION, VIEWERS, Entry, EntryBatch, id_key
 
 # Entries kept in memory for sockets that open while the log moves on.
 RECENT_ENTRIES = 20_000
@@ -22,23 +23,6 @@ RECENT_ENTRIES = 20_000
 
 class ResumeFailed(Exception):
     """A resume cannot be exact; the reason is told to the client."""
-
-
-def receives(entry: Entry, user_id: int, subscribed: bool, views: Collection[int]) -> bool:
-    """Whether a socket of ``user_id`` listening so (the global chat, ``views``) is sent ``entry``.
-
-    The one audience rule: the replay applies it here, live delivery through
-    ``Registry.conversation_audience`` (the event's members, the viewing
-    sockets) and the global subscription.
-    """
-    kind = entry.kind
-    if kind == ALL:
-        return True
-    if kind == GLOBAL:
-        return subscribed
-    if kind in (CONVERSATION, VIEWERS):
-        return user_id in entry.meta.get("m", ()) or entry.meta["c"] in views
-    return False
 
 
 def replay(
@@ -63,7 +47,7 @@ def replay(
     _, subscribed, views = states.popleft()
     views = set(views)
     user_id = record["u"]
-    if start != record["s"] and not receives(first, user_id, subscribed, views):
+    if start != record["s"] and not first.reaches(user_id, subscribed, views):
         raise ResumeFailed("unknown position")
     history: list[list[Any]] = [[start, subscribed, sorted(views)]]
     frames = []
@@ -87,7 +71,7 @@ def replay(
                     views.discard(meta["c"])
                 history.append([entry_id, subscribed, sorted(views)])
             continue
-        if receives(entry, user_id, subscribed, views):
+        if entry.reaches(user_id, subscribed, views):
             frame = wire.viewers_change(meta["c"], meta["n"]) if kind == VIEWERS else entry.frame
             frames.append(wire.position_head(frame, epoch, entry_id) + position_tail)
         if kind == ALL and meta.get("room") == "drop" and meta["c"] in views:

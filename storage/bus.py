@@ -1,7 +1,7 @@
 """The bus: the chat's ordered log of events, and what several processes must share to apply it.
 
 Every event (a new message, a join, a viewer count, a subscription change) is
-an :class:`Entry` appended to one log; every process reads the log in the
+an entry (``storage/entries.py``) appended to one log; every process reads the log in the
 same order and applies each entry to its own sockets (``server/hub.py``).
 An entry's id in the log is its position: the same order everywhere, and a
 place a reconnecting client can resume from.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
-import dataclasses
 import itertools
 import json
 import logging
@@ -37,21 +36,11 @@ import secrets
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from storage.entries import Entry, EntryBatch, id_key, process_started, process_stopped, subscription, viewer_count
 from storage.redis_client import bounded_client, connection_generation, dedicated_client, server_info
 from storage.redis_keys import BUS_TAG, checked_prefix, slot_key
 
 log = logging.getLogger("chat.bus")
-
-# Kinds of entries (who gets them; see server/hub.py).
-ALL = "all"  # every socket
-GLOBAL = "global"  # sockets subscribed to the global chat
-CONVERSATION = "conversation"  # a conversation's members' and viewers' sockets
-VIEWERS = "viewers"  # a viewer count change: a conversation's members and viewers
-SUBSCRIPTION = "subscription"  # a socket started or stopped listening (not delivered)
-STARTED = "started"  # a process started: the log is never empty, so every position names an entry
-STOPPED = "stopped"  # a process stopped cleanly (it also wakes that process's own reader, to end it)
-SOCKETS_CLOSED = "closed"  # sockets closed on their process: the others stop taking them as open (not delivered)
-RESYNC = "resync"  # Redis lost the log: the publishing process's sockets are told their view may be stale
 
 # How long a chat's head and its held-back events are kept when nothing happens.
 HEAD_TTL_SECS = 7 * 24 * 3600
@@ -66,28 +55,6 @@ READ_BLOCK_MS = 5000
 RUN_ID_CHARS = 8
 # A process id is this many hex characters; a socket id starts with its process's id.
 PROCESS_ID_CHARS = 12
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One event of the log: who gets it (``kind`` and ``meta``) and its frame, without a position."""
-
-    kind: str
-    # JSON-able facts the appliers and the resume filter need: "c" conversation,
-    # "m" member ids, "u" user, "s" socket ids, "room" and "op" for changes, "p" the publishing process.
-    meta: dict[str, Any]
-    frame: bytes = b""
-
-
-EntryBatch = list[tuple[str, Entry]]  # (entry id, entry), in log order
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A log id as a sortable pair ("1700000000000-3" → (1700000000000, 3)); raises ValueError if malformed."""
-    ms, _, seq = entry_id.partition("-")
-    if not ms.isdigit() or not seq.isdigit() or len(entry_id) > 40:
-        raise ValueError(f"not a log id: {entry_id!r}")
-    return int(ms), int(seq)
 
 
 class Bus(abc.ABC):
@@ -236,7 +203,7 @@ class MemoryBus(Bus):
         self._buckets: dict[int, tuple[float, float]] = {}
 
     async def start(self, apply: Callable[[EntryBatch], None]) -> str:
-        started = self._add([Entry(STARTED, {"p": self.process_id})])
+        started = self._add([process_started(self.process_id)])
         self._apply = apply
         return started
 
@@ -295,7 +262,7 @@ class MemoryBus(Bus):
                 conversation_id = int(chain)
                 viewers = self._viewers.pop(conversation_id, {})
                 if viewers:  # the count of 0 goes just before the last entry (the delete)
-                    entries = [*entries[:-1], Entry(VIEWERS, {"c": conversation_id, "n": 0, "m": members}), entries[-1]]
+                    entries = [*entries[:-1], viewer_count(conversation_id, 0, members), entries[-1]]
             last = self._add(entries) or last
             if closes:
                 self._heads[chain] = None
@@ -351,14 +318,10 @@ class MemoryBus(Bus):
             del self._viewers[conversation_id]
         if not changed:
             return ""
-        meta: dict[str, Any] = {
-            "op": "view" if viewing else "unview", "c": conversation_id, "u": user_id, "s": changed, "p": self.process_id
-        }
-        if closed:
-            meta["closed"] = True
-        entries = [Entry(SUBSCRIPTION, meta)]
+        entries = [subscription("view" if viewing else "unview", user_id, changed, conversation_id, self.process_id,
+                                closed)]
         if after != before:
-            entries.append(Entry(VIEWERS, {"c": conversation_id, "n": after, "m": list(members)}))
+            entries.append(viewer_count(conversation_id, after, members))
         return self._add(entries)
 
     async def viewer_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
@@ -659,7 +622,7 @@ class RedisBus(Bus):
 
     async def start(self, apply: Callable[[EntryBatch], None]) -> str:
         await self._sync_epoch()
-        self._last_read = await self.append([Entry(STARTED, {"p": self.process_id})])
+        self._last_read = await self.append([process_started(self.process_id)])
         await self.beat()
         self._reading = asyncio.ensure_future(self._read_forever(apply))
         return self._last_read
@@ -884,7 +847,7 @@ class RedisBus(Bus):
         self._stopping = True
         try:
             await self.leave()
-            await self.append([Entry(STOPPED, {"p": self.process_id})])
+            await self.append([process_stopped(self.process_id)])
         except Exception:
             pass
         if self._reading is not None:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 
-from storage.bus import CONVERSATION, Entry, RedisBus
+from storage.bus import RedisBus
+from storage.entries import CONVERSATION, Entry
 from storage.cache import RedisCache
 from storage.records import UnreadCounts
 from storage.redis_client import REDIS_MAX_CONNECTIONS, bounded_client
