@@ -37,7 +37,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from storage.entries import Entry, EntryBatch, id_key, process_started, process_stopped, subscription, viewer_count
-from storage.redis_client import bounded_client, connection_generation, dedicated_client, server_info
+from storage.redis_client import bounded_client, connection_generation, dedicated_client, read_retried, server_info
 from storage.redis_keys import BUS_TAG, checked_prefix, slot_key
 
 log = logging.getLogger("chat.bus")
@@ -727,10 +727,13 @@ class RedisBus(Bus):
     async def viewer_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
         if not conversation_ids:
             return {}
-        async with self.client.pipeline(transaction=False) as pipe:
-            for conversation_id in conversation_ids:
-                pipe.hvals(self._viewers_key(conversation_id))
-            values = await pipe.execute()
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for conversation_id in conversation_ids:
+                    pipe.hvals(self._viewers_key(conversation_id))
+                return await pipe.execute()
+
+        values = await read_retried(read)
         return {cid: len(set(users)) for cid, users in zip(conversation_ids, values)}
 
     async def last_id(self) -> str:

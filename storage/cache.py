@@ -26,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 from redis.asyncio.cluster import RedisCluster
 
 from storage.records import UnreadCounts
-from storage.redis_client import bounded_client
+from storage.redis_client import bounded_client, read_retried
 from storage.redis_keys import checked_prefix, slot_key
 
 # Socket-id sets expire unless refreshed; the server refreshes them every
@@ -228,7 +228,7 @@ class RedisCache(Cache):
             await pipe.execute()
 
     async def sockets_of(self, user_id: int) -> set[str]:
-        return set(await self.client.smembers(self.sockets_key(user_id)))
+        return set(await read_retried(lambda: self.client.smembers(self.sockets_key(user_id))))
 
     async def refresh_sockets(self, sockets_by_user: Mapping[int, Iterable[str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
@@ -38,6 +38,8 @@ REDIS_POOL_TIMEOUT_SECS = 5
 BREAK_SECS = 2.0
 
 
+T = TypeVar("T")
+
 # Bumped whenever Redis closed a connection: every connection opened before is stale.
 _generation = [0]
 
@@ -49,6 +51,22 @@ def connection_lost() -> None:
 def connection_generation() -> int:
     """Changes whenever Redis closed a connection (it may have restarted)."""
     return _generation[0]
+
+
+async def read_retried(call: Callable[[], Awaitable[T]]) -> T:
+    """A read, sent once more if its connection turned out closed (never after a timeout: one bounded wait).
+
+    A read is safe to repeat. A connection Redis closed (a restart; on a
+    cluster, redis-py dropping a node's connections after an error on one
+    of them) fails the command it was taken for; the second try takes a
+    fresh connection.
+    """
+    try:
+        return await call()
+    except redis.TimeoutError:
+        raise
+    except redis.ConnectionError:
+        return await call()
 
 
 class Breaker:
