@@ -35,7 +35,7 @@ import secrets
 import time
 from typing import Any, Callable, Collection, Iterable, Sequence
 
-from server import wire
+from server import metrics, wire
 from server.ratelimit import RateLimiter
 from server.registry import Connection, Registry
 from server.settings import Settings
@@ -208,30 +208,38 @@ class Hub:
         """Invoked with each batch of log entries, in log order: deliver them to this process's sockets."""
         epoch = self.bus.epoch
         for entry_id, entry in batch:
+            # Counted per entry, never per socket: what reading every entry costs a process shows
+            # as read against delivered (chat_log_entries_*_total).
+            read, delivered = metrics.log_entry_counters(entry.kind)
+            read.inc()
             if id_key(entry_id) <= self._applied:
                 continue  # already applied (a reader that reconnected)
             self._recent.append((entry_id, entry))
             try:
-                self._apply_one(epoch, entry_id, entry)
+                if self._apply_one(epoch, entry_id, entry):
+                    delivered.inc()
             except Exception:
                 log.exception("applying log entry %s failed", entry_id)
             self._mark_applied(entry_id)
 
-    def _apply_one(self, epoch: str, entry_id: str, entry: Entry) -> None:
+    def _apply_one(self, epoch: str, entry_id: str, entry: Entry) -> int:
+        """Apply one entry here; return how many of this process's sockets it was sent to."""
         registry, meta, kind = self.registry, entry.meta, entry.kind
         if kind == ALL:
             self._apply_room_change(meta)
-            registry.send_all(wire.position_head(entry.frame, epoch, entry_id))
+            sent = registry.send_all(wire.position_head(entry.frame, epoch, entry_id))
             if meta.get("room") == "drop":
                 registry.drop_conversation(meta["c"])
-        elif kind == CONVERSATION:
-            registry.send(registry.audience(meta["c"]), wire.position_head(entry.frame, epoch, entry_id))
-        elif kind == GLOBAL:
-            registry.send(registry.global_sockets(), wire.position_head(entry.frame, epoch, entry_id))
-        elif kind == VIEWERS:
+            return sent
+        if kind == CONVERSATION:
+            return registry.send(registry.audience(meta["c"]), wire.position_head(entry.frame, epoch, entry_id))
+        if kind == GLOBAL:
+            return registry.send(registry.global_sockets(), wire.position_head(entry.frame, epoch, entry_id))
+        if kind == VIEWERS:
             frame = wire.viewers_change(meta["c"], meta["n"])
-            registry.send(registry.viewers_audience(meta["c"], meta["m"]), wire.position_head(frame, epoch, entry_id))
-        elif kind == SUBSCRIPTION:
+            return registry.send(registry.viewers_audience(meta["c"], meta["m"]),
+                                 wire.position_head(frame, epoch, entry_id))
+        if kind == SUBSCRIPTION:
             self._apply_subscription(entry_id, meta)
         elif kind == SOCKETS_CLOSED:
             self._remote_closes += 1
@@ -242,6 +250,7 @@ class Hub:
                     self.on_retire(connection)  # a resume on another process took its place
         elif kind == STARTED and meta.get("p") != self.bus.process_id:
             self.peers = max(self.peers, 1)  # a new process: stop answering alone at once
+        return 0
 
     def _apply_room_change(self, meta: dict[str, Any]) -> None:
         room, conversation_id, user_id = meta.get("room"), meta.get("c"), meta.get("u")
