@@ -954,9 +954,10 @@ async def _nproc(
     senders_per_group = max(1, min(config.sockets_per_group, math.ceil(config.concurrency / config.groups)))
     plan = []
     for seq in range(k):
-        g = seq % config.groups
-        sender = groups[g][(seq // config.groups) % senders_per_group]
-        plan.append((sender, 0 if is_global_message(seq, config.global_share) else conversation_of_group[g], g))
+        g, nth = seq % config.groups, seq // config.groups  # the group's nth message
+        sender = groups[g][nth % senders_per_group]
+        # The share counted within each group's messages, so every process sends as many to the global chat.
+        plan.append((sender, 0 if is_global_message(nth, config.global_share) else conversation_of_group[g], g))
 
     state.phase = "send"
     send_start = [0.0] * k
