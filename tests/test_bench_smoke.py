@@ -78,13 +78,14 @@ def test_nproc_smoke_run_reads_every_entry_on_every_process(tmp_path):
     # delivers only its group's; global messages are read and delivered
     # everywhere. One process runs the same groups at the same load.
     assert bench.run.main(["--smoke", "--targets", "mariadb,mariadb-np", "--workloads", "nproc",
-                           "--results-dir", str(tmp_path)]) == 0
+                           "--global-share", "0.2", "--results-dir", str(tmp_path)]) == 0
     (report,) = tmp_path.glob("bench-*.json")
     rows = {(r["target"], r["label"]): r for r in json.loads(report.read_text())["results"]}
     several = rows[("mariadb-np", "nproc")]
     assert several["processes"] == 4 and rows[("mariadb", f"nproc@{round(several['sends_per_s']):g}/s")]["ok"]
     # 20 messages, 5 per group, of which the share counts within each group
-    per_group_global = sum(bench.loadgen.is_global_message(nth, 0.1) for nth in range(5))
+    per_group_global = sum(bench.loadgen.is_global_message(nth, 0.2) for nth in range(5))
+    assert per_group_global == 1
     global_messages = 4 * per_group_global
     for process in several["per_process"]:
         read, delivered = process["entries_read"], process["entries_delivered"]
