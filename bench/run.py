@@ -857,14 +857,14 @@ def main(argv: list[str] | None = None) -> int:
 
     commit = git_commit()  # before the run: the tree may move while it runs
     revs = sorted({TargetName.parse(t).rev for t in targets} - {""})
-    try:
-        with revision_checkouts(revs) as args.checkouts:
-            results = asyncio.run(run_all(args, targets, jobs, run_id.replace("-", "_"), log_dir))
-            revisions = {rev: commit_of for rev, (_, commit_of) in args.checkouts.items()}
-    except (subprocess.SubprocessError, RuntimeError) as error:
-        detail = getattr(error, "stderr", "") or error
-        log(f"[bench] cannot check out {', '.join(revs)}: {detail}")
-        return 2
+    with contextlib.ExitStack() as checkouts:
+        try:
+            args.checkouts = checkouts.enter_context(revision_checkouts(revs))
+        except (subprocess.SubprocessError, RuntimeError) as error:
+            log(f"[bench] cannot check out {', '.join(revs)}: {getattr(error, 'stderr', '') or error}")
+            return 2
+        results = asyncio.run(run_all(args, targets, jobs, run_id.replace("-", "_"), log_dir))
+    revisions = {rev: commit_of for rev, (_, commit_of) in args.checkouts.items()}
     all_ok = all(r.get("ok") for r in results)
     meta = {
         "run_id": run_id,
