@@ -2,9 +2,12 @@
 
 :class:`ChatService` is what every handler calls: one method per API route
 plus the WebSocket open/close hooks. Each method checks the socket
-precondition, runs its transaction in the database, updates the cache, and
-only then publishes its events through the hub (``server/hub.py``), so an
-event never announces anything that is not committed.
+precondition, runs its transaction in the database, and only then publishes
+its events through the hub (``server/hub.py``), so an event never announces
+anything that is not committed. Unread counters a receiver may read once an
+event lands are updated in the cache before it is published; a deleted
+conversation's (delete, last member leaving) are dropped after, since
+nobody can read them any more.
 
 Order. Every transaction that announces something about a chat numbers it
 (``seq``, under the chat's row lock), and the hub appends it to the log in
@@ -12,7 +15,7 @@ that order whichever process committed it: every socket everywhere sees a
 conversation's messages in id order, and nothing of it after its
 ``delete_conversation``. Within this process, everything that touches one
 conversation also runs under its in-process lock, so this process's own
-events need no waiting. Unread counters carry the database's version
+events need no waiting (``server/chain_order.py``). Unread counters carry the database's version
 (``storage/cache.py``), so they stay exact whatever the order of updates.
 """
 
@@ -27,13 +30,14 @@ from typing import Iterable, Sequence
 from server import metrics, wire
 from server.errors import AlreadyMember, NotAMember, SocketRequired, TooManyRequests
 from server.groupcommit import GroupCommit
-from server.hub import Hub, message_entry
+from server.chain_order import message_entry
+from server.hub import Hub
 from server.locks import KeyedLocks
 from server.ratelimit import retry_after_secs
 from server.registry import Connection, Registry
 from server.settings import Settings
 from server.socket_mirror import SocketMirror
-from storage.bus import ALL, Entry
+from storage.entries import Entry, room_change
 from storage.cache import Cache
 from storage.database import Database
 from storage.errors import StorageTimeout, is_storage_unavailable
@@ -83,7 +87,7 @@ class ChatService:
         self.hub = hub
         self.max_members = settings.max_members
         self.locks = KeyedLocks()
-        self.sockets = SocketMirror(cache, announce=hub.sockets_closed)
+        self.sockets = SocketMirror(cache, announce=hub.open_sockets.announce_closed)
         hub.on_retire = self._retire_now
         self._forgetting: set[asyncio.Future[None]] = set()  # cleanups of closed sockets still running
         self._closing_all = False
@@ -97,14 +101,14 @@ class ChatService:
     async def _require_socket(self, user_id: int, socket_id: str | None) -> None:
         """Raise SocketRequired unless the user (the socket named) is open on some process."""
         try:
-            await self.hub.require_socket(user_id, socket_id)
+            await self.hub.open_sockets.require(user_id, socket_id)
         except LookupError:
             raise SocketRequired() from None
 
     async def _sockets_for(self, user_id: int, socket_id: str | None) -> list[str]:
         """The sockets a subscription applies to: the one named, or all the user's; SocketRequired if none."""
         try:
-            return await self.hub.sockets_for(user_id, socket_id)
+            return await self.hub.open_sockets.acting_for(user_id, socket_id)
         except LookupError:
             raise SocketRequired() from None
 
@@ -214,7 +218,7 @@ class ChatService:
         wait = await self.hub.take_send_token(user_id)
         if wait:
             raise TooManyRequests(retry_after_secs(wait))
-        pending = PendingMessage(Draft(user_id, text, int(time.time())), await self.hub.profile(user_id))
+        pending = PendingMessage(Draft(user_id, text, int(time.time())), await self.hub.profiles.of(user_id))
         return await self.outbox.submit(conversation_id, pending)
 
     async def _commit_messages(
@@ -242,7 +246,7 @@ class ChatService:
             message_entry(self._stored_message(conversation_id, message_id, pending), committed.members)
             for pending, message_id in stored
         ]
-        await self.hub.publish_in_order(conversation_id, committed.order, stored[-1][1], entries)
+        await self.hub.chains.publish(conversation_id, committed.order, stored[-1][1], entries)
 
     @staticmethod
     def _stored_message(conversation_id: int, message_id: int, pending: PendingMessage) -> StoredMessage:
@@ -300,20 +304,19 @@ class ChatService:
     async def create_conversation(self, user_id: int, socket_id: str | None, name: str) -> int:
         """Create a conversation with the user as its first member; announce it to everyone."""
         await self._require_socket(user_id, socket_id)
-        profile = await self.hub.profile(user_id)
+        profile = await self.hub.profiles.of(user_id)
         conversation_id, message_id = await self.database.create_conversation(user_id, name, int(time.time()))
         async with self.locks.hold(conversation_id):
-            await self.hub.publish_in_order(
+            await self.hub.chains.publish(
                 conversation_id, CREATED, message_id,
-                [Entry(ALL, {"room": "join", "c": conversation_id, "u": user_id},
-                       wire.new_conversation(conversation_id, name, profile.avatar))],
+                [room_change("join", conversation_id, user_id, wire.new_conversation(conversation_id, name, profile.avatar))],
             )
         return conversation_id
 
     async def join(self, user_id: int, socket_id: str | None, conversation_id: int) -> list[StoredMessage]:
         """Make the user a member (ending their viewing); return the newest messages."""
         await self._require_socket(user_id, socket_id)
-        profile = await self.hub.profile(user_id)
+        profile = await self.hub.profiles.of(user_id)
         async with self.locks.hold(conversation_id):
             messages, order = await self.database.join(
                 conversation_id, user_id, self.max_members, int(time.time()), PAGE_MESSAGES
@@ -324,10 +327,10 @@ class ChatService:
             await self.hub.change_viewers(
                 conversation_id, user_id, [], False, await self.database.member_ids(conversation_id)
             )
-            await self.hub.publish_in_order(
+            await self.hub.chains.publish(
                 conversation_id, order, order.last_message_id,
-                [Entry(ALL, {"room": "join", "c": conversation_id, "u": user_id},
-                       wire.joined_conversation(conversation_id, user_id, profile.name, profile.avatar))],
+                [room_change("join", conversation_id, user_id,
+                             wire.joined_conversation(conversation_id, user_id, profile.name, profile.avatar))],
             )
         return messages
 
@@ -336,10 +339,9 @@ class ChatService:
         await self._require_socket(user_id, socket_id)
         async with self.locks.hold(conversation_id):
             deleted, order = await self.database.leave(conversation_id, user_id)
-            left = Entry(ALL, {"room": "leave", "c": conversation_id, "u": user_id},
-                         wire.leaved_conversation(conversation_id, user_id))
+            left = room_change("leave", conversation_id, user_id, wire.leaved_conversation(conversation_id, user_id))
             if deleted:
-                await self.hub.publish_in_order(
+                await self.hub.chains.publish(
                     conversation_id, order, order.last_message_id, [left, _deleted(conversation_id)],
                     closes=True, members=[],  # the last member has left: only viewers hear the count
                 )
@@ -349,7 +351,7 @@ class ChatService:
                 self.cache.unread_apply(conversation_id, order.counter_version, {}, remove=[user_id]),
                 conversation_id,
             )
-            await self.hub.publish_in_order(conversation_id, order, order.last_message_id, [left])
+            await self.hub.chains.publish(conversation_id, order, order.last_message_id, [left])
 
     async def delete(self, user_id: int, socket_id: str | None, conversation_id: int) -> None:
         """Delete a conversation with everything in it; creator only."""
@@ -357,7 +359,7 @@ class ChatService:
         async with self.locks.hold(conversation_id):
             order, members = await self.database.delete_conversation(conversation_id, user_id)
             # Closing the chat in the log announces viewers: 0 first, and nothing of it after.
-            await self.hub.publish_in_order(
+            await self.hub.chains.publish(
                 conversation_id, order, order.last_message_id, [_deleted(conversation_id)],
                 closes=True, members=members,
             )
@@ -404,4 +406,4 @@ CREATED = Sequenced(seq=1, last_message_id=0)
 
 
 def _deleted(conversation_id: int) -> Entry:
-    return Entry(ALL, {"room": "drop", "c": conversation_id}, wire.delete_conversation(conversation_id))
+    return room_change("drop", conversation_id, None, wire.delete_conversation(conversation_id))

@@ -1,25 +1,35 @@
-"""The hub: this process's side of the bus. It publishes the chat's events, applies the log to the
-local sockets, answers what only all processes together know, and resumes reconnecting sockets.
+"""The hub: this process's side of the bus. It applies the log to the local sockets, keeps their
+records, opens (and resumes) and closes them, and holds the parts that know the other processes.
 
 Every event goes through the log (``storage/bus.py``), also with one process:
 a process applies the log in order to its registry, so every socket on every
 process gets every event in the same order, and a socket's every frame
 carries its position in the log. ``publish`` returns once this process has
-applied the entry, so an HTTP answer still follows its own events on this
-process's sockets.
+applied the entry (or after APPLIED_WAIT_SECS, if its reader is cut off), so
+an HTTP answer follows its own events on this process's sockets. An event
+committed while Redis is away is announced in the background once it is
+back; the request that committed it does not wait.
 
-What only all processes together know: whether a user has an open socket
-anywhere (the 428 rule), their sockets, distinct viewers, the send rate. A
-process that believes it is alone (no other heartbeat) answers from its own
+Redis losing the log (a restart, a flush) closes no socket: each process
+rebuilds what Redis held of its sockets (ids, views, records) and sends each
+of its sockets one ``resync`` frame through the new log; what was committed
+meanwhile is in what the client refetches, what comes after flows live.
+
+The parts, each in its module: chats' events in commit order
+(``server/chain_order.py``: ``hub.chains``), open sockets on any process
+(``server/open_sockets.py``: ``hub.open_sockets``), senders' profiles
+(``server/profiles.py``: ``hub.profiles``) and the resume's replay
+(``server/resume.py``). The hub itself keeps the heartbeat, applying the
+log, the socket records, and distinct viewers and the send rate. A process
+that believes it is alone (no other heartbeat) answers from its own
 registry and limiter, so one process pays nothing for the others.
 
-Resume: a socket's positions name the log entry and the socket. A client
-that reconnects with one gets, after ``resumed``, every entry since then that
-its old socket would have received (its memberships as each entry names
-them, its global-chat subscription and views as its record says), then live
-events. Anything that makes this inexact (another epoch, an entry no longer
-in the log, an unknown socket, another user's socket, the window passed)
-answers ``resume_failed``: resumed always means complete.
+Resume: a socket's positions name the log entry, the socket and its key. A
+client that reconnects with one gets, after ``resumed``, every entry since
+then that its old socket would have received, then live events. Anything
+that makes this inexact (another epoch, an entry no longer in the log, an
+unknown socket, another user's socket, the window passed) answers
+``resume_failed``: resumed always means complete.
 """
 
 from __future__ import annotations
@@ -27,60 +37,43 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import functools
 import heapq
 import itertools
 import logging
 import secrets
 import time
-from typing import Any, Callable, Collection, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from server import metrics, wire
+from server.chain_order import RETRY_SECS, ChainPublisher
+from server.open_sockets import OpenSockets
+from server.profiles import Profiles
 from server.ratelimit import RateLimiter
 from server.registry import Connection, Registry
+from server.resume import RecentEntries, ResumeFailed, replay
 from server.settings import Settings
-from storage.bus import (
-    ALL, CONVERSATION, GLOBAL, HEARTBEAT_SECS, PROCESS_ID_CHARS, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS, Bus,
-    Entry, EntryBatch, id_key,
+from storage.bus import HEARTBEAT_SECS, Bus
+from storage.entries import (
+    ALL, CONVERSATION, GLOBAL, RESYNC, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS, Entry, EntryBatch, id_key, resync,
+    sockets_closed, subscription,
 )
 from storage.cache import SOCKET_REFRESH_SECS, Cache
 from storage.database import Database
 from storage.errors import is_storage_unavailable
-from storage.records import GLOBAL_CHAT_ID, Profile, Sequenced, StoredMessage, default_profile
+from storage.records import Profile
 
 log = logging.getLogger("chat.hub")
 
-# How long an entry held back for its predecessor waits before the gap is filled from the database.
-GAP_WAIT_SECS = 2.0
-GAP_POLL_SECS = 0.05
 # How long publish waits for this process to apply its own entry (the reader may be cut off).
 APPLIED_WAIT_SECS = 5.0
-# Entries kept in memory for sockets that open while the log moves on.
-RECENT_ENTRIES = 20_000
 # A socket's record keeps this many subscription states (a resume needs the one at its position).
 HISTORY_STATES = 20
-# The close code of sockets whose events Redis lost: "service restart", reconnect.
-CLOSE_HISTORY_LOST = 1012
 # How long stopping waits for background work (socket records, announcements) before cancelling it.
 STOP_GRACE_SECS = 2.0
-# Profiles of users whose sockets are on other processes are read again after this long.
-PROFILE_MEMORY_SECS = 10.0
-PROFILE_MEMORY_SIZE = 10_000
-# How often an event committed while Redis was away is offered again.
-RETRY_SECS = 0.5
 # How far ahead of this process's clock another process's log ids may be (Redis's clock names them).
 CLOCK_SKEW_MS = 5000
 # How long a closed socket is remembered, to undo a view that raced its close.
 CLOSED_MEMORY_SECS = 60.0
-# A socket of another process, once Redis said it is open, counts as open
-# here (the 428 rule) without asking again until its process announces its
-# close, dies, or this long passes (the bound if an announcement is lost).
-REMOTE_SOCKET_MEMORY_SECS = 30.0
-REMOTE_SOCKET_MEMORY_SIZE = 100_000  # users
-
-
-class ResumeFailed(Exception):
-    """A resume cannot be exact; the reason is told to the client."""
 
 
 class Hub:
@@ -99,7 +92,7 @@ class Hub:
         self._applied_id = "0-0"
         self._waiters: list[tuple[tuple[int, int], int, asyncio.Future[None]]] = []  # heap: entry id → publisher
         self._tiebreak = itertools.count()
-        self._recent: collections.deque[tuple[str, Entry]] = collections.deque(maxlen=RECENT_ENTRIES)
+        self.recent = RecentEntries()
         # Local socket → its record for a resume: "u" user, "k" its key, "s" the
         # entry of its first frame, "h" [[entry id, global, views], ...] what it
         # listened to from each entry on (saved to the bus as it changes).
@@ -108,13 +101,14 @@ class Hub:
         # closed arrives after its close, and must be undone (see _apply_subscription).
         self._closed: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.closing: set[str] = set()  # sockets closed whose views are still being ended
-        self._profiles: dict[int, tuple[Profile, float]] = {}  # users whose sockets are elsewhere → (profile, until)
-        self._remote: dict[int, dict[str, float]] = {}  # user → their sockets known open elsewhere → until
-        self._remote_closes = 0  # SOCKETS_CLOSED entries applied so far (see require_socket)
+        self.open_sockets = OpenSockets(registry, cache, bus, lambda: self.peers)
+        self.profiles = Profiles(registry, database)
+        self.chains = ChainPublisher(bus, database, self.applied, self._spawn, lambda: self.peers, self.window_secs)
         self._tasks: set[asyncio.Task[Any]] = set()
         # Closes a local socket whose place a resume on another process took (set by ChatService).
         self.on_retire: Callable[[Connection], None] | None = None
         self._beating: asyncio.Task[None] | None = None
+        self._resync_pending = False  # Redis lost the log and this process has not resynced its sockets yet
 
     # Lifetime
 
@@ -140,37 +134,76 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def _beat_forever(self) -> None:
+        failing = False
         while True:
             try:
                 await self.beat()
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("heartbeat failed: %s", error)
-            await asyncio.sleep(HEARTBEAT_SECS)
+                if not failing:
+                    log.warning("heartbeat failed: %s", error)
+                failing = True
+                # Soon, not in HEARTBEAT_SECS: if Redis came back without the
+                # log, the other processes refuse this one's users until its
+                # socket ids are written again (the breaker makes it cheap).
+                await asyncio.sleep(RETRY_SECS)
+                continue
+            await self.bus.next_beat(HEARTBEAT_SECS)
 
     async def beat(self) -> None:
         """One heartbeat: say we are alive, learn of the others, clean up after dead ones and lost history."""
+        peers_before = self.peers
         self.peers, dead, lost = await self.bus.beat()
         if lost:
-            self._remote.clear()  # the announcements of closes went with the log
-            await self.history_lost()
+            self.open_sockets.forget_all()
+            self._resync_pending = True
+            # The heartbeats went too: the others reappear as they beat again;
+            # until then this process must not believe it is alone.
+            self.peers = max(self.peers, peers_before)
+        if self._resync_pending:
+            await self.history_lost()  # retried at the next beat if Redis fails again meanwhile
+            self._resync_pending = False
         for process_id in dead:
-            self._forget_remote(None, lambda socket_id: socket_id[:PROCESS_ID_CHARS] == process_id)
+            self.open_sockets.process_died(process_id)
             await self._reap(process_id)
 
     async def history_lost(self) -> None:
-        """Redis lost events (it restarted, or was flushed): close every socket here, 1012.
+        """Redis lost the log (it restarted, or was flushed): resync this process's sockets, closing none.
 
         Some event may have been committed and never reached a socket, and
-        nothing can tell which: the clients reconnect, their resume fails
-        (the epoch changed) and they refetch, so nobody keeps a silent gap.
+        nothing can tell which. What Redis held of these sockets is written
+        again (their ids for the 428 rule, their views), then a RESYNC entry
+        goes through the new log: applying it sends every socket here one
+        ``resync`` frame, positioned in the new epoch, and restarts its
+        record there (_resync_sockets). The client refetches what it shows:
+        everything committed before the entry is in that, everything after it
+        arrives live. Old positions answer ``resume_failed`` (another epoch).
         """
         connections = self.registry.connections()
-        log.warning("Redis lost the event log (restarted or flushed): closing %d sockets so they refetch",
-                    len(connections))
+        log.warning("Redis lost the event log (restarted or flushed): resyncing %d sockets", len(connections))
+        await self.cache.refresh_sockets(self.registry.connected_users())
+        viewing: dict[tuple[int, int], list[str]] = collections.defaultdict(list)
         for connection in connections:
-            connection.close(CLOSE_HISTORY_LOST, "Event history lost, reconnect")
+            for conversation_id in self.registry.socket_state(connection.socket_id)[1]:
+                viewing[conversation_id, connection.user_id].append(connection.socket_id)
+        for (conversation_id, user_id), socket_ids in viewing.items():
+            members = await self._members(conversation_id)
+            await self.bus.change_viewers(conversation_id, user_id, socket_ids, True, members)
+        await self.publish([resync(self.bus.process_id)])
+
+    def _resync_sockets(self, epoch: str, entry_id: str) -> int:
+        """Applying this process's RESYNC entry: each socket here is told, and its record starts at the entry.
+
+        Return how many sockets were told.
+        """
+        sent = self.registry.send_all(wire.position_head(wire.RESYNC, epoch, entry_id))
+        for socket_id, record in self._records.items():
+            subscribed, views = self.registry.socket_state(socket_id)
+            record["s"], record["h"] = entry_id, [[entry_id, subscribed, views]]
+        self._spawn(self._save_sockets())
+        return sent
 
     async def _reap(self, process_id: str) -> None:
         """Clean up after a process that died: its sockets stop counting, its views end (and are announced)."""
@@ -214,7 +247,7 @@ class Hub:
             read.inc()
             if id_key(entry_id) <= self._applied:
                 continue  # already applied (a reader that reconnected)
-            self._recent.append((entry_id, entry))
+            self.recent.add(entry_id, entry)
             try:
                 if self._apply_one(epoch, entry_id, entry):
                     delivered.inc()
@@ -226,38 +259,29 @@ class Hub:
         """Apply one entry here; return how many of this process's sockets it was sent to."""
         registry, meta, kind = self.registry, entry.meta, entry.kind
         if kind == ALL:
-            self._apply_room_change(meta)
             sent = registry.send_all(wire.position_head(entry.frame, epoch, entry_id))
             if meta.get("room") == "drop":
                 registry.drop_conversation(meta["c"])
             return sent
-        if kind == CONVERSATION:
-            return registry.send(registry.audience(meta["c"]), wire.position_head(entry.frame, epoch, entry_id))
+        if kind in (CONVERSATION, VIEWERS):  # Entry.reaches, from the same facts
+            frame = wire.viewers_change(meta["c"], meta["n"]) if kind == VIEWERS else entry.frame
+            return registry.send(registry.conversation_audience(meta["c"], meta["m"]),
+                                 wire.position_head(frame, epoch, entry_id))
         if kind == GLOBAL:
             return registry.send(registry.global_sockets(), wire.position_head(entry.frame, epoch, entry_id))
-        if kind == VIEWERS:
-            frame = wire.viewers_change(meta["c"], meta["n"])
-            return registry.send(registry.viewers_audience(meta["c"], meta["m"]),
-                                 wire.position_head(frame, epoch, entry_id))
         if kind == SUBSCRIPTION:
             self._apply_subscription(entry_id, meta)
         elif kind == SOCKETS_CLOSED:
-            self._remote_closes += 1
-            for user_id, socket_id in meta["s"]:
-                self._forget_remote(user_id, lambda known: known == socket_id)
+            self.open_sockets.closed_elsewhere(meta)
+            for _, socket_id in meta["s"]:
                 connection = registry.connection(socket_id) if meta.get("r") else None
                 if connection is not None and self.on_retire is not None:
                     self.on_retire(connection)  # a resume on another process took its place
+        elif kind == RESYNC and meta.get("p") == self.bus.process_id:
+            return self._resync_sockets(epoch, entry_id)
         elif kind == STARTED and meta.get("p") != self.bus.process_id:
             self.peers = max(self.peers, 1)  # a new process: stop answering alone at once
         return 0
-
-    def _apply_room_change(self, meta: dict[str, Any]) -> None:
-        room, conversation_id, user_id = meta.get("room"), meta.get("c"), meta.get("u")
-        if room == "join":
-            self.registry.join_room(conversation_id, user_id)
-        elif room == "leave":
-            self.registry.leave_room(conversation_id, user_id)
 
     def _apply_subscription(self, entry_id: str, meta: dict[str, Any]) -> None:
         if meta["op"] == "view" and meta.get("p") != self.bus.process_id:
@@ -288,6 +312,12 @@ class Hub:
         del history[:-HISTORY_STATES]
         self._spawn(self._save_socket(socket_id))
 
+    async def _save_sockets(self) -> None:
+        try:
+            await self.bus.save_sockets(dict(self._records), self.window_secs + 2 * SOCKET_REFRESH_SECS)
+        except Exception as error:
+            log.warning("socket records not saved: %s", error)
+
     async def _save_socket(self, socket_id: str) -> None:
         record = self._records.get(socket_id)
         if record is None:
@@ -300,170 +330,10 @@ class Hub:
     # Publishing
 
     async def publish(self, entries: Sequence[Entry]) -> None:
-        """Append entries to the log; return once applied here."""
+        """Append entries to the log; return once applied here (or after APPLIED_WAIT_SECS)."""
         await self.applied(await self.bus.append(entries))
 
-    async def publish_in_order(
-        self, chain: int, order: Sequenced, last_message_id: int, entries: Sequence[Entry],
-        closes: bool = False, members: Sequence[int] = (),
-    ) -> None:
-        """Append a chat's event ``order.seq`` after its predecessor; return once applied here.
-
-        ``last_message_id`` is the chat's last message id after this event.
-        When the predecessor is late (its process may have died between its
-        commit and its append), the gap is filled from the database.
-        """
-        name = "g" if chain == GLOBAL_CHAT_ID else str(chain)
-        append = functools.partial(
-            self.bus.append_in_order, name, order.seq - 1, order.seq, last_message_id, entries, closes, members
-        )
-        try:
-            last = await append()
-        except Exception as error:
-            if not is_storage_unavailable(error):
-                raise
-            # Committed, but Redis is away: announce it once Redis answers
-            # again (the append is idempotent: a chat's head never goes back).
-            log.warning("chat %s event %d not announced yet (%s); retrying in the background", name, order.seq, error)
-            self._spawn(self._append_when_back(name, append))
-            return
-        if last is None:
-            await self._wait_or_fill(name, chain, order)
-            return
-        await self.applied(last)
-
-    async def _append_when_back(self, name: str, append) -> None:
-        give_up = time.monotonic() + self.window_secs
-        while time.monotonic() < give_up:
-            await asyncio.sleep(RETRY_SECS)
-            try:
-                await append()
-                log.info("chat %s: the held-up event is announced", name)
-                return
-            except Exception as error:
-                if not is_storage_unavailable(error):
-                    log.exception("chat %s: announcing a held-up event failed", name)
-                    return
-        log.error("chat %s: an event was never announced (Redis away for %.0f s); clients refetch", name,
-                  self.window_secs)
-
-    async def _wait_or_fill(self, name: str, chain: int, order: Sequenced) -> None:
-        deadline = time.monotonic() + GAP_WAIT_SECS
-        while time.monotonic() < deadline:
-            await asyncio.sleep(GAP_POLL_SECS)
-            head = await self.bus.chain_head(name)
-            if head is None and await self.bus.chain_closed(name):
-                return  # the conversation was deleted meanwhile: nothing of it is announced any more
-            if head is not None and head[0] >= order.seq:
-                await self.applied(head[2])  # released by the predecessor's append (ours came with it)
-                return
-        head = await self.bus.chain_head(name)
-        if head is not None and head[0] >= order.seq:
-            await self.applied(head[2])
-            return
-        missing: list[StoredMessage] = []
-        if head is not None:
-            missing = await self.database.messages_between(chain, head[1], order.last_message_id)
-        members = await self._members(chain) if chain != GLOBAL_CHAT_ID and missing else []
-        log.warning("chat %s: events before %d never arrived; filling %d messages from the database",
-                    name, order.seq, len(missing))
-        await self.applied(await self.bus.fill_gap(
-            name, order.seq - 1, order.last_message_id, [message_entry(message, members) for message in missing]
-        ) or "")
-
-    # Who is connected, anywhere
-
-    async def require_socket(self, user_id: int, socket_id: str | None) -> None:
-        """Raise LookupError unless the user (that socket) is open on some process.
-
-        A socket on another process is asked of Redis once, then remembered
-        until its process announces its close through the log (or dies): a
-        user sending through this process again and again costs no Redis
-        call per request.
-        """
-        if self.registry.user_sockets(user_id, socket_id):
-            return
-        if self.peers:
-            if self._known_remote(user_id, socket_id):
-                return
-            closes_before = self._remote_closes
-            cached = await self.cache.sockets_of(user_id)
-            if cached and (socket_id is None or socket_id in cached):
-                # A close announced while Redis answered may be of one of
-                # these: remember them only if none was.
-                if self._remote_closes == closes_before:
-                    self._remember_remote(user_id, cached if socket_id is None else {socket_id})
-                return
-        raise LookupError("no open socket")
-
-    def _known_remote(self, user_id: int, socket_id: str | None) -> bool:
-        known = self._remote.get(user_id)
-        if not known:
-            return False
-        now = time.monotonic()
-        if socket_id is not None:
-            return known.get(socket_id, 0.0) > now
-        return any(until > now for until in known.values())
-
-    def _remember_remote(self, user_id: int, socket_ids: Iterable[str]) -> None:
-        if len(self._remote) >= REMOTE_SOCKET_MEMORY_SIZE:
-            self._remote.clear()  # crude, and rare: asking Redis again is always right
-        until = time.monotonic() + REMOTE_SOCKET_MEMORY_SECS
-        mine = self.bus.process_id
-        known = self._remote.setdefault(user_id, {})
-        for socket_id in socket_ids:
-            if socket_id[:PROCESS_ID_CHARS] != mine:
-                known[socket_id] = until
-        if not known:
-            del self._remote[user_id]
-
-    def _forget_remote(self, user_id: int | None, matches: Callable[[str], bool]) -> None:
-        """Forget remembered remote sockets that ``matches`` picks, of one user (or of everyone: None)."""
-        for user in [user_id] if user_id is not None else list(self._remote):
-            known = self._remote.get(user)
-            if known is None:
-                continue
-            for socket_id in [s for s in known if matches(s)]:
-                del known[socket_id]
-            if not known:
-                del self._remote[user]
-
-    async def sockets_closed(self, sockets: Sequence[tuple[int, str]]) -> None:
-        """Announce closed sockets of this process to the others, which may remember them as open."""
-        if self.peers:
-            await self.bus.append([Entry(SOCKETS_CLOSED, {"s": [[user_id, socket_id] for user_id, socket_id in sockets]})])
-
-    async def sockets_for(self, user_id: int, socket_id: str | None) -> list[str]:
-        """The sockets a request acts for: the one it names, or all the user's; LookupError if none."""
-        local = self.registry.user_sockets(user_id, socket_id)
-        if self.peers and (socket_id is None or not local):
-            cached = await self.cache.sockets_of(user_id)
-            sockets = sorted(set(local) | (cached if socket_id is None else cached & {socket_id}))
-        else:
-            sockets = local
-        if not sockets:
-            raise LookupError("no open socket")
-        return sockets
-
-    async def profile(self, user_id: int) -> Profile:
-        """The user's profile: from their socket here, else from the database (remembered briefly).
-
-        A user whose socket is on another process sends through this one
-        again and again; a profile changes only when a socket opens, so one
-        read per PROFILE_MEMORY_SECS is enough.
-        """
-        profile = self.registry.profile(user_id)
-        if profile is not None:
-            return profile
-        now = time.monotonic()
-        remembered = self._profiles.get(user_id)
-        if remembered is not None and remembered[1] > now:
-            return remembered[0]
-        profile = await self.database.profile(user_id) or default_profile(user_id)
-        if len(self._profiles) >= PROFILE_MEMORY_SIZE:
-            self._profiles.clear()  # crude, and rare: a burst of distinct remote senders
-        self._profiles[user_id] = (profile, now + PROFILE_MEMORY_SECS)
-        return profile
+    # Shared limits and counts
 
     async def take_send_token(self, user_id: int) -> float:
         """The send-rate limit, shared by every process when there are several; 0 or seconds to wait."""
@@ -488,7 +358,7 @@ class Hub:
     # Subscriptions
 
     async def subscribe_global(self, user_id: int, socket_ids: Sequence[str]) -> None:
-        await self.publish([Entry(SUBSCRIPTION, {"op": "global", "u": user_id, "s": list(socket_ids)})])
+        await self.publish([subscription("global", user_id, socket_ids)])
 
     async def change_viewers(
         self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
@@ -523,23 +393,20 @@ class Hub:
                 old, start, old_socket = await self._resumable(user_id, resume)
                 # Read before the socket is registered: from then on nothing
                 # may wait, or live entries would pass by it.
-                fetched = self._recent_from(start, self._applied_id) or await self.bus.read(start, self._applied_id)
+                fetched = self.recent.between(start, self._applied_id) or await self.bus.read(start, self._applied_id)
                 if not fetched:
                     raise ResumeFailed("history trimmed: the position is no longer in the log")
             except ResumeFailed as error:
                 old, failure = None, str(error)
-        before = self._applied_id
-        rooms = await self.database.user_conversation_ids(user_id)
-        first = self.registry.add(connection, profile)
-        if first:
-            self.registry.set_rooms(user_id, rooms)
-            self._catch_up_rooms(user_id, before)
+        self.registry.add(connection, profile)
         at = self._applied_id
         history: list[list[Any]] = [[at, False, []]]
-        replay: list[bytes] = []
+        frames: list[bytes] = []
         if old is not None:
             try:
-                history, replay = self._replay(old, old_socket, self._extended(fetched, at), connection)
+                history, frames = replay(
+                    old, old_socket, self._extended(fetched, at), self.bus.epoch, connection.position_tail
+                )
             except ResumeFailed as error:
                 old, failure = None, str(error)
         _, subscribed, views = history[-1]
@@ -559,25 +426,13 @@ class Hub:
         head, epoch = wire.position_head, self.bus.epoch
         if old is not None:
             # The position asked for: resuming from it again replays the same frames.
-            first_frame = head(wire.resumed(socket_id, user_id, len(replay)), epoch, start)
+            first_frame = head(wire.resumed(socket_id, user_id, len(frames)), epoch, start)
         elif resume is not None:
             first_frame = head(wire.resume_failed(socket_id, user_id, failure), epoch, at)
         else:
             first_frame = head(wire.connected(socket_id, user_id), epoch, at)
         retire = old_socket if old is not None and "e" not in old else None
-        return [first_frame + connection.position_tail, *replay], retire
-
-    def _catch_up_rooms(self, user_id: int, after: str) -> None:
-        """Apply the room changes of this user that the log brought while their rooms were read."""
-        after_key = id_key(after)
-        changes = []
-        for entry_id, entry in reversed(self._recent):
-            if id_key(entry_id) <= after_key:
-                break
-            if entry.kind == ALL and entry.meta.get("u") == user_id:
-                changes.append(entry.meta)
-        for meta in reversed(changes):
-            self._apply_room_change(meta)
+        return [first_frame + connection.position_tail, *frames], retire
 
     async def _carry_views(self, user_id: int, socket_id: str, conversation_ids: Sequence[int]) -> None:
         for conversation_id in conversation_ids:
@@ -621,74 +476,10 @@ class Hub:
         """``fetched`` followed by what the log brought from memory since, up to ``upto``."""
         if fetched[-1][0] == upto:
             return fetched
-        rest = self._recent_from(fetched[-1][0], upto)  # the log moved on while it was read
+        rest = self.recent.between(fetched[-1][0], upto)  # the log moved on while it was read
         if rest is None:
             raise ResumeFailed("history trimmed: the position is no longer in the log")
         return fetched + rest[1:]
-
-    def _replay(
-        self, record: dict[str, Any], old_socket: str, entries: EntryBatch, connection: Connection
-    ) -> tuple[list[list[Any]], list[bytes]]:
-        """The frames the old socket would have got after ``entries[0]``, and what it listened to meanwhile.
-
-        The first entry is the position's: it must be one the old socket was
-        sent (its first frame's, or one its audience rule gives it), so a
-        position moved onto another socket resumes nothing.
-        """
-        start, first = entries[0]
-        start_key = id_key(start)
-        # What it listened to: the record's states (snapshots, in log order),
-        # and the old socket's own subscription entries (a record saved by
-        # another process may lag them).
-        states = collections.deque(record["h"])
-        if not states or id_key(states[0][0]) > start_key:
-            raise ResumeFailed("unknown position")
-        while len(states) > 1 and id_key(states[1][0]) <= start_key:
-            states.popleft()
-        _, subscribed, views = states.popleft()
-        views = set(views)
-        user_id = record["u"]
-        if start != record["s"] and not receives(first, user_id, subscribed, views):
-            raise ResumeFailed("unknown position")
-        history: list[list[Any]] = [[start, subscribed, sorted(views)]]
-        frames = []
-        epoch = self.bus.epoch
-        for entry_id, entry in entries[1:]:
-            meta, kind = entry.meta, entry.kind
-            if states and id_key(states[0][0]) <= id_key(entry_id):
-                while states and id_key(states[0][0]) <= id_key(entry_id):
-                    _, subscribed, state_views = states.popleft()
-                views = set(state_views)
-                history.append([entry_id, subscribed, sorted(views)])
-            if kind == SUBSCRIPTION:
-                if old_socket in (meta.get("s") or []) and not meta.get("closed"):
-                    if meta["op"] == "global":
-                        subscribed = True
-                    elif meta["op"] == "view":
-                        views.add(meta["c"])
-                    elif meta["op"] == "unview":
-                        views.discard(meta["c"])
-                    history.append([entry_id, subscribed, sorted(views)])
-                continue
-            if receives(entry, user_id, subscribed, views):
-                frame = wire.viewers_change(meta["c"], meta["n"]) if kind == VIEWERS else entry.frame
-                frames.append(wire.position_head(frame, epoch, entry_id) + connection.position_tail)
-            if kind == ALL and meta.get("room") == "drop" and meta["c"] in views:
-                views.discard(meta["c"])
-                history.append([entry_id, subscribed, sorted(views)])
-        return history, frames
-
-    def _recent_from(self, first: str, upto: str) -> EntryBatch | None:
-        """The entries from ``first`` (included) up to ``upto`` from memory, if memory still holds ``first``."""
-        if not self._recent or id_key(self._recent[0][0]) > id_key(first):
-            return None
-        first_key, upto_key = id_key(first), id_key(upto)
-        batch = []
-        for entry_id, entry in self._recent:
-            key = id_key(entry_id)
-            if first_key <= key <= upto_key:
-                batch.append((entry_id, entry))
-        return batch if batch and batch[0][0] == first else None
 
     async def disconnect(self, connection: Connection) -> bool:
         """Forget a closed socket: its views end (announced), its record stays for a resume. False if unknown."""
@@ -716,7 +507,7 @@ class Hub:
 
     async def retire_remote(self, user_id: int, socket_id: str) -> None:
         """Close a socket of another process that a resume replaced: its process retires it, the others forget it."""
-        await self.publish([Entry(SOCKETS_CLOSED, {"s": [[user_id, socket_id]], "r": True})])
+        await self.publish([sockets_closed([(user_id, socket_id)], retired=True)])
 
     async def _end_views(self, conversation_id: int, user_id: int, socket_ids: list[str]) -> None:
         """End closed sockets' views of a conversation (announced if the count falls)."""
@@ -732,22 +523,3 @@ class Hub:
         await self.bus.expire_sockets(list(self._records), self.window_secs + 2 * SOCKET_REFRESH_SECS)
 
 
-def receives(entry: Entry, user_id: int, subscribed: bool, views: Collection[int]) -> bool:
-    """Whether a socket of ``user_id`` listening so (the global chat, ``views``) is sent ``entry``.
-
-    The replay's rule; live delivery applies the same one through the registry's rooms.
-    """
-    kind = entry.kind
-    if kind == ALL:
-        return True
-    if kind == GLOBAL:
-        return subscribed
-    if kind in (CONVERSATION, VIEWERS):
-        return user_id in entry.meta.get("m", ()) or entry.meta["c"] in views
-    return False
-
-def message_entry(message: StoredMessage, members: Sequence[int]) -> Entry:
-    """The log entry announcing a stored message."""
-    if message.conversation_id == GLOBAL_CHAT_ID:
-        return Entry(GLOBAL, {}, wire.new_message(message))
-    return Entry(CONVERSATION, {"c": message.conversation_id, "m": list(members)}, wire.new_message(message))

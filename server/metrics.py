@@ -63,8 +63,8 @@ EVENTS_DELIVERED = Counter("chat_events_delivered_total", "Event frames handed t
 # The event log as this process applies it: every process reads (and, from
 # Redis, decodes) every entry, whatever its audience here. Read against
 # delivered is what that costs (issue 20). Labelled by the entry's kind
-# (storage/bus.py): the kinds delivered to sockets by name, the rest (socket
-# subscriptions, process starts and stops, closed sockets) as "other".
+# (storage/entries.py): the kinds delivered to sockets by name, the rest
+# (socket subscriptions, process starts and stops, closed sockets, resyncs) as "other".
 LOG_ENTRIES_READ = Counter(
     "chat_log_entries_read_total", "Event log entries this process read and applied, by kind", ["kind"]
 )

@@ -1,14 +1,16 @@
-"""The in-process registry of open sockets and the rooms they listen to.
+"""The in-process registry of open sockets and what each listens to.
 
-Rooms are kept per *user* for memberships (a member's every socket gets the
-conversation's messages) and per *socket* for subscriptions a request may
-scope with ``X-Socket-Id`` (the global chat, viewing). Everything changes only
-through the named methods below, which the hub calls (``server/hub.py``: on a
-socket's open and close, and as it applies the event log, where room and
+Members need no rooms here: a conversation's event names its members (as
+the transaction that committed it saw them), and a member's every socket
+gets it (``conversation_audience``); a resume's replay decides from the same
+facts (``server/resume.py``). What is kept per *socket* is what a request may
+scope with ``X-Socket-Id``: the global chat and viewing. Everything changes
+only through the named methods below, which the hub calls (``server/hub.py``:
+on a socket's open and close, and as it applies the event log, where
 subscription changes arrive in order with the events); the WebSocket handler
-never touches the registry itself. Delivery never touches the database or the
-cache. A connection's ``send`` only queues a frame, so sending to many sockets
-never waits on any one of them.
+never touches the registry itself. Delivery never touches the database or
+the cache. A connection's ``send`` only queues a frame, so sending to many
+sockets never waits on any one of them.
 """
 
 from __future__ import annotations
@@ -48,8 +50,6 @@ class Registry:
         self._user_sockets: dict[int, set[str]] = {}  # user id → their open socket ids
         self._profiles: dict[int, Profile] = {}  # connected user id → name and avatar
         self._global: set[str] = set()  # sockets subscribed to the global chat
-        self._user_rooms: dict[int, set[int]] = {}  # connected user → conversations they belong to
-        self._room_users: dict[int, set[int]] = {}  # conversation → its connected members
         self._viewers: dict[int, dict[int, set[str]]] = {}  # conversation → viewing user → sockets
         self._socket_views: dict[str, set[int]] = {}  # socket → conversations it views
 
@@ -82,8 +82,6 @@ class Registry:
         if not sockets:
             del self._user_sockets[user_id]
             del self._profiles[user_id]
-            for conversation_id in self._user_rooms.pop(user_id, ()):
-                self._discard_room_user(conversation_id, user_id)
         return changed
 
     def user_sockets(self, user_id: int, socket_id: str | None = None) -> list[str]:
@@ -103,43 +101,14 @@ class Registry:
         return self._sockets.get(socket_id)
 
     def socket_state(self, socket_id: str) -> tuple[bool, list[int]]:
-        """What a socket listens to beyond its user's rooms: (global chat, conversations viewed)."""
+        """What a socket listens to beyond its user's memberships: (global chat, conversations viewed)."""
         return socket_id in self._global, sorted(self._socket_views.get(socket_id, ()))
 
     def profile(self, user_id: int) -> Profile | None:
         return self._profiles.get(user_id)
 
-    # Memberships
-
-    def set_rooms(self, user_id: int, conversation_ids: Iterable[int]) -> None:
-        """Put a newly connected user in the rooms of the conversations they belong to."""
-        if user_id not in self._user_sockets:
-            return  # the socket closed while its rooms were being loaded
-        for conversation_id in conversation_ids:
-            self.join_room(conversation_id, user_id)
-
-    def join_room(self, conversation_id: int, user_id: int) -> None:
-        if user_id in self._user_sockets:
-            self._user_rooms.setdefault(user_id, set()).add(conversation_id)
-            self._room_users.setdefault(conversation_id, set()).add(user_id)
-
-    def leave_room(self, conversation_id: int, user_id: int) -> None:
-        rooms = self._user_rooms.get(user_id)
-        if rooms is not None:
-            rooms.discard(conversation_id)
-        self._discard_room_user(conversation_id, user_id)
-
-    def _discard_room_user(self, conversation_id: int, user_id: int) -> None:
-        users = self._room_users.get(conversation_id)
-        if users is not None:
-            users.discard(user_id)
-            if not users:
-                del self._room_users[conversation_id]
-
     def drop_conversation(self, conversation_id: int) -> None:
-        """Forget a deleted conversation: its room and its viewers."""
-        for user_id in self._room_users.pop(conversation_id, ()):
-            self._user_rooms.get(user_id, set()).discard(conversation_id)
+        """Forget a deleted conversation's viewers."""
         for sockets in self._viewers.pop(conversation_id, {}).values():
             for socket_id in sockets:
                 self._socket_views.get(socket_id, set()).discard(conversation_id)
@@ -196,22 +165,13 @@ class Registry:
 
     # Delivery
 
-    def audience(self, conversation_id: int) -> list[str]:
-        """Sockets that get a conversation's messages: every member's and every viewing one."""
-        socket_ids = [
-            socket_id
-            for user_id in self._room_users.get(conversation_id, ())
-            for socket_id in self._user_sockets.get(user_id, ())
-        ]
-        for sockets in self._viewers.get(conversation_id, {}).values():
-            socket_ids.extend(sockets)
-        return socket_ids
+    def conversation_audience(self, conversation_id: int, member_ids: Iterable[int]) -> set[str]:
+        """Sockets that get a conversation's event: the members' (as the event names them) and the viewing ones.
 
-    def viewers_audience(self, conversation_id: int, member_ids: Iterable[int]) -> set[str]:
-        """Sockets that get a viewer count: the members' (as the count's event names them) and the viewing ones.
-
-        The members come from the event: a viewer who joins stops viewing
-        before the room knows them, and still gets the count.
+        The members come from the event, as in a resume's replay
+        (``Entry.reaches``, storage/entries.py): live delivery and replay decide
+        from the same facts. (A viewer who joins stops viewing before the
+        join is applied, and still gets the count that says so.)
         """
         socket_ids = {socket_id for user_id in member_ids for socket_id in self._user_sockets.get(user_id, ())}
         for sockets in self._viewers.get(conversation_id, {}).values():
@@ -246,6 +206,5 @@ class Registry:
         return {
             "sockets": len(self._sockets), "users": len(self._user_sockets),
             "profiles": len(self._profiles), "global": len(self._global),
-            "user_rooms": len(self._user_rooms), "room_users": len(self._room_users),
             "viewers": len(self._viewers), "socket_views": len(self._socket_views),
         }

@@ -58,7 +58,7 @@ class SocketMirror:
                 try:
                     await self.announce(batch)
                 except Exception as error:
-                    # The others' memory of them expires on its own (server/hub.py REMOTE_SOCKET_MEMORY_SECS).
+                    # The others' memory of them expires on its own (server/open_sockets.py REMOTE_SOCKET_MEMORY_SECS).
                     log.warning("could not announce %d closed sockets: %s", len(batch), error)
 
     async def refresh(self, sockets_by_user: Mapping[int, Iterable[str]]) -> None:

@@ -106,6 +106,10 @@ def resume_failed(socket_id: str, user_id: int, reason: str) -> bytes:
     return encode("resume_failed", {"socket_id": socket_id, "user_id": user_id, "reason": reason})
 
 
+# The one frame a socket gets when Redis lost the log: it may have missed events (API.md §3).
+RESYNC = encode("resync", {"reason": "event history lost (Redis restarted or was flushed): refetch what you show"})
+
+
 def new_message(message: StoredMessage) -> bytes:
     return encode("new_message", {"conversation_id": message.conversation_id, **message_item(message)})
 

@@ -85,6 +85,7 @@ EVENT_DATA: dict[str, Schema] = {
         {"socket_id": TEXT, "user_id": ID, "missed": COUNT},
     ),
     "resume_failed": closed_object({"socket_id": TEXT, "user_id": ID, "reason": TEXT}),
+    "resync": closed_object({"reason": TEXT}),
 }
 
 # Frames without data.
@@ -94,6 +95,8 @@ EVENT_DESCRIPTIONS = {
     "connected": "First frame of a new socket: its id (for X-Socket-Id) and the user's id.",
     "resumed": "First frame of a socket opened with `resume`: the events missed since that position follow.",
     "resume_failed": "First frame of a socket opened with `resume` that cannot be resumed: refetch, then go on.",
+    "resync": "The server lost its event history (Redis restarted or was flushed): events may have been missed; "
+              "refetch what you show. The socket stays open, later events follow, and its pos resumes from here.",
     "pong": "Answer to the client's {\"event\": \"ping\"}.",
     "new_message": "A message committed in a conversation the socket belongs to or views, or in the global chat it subscribed to.",
     "joined_conversation": "Someone joined a conversation (to every socket).",

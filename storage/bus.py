@@ -1,7 +1,7 @@
 """The bus: the chat's ordered log of events, and what several processes must share to apply it.
 
 Every event (a new message, a join, a viewer count, a subscription change) is
-an :class:`Entry` appended to one log; every process reads the log in the
+an entry (``storage/entries.py``) appended to one log; every process reads the log in the
 same order and applies each entry to its own sockets (``server/hub.py``).
 An entry's id in the log is its position: the same order everywhere, and a
 place a reconnecting client can resume from.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
-import dataclasses
 import itertools
 import json
 import logging
@@ -37,19 +36,11 @@ import secrets
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from storage.redis_client import bounded_client, dedicated_client
+from storage.entries import Entry, EntryBatch, id_key, process_started, process_stopped, subscription, viewer_count
+from storage.redis_client import bounded_client, connection_generation, dedicated_client, server_info
+from storage.redis_keys import BUS_TAG, checked_prefix, slot_key
 
 log = logging.getLogger("chat.bus")
-
-# Kinds of entries (who gets them; see server/hub.py).
-ALL = "all"  # every socket
-GLOBAL = "global"  # sockets subscribed to the global chat
-CONVERSATION = "conversation"  # a conversation's members' and viewers' sockets
-VIEWERS = "viewers"  # a viewer count change: a conversation's members and viewers
-SUBSCRIPTION = "subscription"  # a socket started or stopped listening (not delivered)
-STARTED = "started"  # a process started: the log is never empty, so every position names an entry
-STOPPED = "stopped"  # a process stopped cleanly (it also wakes that process's own reader, to end it)
-SOCKETS_CLOSED = "closed"  # sockets closed on their process: the others stop taking them as open (not delivered)
 
 # How long a chat's head and its held-back events are kept when nothing happens.
 HEAD_TTL_SECS = 7 * 24 * 3600
@@ -64,28 +55,6 @@ READ_BLOCK_MS = 5000
 RUN_ID_CHARS = 8
 # A process id is this many hex characters; a socket id starts with its process's id.
 PROCESS_ID_CHARS = 12
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One event of the log: who gets it (``kind`` and ``meta``) and its frame, without a position."""
-
-    kind: str
-    # JSON-able facts the appliers and the resume filter need: "c" conversation,
-    # "m" member ids, "u" user, "s" socket ids, "room" and "op" for changes, "p" the publishing process.
-    meta: dict[str, Any]
-    frame: bytes = b""
-
-
-EntryBatch = list[tuple[str, Entry]]  # (entry id, entry), in log order
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A log id as a sortable pair ("1700000000000-3" → (1700000000000, 3)); raises ValueError if malformed."""
-    ms, _, seq = entry_id.partition("-")
-    if not ms.isdigit() or not seq.isdigit() or len(entry_id) > 40:
-        raise ValueError(f"not a log id: {entry_id!r}")
-    return int(ms), int(seq)
 
 
 class Bus(abc.ABC):
@@ -105,14 +74,17 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def append_in_order(
         self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
-        closes: bool = False, members: Sequence[int] = (),
+        closes: bool = False, members: Sequence[int] = (), alone: bool = False,
     ) -> str | None:
         """Append a chat's event number ``seq`` once the chat's head is ``prev``; None when held back.
 
         ``closes`` ends the chat (a deleted conversation): its viewers are
         dropped (a count of 0 is announced to ``members`` and them just
         before the last entry, the delete)
-        and nothing of it is appended afterwards.
+        and nothing of it is appended afterwards. An unknown head (Redis
+        lost it) holds the event back too, for the gap filler, unless the
+        appending process is ``alone``: its own appends are in commit order
+        already, and an older one that is late is covered by the resync.
         """
 
     @abc.abstractmethod
@@ -156,6 +128,10 @@ class Bus(abc.ABC):
         """Keep what a socket listened to, for a resume (expires after ``ttl_secs``)."""
 
     @abc.abstractmethod
+    async def save_sockets(self, records: Mapping[str, dict[str, Any]], ttl_secs: float) -> None:
+        """``save_socket`` for many sockets at once (one round trip)."""
+
+    @abc.abstractmethod
     async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
         """Mark a socket's record closed after ``entry_id`` (its last possible frame); it expires after ``ttl_secs``.
 
@@ -195,6 +171,10 @@ class Bus(abc.ABC):
         """Publish the settings every process must share; return those a live process has otherwise."""
         return []
 
+    async def next_beat(self, secs: float) -> None:
+        """Wait until the next heartbeat is due: ``secs``, or sooner once the shared state answers again."""
+        await asyncio.sleep(secs)
+
     async def close(self) -> None:
         """Stop reading and release connections."""
 
@@ -223,7 +203,7 @@ class MemoryBus(Bus):
         self._buckets: dict[int, tuple[float, float]] = {}
 
     async def start(self, apply: Callable[[EntryBatch], None]) -> str:
-        started = self._add([Entry(STARTED, {"p": self.process_id})])
+        started = self._add([process_started(self.process_id)])
         self._apply = apply
         return started
 
@@ -259,7 +239,7 @@ class MemoryBus(Bus):
 
     async def append_in_order(
         self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
-        closes: bool = False, members: Sequence[int] = (),
+        closes: bool = False, members: Sequence[int] = (), alone: bool = True,
     ) -> str | None:
         if chain in self._heads and self._heads[chain] is None:
             return ""  # closed: the conversation is gone
@@ -282,7 +262,7 @@ class MemoryBus(Bus):
                 conversation_id = int(chain)
                 viewers = self._viewers.pop(conversation_id, {})
                 if viewers:  # the count of 0 goes just before the last entry (the delete)
-                    entries = [*entries[:-1], Entry(VIEWERS, {"c": conversation_id, "n": 0, "m": members}), entries[-1]]
+                    entries = [*entries[:-1], viewer_count(conversation_id, 0, members), entries[-1]]
             last = self._add(entries) or last
             if closes:
                 self._heads[chain] = None
@@ -338,14 +318,10 @@ class MemoryBus(Bus):
             del self._viewers[conversation_id]
         if not changed:
             return ""
-        meta: dict[str, Any] = {
-            "op": "view" if viewing else "unview", "c": conversation_id, "u": user_id, "s": changed, "p": self.process_id
-        }
-        if closed:
-            meta["closed"] = True
-        entries = [Entry(SUBSCRIPTION, meta)]
+        entries = [subscription("view" if viewing else "unview", user_id, changed, conversation_id, self.process_id,
+                                closed)]
         if after != before:
-            entries.append(Entry(VIEWERS, {"c": conversation_id, "n": after, "m": list(members)}))
+            entries.append(viewer_count(conversation_id, after, members))
         return self._add(entries)
 
     async def viewer_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
@@ -354,6 +330,10 @@ class MemoryBus(Bus):
     async def save_socket(self, socket_id: str, record: dict[str, Any], ttl_secs: float) -> None:
         ended = self._sockets.get(socket_id, ({}, 0.0))[0].get("e")
         self._sockets[socket_id] = ({**record, "e": ended} if ended else dict(record), time.monotonic() + ttl_secs)
+
+    async def save_sockets(self, records: Mapping[str, dict[str, Any]], ttl_secs: float) -> None:
+        for socket_id, record in records.items():
+            await self.save_socket(socket_id, record, ttl_secs)
 
     async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
         record = self._sockets.get(socket_id, ({}, 0.0))[0]
@@ -435,15 +415,24 @@ local function entries_from(first)
 end
 """ % {"head_ttl": HEAD_TTL_SECS}
 
-# KEYS: log, head, held, viewers. ARGV: prev, seq, last message id, closes, minid, members (JSON), chat, entries…
-_APPEND_IN_ORDER_LUA = _LUA_HELPERS + """
+# A chat's head and held events are keyed by the epoch the appending process
+# believes in; a process that has not noticed yet that Redis lost the log
+# (or whose epoch is stale) gets 'epoch' back, learns the new one and appends
+# again, so every process orders a chat's events by the same head.
+_EPOCH_CHECK = """
+if redis.call('GET', KEYS[5]) ~= ARGV[EPOCH_ARG] then return {'epoch', ''} end
+"""
+
+# KEYS: log, head, held, viewers, epoch. ARGV: prev, seq, last message id, closes, minid, members (JSON), chat,
+# alone (1/0: an unknown head is no gap), epoch, entries…
+_APPEND_IN_ORDER_LUA = _LUA_HELPERS + _EPOCH_CHECK.replace("EPOCH_ARG", "9") + """
 local head = redis.call('GET', KEYS[2])
 if head == 'x' then return {'closed', ''} end
 local prev, seq = tonumber(ARGV[1]), tonumber(ARGV[2])
 local head_seq = nil
 if head then head_seq = tonumber(string.match(head, '^(%d+)')) end
-local entries = entries_from(8)
-if (head_seq == nil and prev == 0) or head_seq == prev then
+local entries = entries_from(10)
+if (head_seq == nil and (prev == 0 or ARGV[8] == '1')) or head_seq == prev then
   return {'ok', run(KEYS[1], ARGV[5], KEYS[2], KEYS[3], KEYS[4], seq, ARGV[3], ARGV[4], entries, ARGV[6], ARGV[7]) or ''}
 end
 if head_seq ~= nil and head_seq >= seq then return {'dup', ''} end
@@ -452,18 +441,19 @@ redis.call('EXPIRE', KEYS[3], %(held_ttl)d)
 return {'held', ''}
 """.replace("%(held_ttl)d", str(HELD_TTL_SECS))
 
-# KEYS: log, head, held, viewers. ARGV: seq, last message id, minid, chat, entries…
-_FILL_GAP_LUA = _LUA_HELPERS + """
+# KEYS: log, head, held, viewers, epoch. ARGV: seq, last message id, minid, chat, epoch, entries…
+_FILL_GAP_LUA = _LUA_HELPERS + _EPOCH_CHECK.replace("EPOCH_ARG", "5") + """
 local head = redis.call('GET', KEYS[2])
 if head == 'x' then return {'closed', ''} end
 local head_seq = nil
 if head then head_seq = tonumber(string.match(head, '^(%d+)')) end
 if head_seq ~= nil and head_seq >= tonumber(ARGV[1]) then return {'dup', ''} end
-return {'ok', run(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[1]), ARGV[2], '0', entries_from(5), '[]', ARGV[4]) or ''}
+return {'ok', run(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[1]), ARGV[2], '0', entries_from(6), '[]', ARGV[4]) or ''}
 """
 
 # KEYS: log, viewers (socket → user), head of the conversation, the prefix of the views each process's
-# sockets hold (a socket id starts with its process's id: OWNER_CHARS characters).
+# sockets hold (a socket id starts with its process's id: OWNER_CHARS characters). The views keys are
+# built here, not declared: a cluster allows that because they are in the slot of the others ({bus}).
 # ARGV: conversation, user, viewing (1/0), minid, members (JSON), closed (1/0: the sockets closed), process, sockets…
 _CHANGE_VIEWERS_LUA = """
 if redis.call('GET', KEYS[3]) == 'x' then return 0 end
@@ -553,17 +543,22 @@ def _decode(fields: Mapping[bytes, bytes]) -> Entry:
 
 
 class RedisBus(Bus):
-    """The log is a Redis stream; every process reads it with a blocking XREAD on its own connection."""
+    """The log is a Redis stream; every process reads it with a blocking XREAD on its own connection.
+
+    On a Redis Cluster the log and every key its scripts touch with it share
+    one hash slot (``{bus}``, storage/redis_keys.py).
+    """
 
     def __init__(self, url: str, prefix: str, window_secs: float, timeout_secs: float = 1.0) -> None:
         self.process_id = secrets.token_hex(PROCESS_ID_CHARS // 2)
         self.epoch = ""
-        self.prefix = prefix
+        self.prefix = checked_prefix(prefix)
         self.window_secs = window_secs
         self.client = bounded_client(url, timeout_secs)
         # The reader blocks on its own connection, never on the pool's.
         self.reader = dedicated_client(url, READ_BLOCK_MS / 1000 + timeout_secs, timeout_secs)
-        self.log_key = f"{prefix}log"
+        self.log_key = self._bus_key("log")
+        self.epoch_key = self._bus_key("epoch")
         self._append_in_order = self.client.register_script(_APPEND_IN_ORDER_LUA)
         self._fill_gap = self.client.register_script(_FILL_GAP_LUA)
         self._change_viewers = self.client.register_script(_CHANGE_VIEWERS_LUA)
@@ -571,23 +566,31 @@ class RedisBus(Bus):
         self._epoch = self.client.register_script(_EPOCH_LUA)
         self._reading: asyncio.Task[None] | None = None
         self._stopping = False
-        self._beaten = False
+        self._lost = False  # the epoch changed since the last beat (Redis lost the log)
+        self._generation = -1  # the client's connection generation when the epoch was last synced
         self._last_read = "0-0"
+        self._answering_again = asyncio.Event()  # the reader got through after failing
 
     # Keys. A chat's head and held events are per epoch: after Redis lost its
     # data, old heads would hold back events that can never be released.
+    # The scripts touch the log, heads, held events, viewers and the views of
+    # processes in one step: all of them are in the bus's slot.
+
+    def _bus_key(self, name: str) -> str:
+        return slot_key(self.prefix, BUS_TAG, name)
 
     def _head_key(self, chain: str) -> str:
-        return f"{self.prefix}head:{self.epoch}:{chain}"
+        return self._bus_key(f"head:{self.epoch}:{chain}")
 
     def _held_key(self, chain: str) -> str:
-        return f"{self.prefix}held:{self.epoch}:{chain}"
+        return self._bus_key(f"held:{self.epoch}:{chain}")
 
     def _viewers_key(self, conversation_id: int | str) -> str:
-        return f"{self.prefix}viewers:{conversation_id}"
+        return self._bus_key(f"viewers:{conversation_id}")
 
     def _views_key(self, process_id: str) -> str:
-        return f"{self.prefix}procviews:{process_id}"
+        # _CHANGE_VIEWERS_LUA builds these from _views_key("") and a socket's owner.
+        return self._bus_key(f"procviews:{process_id}")
 
     def _socket_key(self, socket_id: str) -> str:
         return f"{self.prefix}socket:{socket_id}"
@@ -595,20 +598,37 @@ class RedisBus(Bus):
     def _min_id(self) -> str:
         return str(int((time.time() - self.window_secs - 60) * 1000))
 
-    async def _sync_epoch(self) -> str:
-        """The epoch every process shares, renewed when Redis lost the log (see _EPOCH_LUA)."""
-        info = await self.client.info("server")
+    async def _sync_epoch(self) -> None:
+        """Learn the epoch every process shares, renewed when Redis lost the log (see _EPOCH_LUA)."""
+        generation = connection_generation()
+        # The run id of the server that holds the log: on a cluster, the log's master.
+        info = await server_info(self.client, self.epoch_key, "server")
         run = str(info["run_id"])[:RUN_ID_CHARS]
-        return (await self._epoch(keys=[f"{self.prefix}epoch"], args=[run, run + secrets.token_hex(3)])).decode()
+        epoch = (await self._epoch(keys=[self.epoch_key], args=[run, run + secrets.token_hex(3)])).decode()
+        if self.epoch and epoch != self.epoch:
+            self._lost = True
+        self.epoch, self._generation = epoch, generation
+
+    async def _in_epoch(self, script, keys: Callable[[], list[str]], args: Callable[[], list[Any]]) -> tuple[bytes, bytes]:
+        """Run a chat's script in the current epoch: learnt again first after a reconnect, and when the
+        script says this process's is stale."""
+        if self._generation != connection_generation():
+            await self._sync_epoch()  # Redis closed our connections: it may have restarted from a snapshot
+        outcome, last = await script(keys=keys(), args=args())
+        if outcome == b"epoch":
+            await self._sync_epoch()
+            outcome, last = await script(keys=keys(), args=args())
+        return outcome, last
 
     async def start(self, apply: Callable[[EntryBatch], None]) -> str:
-        self.epoch = await self._sync_epoch()
-        self._last_read = await self.append([Entry(STARTED, {"p": self.process_id})])
+        await self._sync_epoch()
+        self._last_read = await self.append([process_started(self.process_id)])
         await self.beat()
         self._reading = asyncio.ensure_future(self._read_forever(apply))
         return self._last_read
 
     async def _read_forever(self, apply: Callable[[EntryBatch], None]) -> None:
+        failing = False
         while not self._stopping:
             try:
                 reply = await self.reader.xread({self.log_key: self._last_read}, count=READ_COUNT, block=READ_BLOCK_MS)
@@ -616,8 +636,12 @@ class RedisBus(Bus):
                 raise
             except Exception as error:
                 log.warning("reading the event log failed (%s); retrying", error)
+                failing = True
                 await asyncio.sleep(0.5)
                 continue
+            if failing:
+                failing = False
+                self._answering_again.set()  # beat now: Redis may have come back without the log
             if not reply:
                 continue
             batch = [(entry_id.decode(), _decode(fields)) for entry_id, fields in reply[0][1]]
@@ -645,19 +669,23 @@ class RedisBus(Bus):
 
     async def append_in_order(
         self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
-        closes: bool = False, members: Sequence[int] = (),
+        closes: bool = False, members: Sequence[int] = (), alone: bool = False,
     ) -> str | None:
-        outcome, last = await self._append_in_order(
-            keys=[self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain)],
-            args=[prev, seq, last_message_id, "1" if closes else "0", self._min_id(), json.dumps(list(members)),
-                  chain, *self._flatten(entries)],
+        outcome, last = await self._in_epoch(
+            self._append_in_order,
+            lambda: [self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain),
+                     self.epoch_key],
+            lambda: [prev, seq, last_message_id, "1" if closes else "0", self._min_id(), json.dumps(list(members)),
+                     chain, "1" if alone else "0", self.epoch, *self._flatten(entries)],
         )
         return None if outcome == b"held" else last.decode()
 
     async def fill_gap(self, chain: str, seq: int, last_message_id: int, entries: Sequence[Entry]) -> str | None:
-        _, last = await self._fill_gap(
-            keys=[self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain)],
-            args=[seq, last_message_id, self._min_id(), chain, *self._flatten(entries)],
+        _, last = await self._in_epoch(
+            self._fill_gap,
+            lambda: [self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain),
+                     self.epoch_key],
+            lambda: [seq, last_message_id, self._min_id(), chain, self.epoch, *self._flatten(entries)],
         )
         return last.decode()
 
@@ -719,6 +747,14 @@ class RedisBus(Bus):
             pipe.expire(key, max(1, int(ttl_secs)))
             await pipe.execute()
 
+    async def save_sockets(self, records: Mapping[str, dict[str, Any]], ttl_secs: float) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for socket_id, record in records.items():
+                key = self._socket_key(socket_id)
+                pipe.hset(key, "r", json.dumps(record))
+                pipe.expire(key, max(1, int(ttl_secs)))
+            await pipe.execute()
+
     async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
         key = self._socket_key(socket_id)
         async with self.client.pipeline(transaction=False) as pipe:
@@ -752,10 +788,8 @@ class RedisBus(Bus):
             pipe.zadd(key, {self.process_id: now})
             pipe.zrange(key, 0, -1, withscores=True)
             _, processes = await pipe.execute()
-        epoch = await self._sync_epoch()
-        lost = self._beaten and epoch != self.epoch
-        self.epoch = epoch
-        self._beaten = True
+        await self._sync_epoch()
+        lost, self._lost = self._lost, False
         live = dead = 0
         dead_ids = []
         for process_id, beaten in processes:
@@ -796,6 +830,13 @@ class RedisBus(Bus):
         await self.client.hset(key, mapping=dict(settings))
         return []
 
+    async def next_beat(self, secs: float) -> None:
+        try:
+            await asyncio.wait_for(self._answering_again.wait(), secs)
+        except asyncio.TimeoutError:
+            pass
+        self._answering_again.clear()
+
     async def leave(self) -> None:
         """Say this process is gone (a clean shutdown), so nobody waits for it to time out."""
         await self.client.zrem(f"{self.prefix}procs", self.process_id)
@@ -806,7 +847,7 @@ class RedisBus(Bus):
         self._stopping = True
         try:
             await self.leave()
-            await self.append([Entry(STOPPED, {"p": self.process_id})])
+            await self.append([process_stopped(self.process_id)])
         except Exception:
             pass
         if self._reading is not None:

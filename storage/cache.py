@@ -20,10 +20,14 @@ Two implementations with one interface: :class:`RedisCache` and
 from __future__ import annotations
 
 import abc
+import asyncio
 from typing import Iterable, Mapping, Sequence
+
+from redis.asyncio.cluster import RedisCluster
 
 from storage.records import UnreadCounts
 from storage.redis_client import bounded_client
+from storage.redis_keys import checked_prefix, slot_key
 
 # Socket-id sets expire unless refreshed; the server refreshes them every
 # SOCKET_REFRESH_SECS, so ids left by a crashed process vanish within a minute.
@@ -183,28 +187,34 @@ return 1
 
 
 class RedisCache(Cache):
-    """Redis cache (``redis.asyncio``); every key starts with ``prefix``."""
+    """Redis cache (``redis.asyncio``); every key starts with ``prefix``.
+
+    A user's socket ids and a conversation's counters are each in their
+    owner's hash slot (storage/redis_keys.py): on a Redis Cluster they spread
+    over the nodes, and no call needs two of them in one slot.
+    """
 
     def __init__(self, url: str, prefix: str, process_id: str = "", timeout_secs: float = 1.0) -> None:
         # A bounded pool that makes a burst of requests wait for a connection
         # instead of failing ("Too many connections") or opening hundreds,
         # and a bounded wait for a Redis that does not answer.
+        self.prefix = checked_prefix(prefix)
         self.client = bounded_client(url, timeout_secs, decode_responses=True)
-        self.prefix = prefix
+        self.on_cluster = isinstance(self.client, RedisCluster)
         # Each process also lists the socket ids it wrote, so that the
         # survivors can remove them at once if it dies (server/hub.py).
         self.process_key = f"{prefix}procsockets:{process_id}"
         self._unread_apply = self.client.register_script(_UNREAD_APPLY_LUA)
         self._unread_prime = self.client.register_script(_UNREAD_PRIME_LUA)
 
-    def _sockets_key(self, user_id: int) -> str:
-        return f"{self.prefix}sockets:{user_id}"
+    def sockets_key(self, user_id: int) -> str:
+        return slot_key(self.prefix, f"user:{user_id}", "sockets")
 
-    def _unread_key(self, conversation_id: int) -> str:
-        return f"{self.prefix}unread:{conversation_id}"
+    def unread_key(self, conversation_id: int) -> str:
+        return slot_key(self.prefix, f"conversation:{conversation_id}", "unread")
 
     async def add_socket(self, user_id: int, socket_id: str) -> None:
-        key = self._sockets_key(user_id)
+        key = self.sockets_key(user_id)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.sadd(key, socket_id).expire(key, SOCKET_TTL_SECS)
             pipe.sadd(self.process_key, f"{user_id}:{socket_id}").expire(self.process_key, SOCKET_TTL_SECS)
@@ -213,17 +223,17 @@ class RedisCache(Cache):
     async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for user_id, socket_id in sockets:
-                pipe.srem(self._sockets_key(user_id), socket_id)
+                pipe.srem(self.sockets_key(user_id), socket_id)
                 pipe.srem(self.process_key, f"{user_id}:{socket_id}")
             await pipe.execute()
 
     async def sockets_of(self, user_id: int) -> set[str]:
-        return set(await self.client.smembers(self._sockets_key(user_id)))
+        return set(await self.client.smembers(self.sockets_key(user_id)))
 
     async def refresh_sockets(self, sockets_by_user: Mapping[int, Iterable[str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for user_id, socket_ids in sockets_by_user.items():
-                key = self._sockets_key(user_id)
+                key = self.sockets_key(user_id)
                 pipe.sadd(key, *socket_ids).expire(key, SOCKET_TTL_SECS)
                 pipe.sadd(self.process_key, *(f"{user_id}:{s}" for s in socket_ids))
             pipe.expire(self.process_key, SOCKET_TTL_SECS)
@@ -235,7 +245,7 @@ class RedisCache(Cache):
         async with self.client.pipeline(transaction=False) as pipe:
             for member in members:
                 user_id, _, socket_id = member.partition(":")
-                pipe.srem(self._sockets_key(int(user_id)), socket_id)
+                pipe.srem(self.sockets_key(int(user_id)), socket_id)
             pipe.delete(key)
             await pipe.execute()
 
@@ -248,15 +258,15 @@ class RedisCache(Cache):
             for user_id, count in counters.items():
                 args += (user_id, count)
         args += list(remove)
-        await self._unread_apply(keys=[self._unread_key(conversation_id)], args=args)
+        await self._unread_apply(keys=[self.unread_key(conversation_id)], args=args)
 
     async def unread_drop(self, conversation_id: int) -> None:
-        await self.client.delete(self._unread_key(conversation_id))
+        await self.client.delete(self.unread_key(conversation_id))
 
     async def unread_get(self, versions: Mapping[int, int], user_id: int) -> dict[int, int | None]:
         async with self.client.pipeline(transaction=False) as pipe:
             for conversation_id in versions:
-                pipe.hmget(self._unread_key(conversation_id), VERSION_FIELD, str(user_id))
+                pipe.hmget(self.unread_key(conversation_id), VERSION_FIELD, str(user_id))
             values = await pipe.execute()
         result: dict[int, int | None] = {}
         for (conversation_id, version), (cached_version, count) in zip(versions.items(), values):
@@ -265,16 +275,33 @@ class RedisCache(Cache):
         return result
 
     async def unread_prime(self, counts: Mapping[int, UnreadCounts]) -> None:
+        calls = []
+        for conversation_id, rebuilt in counts.items():
+            args: list[int] = [rebuilt.version, UNREAD_TTL_SECS]
+            for user_id, count in rebuilt.counts.items():
+                args += (user_id, count)
+            calls.append(([self.unread_key(conversation_id)], args))
+        if self.on_cluster:
+            # Each conversation's hash is in a slot of its own, and a cluster
+            # pipeline cannot load a script a node lacks: one call each, at once
+            # (all of them waited for, so that none fails unheard).
+            outcomes = await asyncio.gather(
+                *(self._unread_prime(keys=keys, args=args) for keys, args in calls), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return
         async with self.client.pipeline(transaction=False) as pipe:
-            for conversation_id, rebuilt in counts.items():
-                args: list[int] = [rebuilt.version, UNREAD_TTL_SECS]
-                for user_id, count in rebuilt.counts.items():
-                    args += (user_id, count)
-                await self._unread_prime(keys=[self._unread_key(conversation_id)], args=args, client=pipe)
+            for keys, args in calls:
+                await self._unread_prime(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
     async def ping(self) -> None:
-        await self.client.ping()
+        if self.on_cluster:
+            await self.client.ping(target_nodes=RedisCluster.PRIMARIES)  # the keys are spread over all of them
+        else:
+            await self.client.ping()
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -235,11 +235,3 @@ class ConversationStore(DatabaseEngine):
         if not rows and must_exist:
             raise ConversationMissing()
         return [user_id for _, user_id in rows if user_id is not None]
-
-    @bounded
-    async def user_conversation_ids(self, user_id: int) -> list[int]:
-        """The conversations the user is a member of."""
-        async with self._read() as session:
-            return list(
-                (await session.scalars(select(Member.conversation_id).where(Member.user_id == user_id))).all()
-            )

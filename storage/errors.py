@@ -49,10 +49,22 @@ MYSQL_UNAVAILABLE_CODES = {1040, 2002, 2003, 2006, 2013}
 SQLITE_UNAVAILABLE_MESSAGES = ("unable to open database", "database is locked", "disk i/o error")
 
 
+def _is_cluster_unavailable(error: BaseException) -> bool:
+    """A Redis Cluster that is failing over or resharding, or none of whose nodes answers."""
+    if isinstance(error, (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+                          redis.exceptions.SlotNotCoveredError)):
+        return True
+    # The cluster client wraps "no seed node answered" around the connection error.
+    return isinstance(error, redis.exceptions.RedisClusterException) and isinstance(
+        error.__cause__, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
+
+
 def is_storage_unavailable(error: BaseException) -> bool:
     """Whether an error means the database or cache is unreachable, not a bug of ours."""
     if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                           sqlalchemy.exc.TimeoutError, ConnectionError, StorageTimeout)):
+        return True
+    if _is_cluster_unavailable(error):
         return True
     if isinstance(error, sqlalchemy.exc.DBAPIError):
         if error.connection_invalidated:

@@ -4,7 +4,10 @@ Every test runs three times: on MySQL/MariaDB + Redis (``mysql``), on the
 embedded SQLite + in-process cache (``embedded``), and on two processes
 that share one MySQL database and one Redis prefix (``two-processes``):
 every user's WebSockets open on the first and every HTTP call goes to the
-second, so each rule of the contract is checked across processes.
+second, so each rule of the contract is checked across processes. The two
+share a Redis Cluster (``redis_cluster``: three masters the session starts on
+free ports), so those rules also hold with the cache spread over nodes;
+``mysql`` uses the shared Redis.
 ``CHAT_TEST_BACKENDS`` picks a subset. The MySQL database and the SQLite file are created for the
 session and emptied before each test; every test gets its own Redis key
 prefix, deleted afterwards, so parallel runs never meet.
@@ -22,7 +25,6 @@ from typing import Iterator
 
 import pymysql
 import pytest
-import redis as redis_sync
 import uvloop
 from sqlalchemy.engine import make_url
 
@@ -30,7 +32,9 @@ from server.app import ChatServer
 from server.settings import Settings
 from storage.models import Base
 from tests.helpers import ServerUnderTest
+from tests.outages import RedisClusterInstance
 from tests.processes import Deployment
+from tests.redis_access import delete_prefix
 
 MYSQL_URL = os.environ.get("CHAT_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306")
 REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -94,6 +98,18 @@ def data_dir() -> Iterator[Path]:
         yield Path(directory)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterInstance]:
+    """A private Redis Cluster for the session: three masters on free loopback ports, stopped at the end."""
+    try:
+        cluster = RedisClusterInstance(tmp_path_factory.mktemp("redis-cluster"))
+    except FileNotFoundError as missing:
+        pytest.fail(f"the two-processes topology runs on a Redis Cluster of its own, which needs redis-server and "
+                    f"redis-cli: {missing} (Debian: apt-get install redis-server redis-tools)", pytrace=False)
+    with cluster:
+        yield cluster
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -107,18 +123,16 @@ def server_settings(request: pytest.FixtureRequest, backend: str, data_dir: Path
     # No send rate limit unless a test asks for one: many tests send in bursts.
     values = dict(host="127.0.0.1", port=0, vk_secret=TEST_SECRET, data_dir=str(data_dir), max_members=100,
                   send_rate_limit=0)
+    redis_url = ""
     if backend in ("mysql", "two-processes"):
+        redis_url = request.getfixturevalue("redis_cluster").url if backend == "two-processes" else REDIS_URL
         values.update(
-            database_url=request.getfixturevalue("mysql_database_url"), redis_url=REDIS_URL, redis_prefix=prefix
+            database_url=request.getfixturevalue("mysql_database_url"), redis_url=redis_url, redis_prefix=prefix
         )
     values.update(options)
     yield Settings(**values)
-    if backend in ("mysql", "two-processes"):
-        client = redis_sync.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+    if redis_url:
+        delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture
@@ -159,14 +173,22 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture
 def deployment(io_loop, request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Deployment]:
+    """run.py processes on the shared Redis."""
+    yield from _deployment(request, tmp_path, database_url, REDIS_URL)
+
+
+@pytest.fixture
+def cluster_deployment(io_loop, request: pytest.FixtureRequest, tmp_path: Path, database_url: str,
+                       redis_cluster: RedisClusterInstance) -> Iterator[Deployment]:
+    """run.py processes on the session's Redis Cluster."""
+    yield from _deployment(request, tmp_path, database_url, redis_cluster.url)
+
+
+def _deployment(request: pytest.FixtureRequest, tmp_path: Path, database_url: str, redis_url: str) -> Iterator[Deployment]:
     marker = request.node.get_closest_marker("deployment")
     prefix = f"chattest:{uuid.uuid4().hex}:"
-    built = Deployment(tmp_path, database_url, REDIS_URL, prefix, TEST_SECRET, **(marker.kwargs if marker else {}))
+    built = Deployment(tmp_path, database_url, redis_url, prefix, TEST_SECRET, **(marker.kwargs if marker else {}))
     yield built
     for process in built.processes:
         process.close()
-    client = redis_sync.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_prefix(redis_url, prefix)

@@ -14,6 +14,9 @@ on a free port with its own data directory instead::
         redis_server.kill()
         redis_server.start()
 
+    with RedisClusterInstance(tmp_path / "cluster") as cluster:
+        cluster.url                              # redis+cluster://127.0.0.1:p1,...
+
 A database outage can also be played without a private server, by a
 :class:`TcpProxy` in front of the shared one that the test cuts or makes hang.
 
@@ -247,6 +250,95 @@ class RedisInstance(ServerProcess):
 
     def forget_snapshot(self) -> None:
         (self.directory / "dump.rdb").unlink(missing_ok=True)
+
+
+class RedisClusterNode(RedisInstance):
+    """One master of a :class:`RedisClusterInstance`; its cluster state goes to ``nodes-<port>.conf``.
+
+    The nodes talk to each other on a port of their own (by default the
+    client port + 10000, which may be taken or past 65535): a free one too
+    (``--cluster-port``, Redis 7).
+    """
+
+    name = "redis-cluster-node"
+
+    def __init__(self, directory: Path, config_dir: Path) -> None:
+        super().__init__(directory)
+        self.bus_port = free_port()
+        self.config_file = Path(config_dir) / f"nodes-{self.port}.conf"
+
+    def command(self) -> list[str]:
+        return [
+            _binary("redis-server"), "--cluster-enabled", "yes", "--cluster-config-file", str(self.config_file),
+            "--port", str(self.port), "--cluster-port", str(self.bus_port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no",
+            "--protected-mode", "no",
+        ]
+
+
+class RedisClusterInstance:
+    """A private Redis Cluster: three masters on free loopback ports, no replicas.
+
+    ``start()`` starts the three ``redis-server --cluster-enabled yes``, joins
+    them with ``redis-cli --cluster create`` (the slots split in three) and
+    returns once every node says ``cluster_state:ok``; ``close()`` kills only
+    these three processes.
+    """
+
+    NODES = 3
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _binary("redis-server")  # FileNotFoundError now rather than at start()
+        self.redis_cli = _binary("redis-cli")
+        self.nodes = [RedisClusterNode(self.directory / f"node-{i}", self.directory) for i in range(self.NODES)]
+
+    @property
+    def url(self) -> str:
+        """The seed nodes, as ``CHAT_REDIS_URL`` takes them."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def client(self) -> redis_sync.RedisCluster:
+        return redis_sync.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
+
+    def cli(self, *args: str, port: int | None = None) -> str:
+        """``redis-cli`` against a node (the first by default); its output."""
+        done = subprocess.run(
+            [self.redis_cli, "-h", "127.0.0.1", "-p", str(port or self.nodes[0].port), *args],
+            capture_output=True, text=True, timeout=START_TIMEOUT_SECS,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        self.cli("--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                 "--cluster-replicas", "0", "--cluster-yes")
+        # `--cluster create` returns once the nodes agree on the configuration;
+        # each node may still need a moment to call the cluster ok.
+        deadline = time.monotonic() + START_TIMEOUT_SECS
+        while not all("cluster_state:ok" in self.cli("cluster", "info", port=node.port) for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the cluster in {self.directory} never reached cluster_state:ok")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> "RedisClusterInstance":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 class TcpProxy:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import redis.asyncio
-
-from tests.conftest import REDIS_URL
 from tests.helpers import ServerUnderTest
+from tests.redis_access import delete_matching
 
 pytestmark = pytest.mark.gen_test
 
@@ -235,13 +233,9 @@ async def _lose_cache(server: ServerUnderTest) -> None:
     (It also loses the event log, which closes every socket: test_resume.py.)
     """
     if server.backend == "mysql":
-        client = redis.asyncio.from_url(REDIS_URL)
-        prefix = server.cache.prefix
-        keys = [key async for key in client.scan_iter(match=prefix + "unread:*")]
-        keys += [key async for key in client.scan_iter(match=prefix + "sockets:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+        url, prefix = server.chat_server.settings.redis_url, server.cache.prefix
+        await delete_matching(url, prefix + "{conversation:*}:unread")
+        await delete_matching(url, prefix + "{user:*}:sockets")
     else:
         server.cache.clear()
     # The periodic refresh writes the live sockets' ids again (run here rather than waited for).

@@ -8,13 +8,14 @@ embedded backend, and two processes (sockets on one, HTTP on the other).
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
-import redis.asyncio
 
+from server import wire
 from server.app import ChatServer
-from tests.conftest import REDIS_URL
 from tests.helpers import ServerUnderTest, User, close_and_wait, eventually
+from tests.redis_access import async_client, delete_matching
 
 pytestmark = pytest.mark.gen_test
 
@@ -225,10 +226,10 @@ async def test_a_trimmed_log_fails_instead_of_skipping(server: ServerUnderTest):
 async def _trim_log(server: ServerUnderTest) -> None:
     """Drop every entry of the log, and of each process's memory of recent entries, as trimming by age would."""
     for chat_server in {server.chat_server, server.http_chat_server}:
-        chat_server.hub._recent.clear()
+        chat_server.hub.recent.clear()
     bus = server.chat_server.bus
     if server.backend == "mysql":
-        client = redis.asyncio.from_url(REDIS_URL)
+        client = async_client(server.chat_server.settings.redis_url)
         await client.xtrim(bus.log_key, maxlen=0)
         await client.aclose()
     else:
@@ -238,8 +239,8 @@ async def _trim_log(server: ServerUnderTest) -> None:
 
 # Redis only: the embedded log lives in the process (the restart test below covers its loss).
 @pytest.mark.parametrize("backend", ["mysql", "two-processes"])
-async def test_redis_losing_its_data_closes_sockets_and_fails_resumes(server: ServerUnderTest):
-    """A flushed Redis lost the log: sockets close (1012) and their resumes fail, so clients refetch."""
+async def test_redis_losing_its_data_resyncs_sockets_and_fails_old_resumes(server: ServerUnderTest):
+    """A flushed Redis lost the log: open sockets stay open and get one resync; old positions fail."""
     alice, alice_socket = await server.connected_user(1)
     bob, bob_socket = await server.connected_user(2)
     conversation_id = await alice.create("flushed")
@@ -248,21 +249,20 @@ async def test_redis_losing_its_data_closes_sockets_and_fails_resumes(server: Se
     position = bob_socket.position
     await close_and_wait(server, bob_socket)
     await alice.send("before the flush", conversation_id)
-    client = redis.asyncio.from_url(REDIS_URL)
-    keys = [key async for key in client.scan_iter(match=server.chat_server.settings.redis_prefix + "*")]
-    await client.delete(*keys)
-    await client.aclose()
-    for _ in range(2):  # each process's next heartbeat notices the loss; the one after sees the others again
-        for chat_server in {server.chat_server, server.http_chat_server}:
-            await chat_server.hub.beat()
-    assert await alice_socket.wait_closed() == 1012
+    await alice_socket.drain()
+    settings = server.chat_server.settings
+    await delete_matching(settings.redis_url, settings.redis_prefix + "*")
+    for chat_server in {server.chat_server, server.http_chat_server}:
+        await chat_server.hub.beat()  # each process's next heartbeat notices the loss (run rather than waited for)
+    assert await alice_socket.drain() == [json.loads(wire.RESYNC)]
 
     socket, first = await bob.resume(position)
     assert first["event"] == "resume_failed"
     assert "history lost" in first["data"]["reason"]
-    await alice.connect()
     await alice.send("after the flush", conversation_id)
     assert texts(await socket.drain()) == ["after the flush"]
+    assert texts(await alice_socket.drain()) == ["after the flush"]
+    assert alice_socket.close_code is None
 
 
 async def test_resume_after_the_process_restarts(server: ServerUnderTest):

@@ -281,7 +281,7 @@ async def test_closed_socket_leaves_every_room(server: ServerUnderTest):
 
     await close_and_wait(server, first)
     assert await alice_socket.drain() == [viewers_change(viewed, 0)]
-    assert first.socket_id not in server.registry.audience(viewed)
+    assert first.socket_id not in server.registry.conversation_audience(viewed, [])
     assert server.registry.size()["global"] == 0
     assert first.socket_id not in await server.cache.sockets_of(2)
     # The other tab still belongs to the member room.
@@ -293,11 +293,11 @@ async def test_closed_socket_leaves_every_room(server: ServerUnderTest):
     await eventually(lambda: _no_socket_cached(server, 2))
     response = await bob.get("/v1/messages/get?chat=0")
     assert (response.status, response.error_code) == (428, 4)
-    assert second.socket_id not in server.registry.audience(member_of)
-    # Only Alice is left: her socket, her profile and her two rooms.
+    assert second.socket_id not in server.registry.conversation_audience(member_of, [2])
+    # Only Alice is left: her socket and her profile.
     assert server.registry.size() == {
         "sockets": 1, "users": 1, "profiles": 1, "global": 0,
-        "user_rooms": 1, "room_users": 2, "viewers": 0, "socket_views": 0,
+        "viewers": 0, "socket_views": 0,
     }
     await alice.send("nobody else", member_of)
     await alice_socket.expect("new_message")

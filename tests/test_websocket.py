@@ -11,10 +11,9 @@ import struct
 
 from prometheus_client import REGISTRY
 import pytest
-import redis.asyncio
 
-from tests.conftest import REDIS_URL
 from tests.helpers import ServerUnderTest, close_and_wait, eventually
+from tests.redis_access import async_client
 
 pytestmark = pytest.mark.gen_test
 
@@ -76,8 +75,8 @@ async def test_lost_cache_does_not_disconnect_anyone(server: ServerUnderTest):
 async def test_socket_ids_in_the_cache_expire_unless_refreshed(server: ServerUnderTest):
     """Ids a crashed process left behind vanish on their own (the survivors also reap them: test_processes)."""
     alice, _ = await server.connected_user(1)
-    client = redis.asyncio.from_url(REDIS_URL)
-    ttl = await client.ttl(f"{server.cache.prefix}sockets:1")
+    client = async_client(server.chat_server.settings.redis_url)
+    ttl = await client.ttl(server.cache.sockets_key(1))
     await client.aclose()
     assert 0 < ttl <= 60
 

@@ -74,7 +74,8 @@ export async function devSignInAvailable() {
 /**
  * One user's connection to the server.
  *
- * Emits (via `on(name, fn)`): `connected` ({socket_id, user_id, resumed}),
+ * Emits (via `on(name, fn)`): `connected` ({socket_id, user_id, resumed}; also on a
+ * `resync` frame, with resumed: false, so the app refetches),
  * `disconnected`, `event` ({event, data}) for every server event, and
  * `authFailed` (the ApiError) when the server refuses the launch parameters.
  */
@@ -182,6 +183,14 @@ export class ChatClient {
         this.everConnected = true;
         this._resolveReady();
         this._emit('connected', { ...frame.data, resumed: frame.event === 'resumed' });
+        return;
+      }
+      if (frame.event === 'resync') {
+        // The server lost its event history (docs/API.md §3): the socket stays
+        // open, but what the app shows may be stale. Refetch as after a failed
+        // resume; later events follow on this socket.
+        if (frame.pos) this.position = frame.pos;
+        this._emit('connected', { socket_id: this.socketId, user_id: this.userId, resumed: false });
         return;
       }
       this._emit('event', frame);
