@@ -36,10 +36,12 @@ import asyncio
 import collections
 import dataclasses
 import json
+import math
 import os
 import random
 import resource
 import secrets
+import statistics
 import sys
 import time
 import urllib.parse
@@ -68,6 +70,7 @@ class Target:
     # every call crosses processes.
     more_urls: tuple[str, ...] = ()
     more_pids: tuple[int, ...] = ()
+    metrics_token: str | None = None  # CHAT_METRICS_TOKEN: /metrics on each process's API port (nproc)
 
     @property
     def ws_url(self) -> str:
@@ -797,6 +800,340 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         result["server_cpu_s"] = round(cpu - cpu_before, 2)
         result["server_cpu_ms_per_handshake"] = round((cpu - cpu_before) * 1000 / max(1, len(outcomes)), 2)
     return result
+
+
+# --- several processes, each with its own audiences (nproc) ----------------------
+
+
+# Kinds of log entries as the server's /metrics labels them (chat_log_entries_*_total).
+LOG_ENTRY_KINDS = ("conversation", "global", "all", "viewers", "other")
+
+
+@dataclasses.dataclass
+class NprocConfig:
+    # Groups of users, each in one conversation of its own; group g's sockets
+    # and HTTP calls go to process g mod P. With as many groups as processes,
+    # every process's sockets are in conversations of their own (disjoint
+    # audiences), and one process runs the very same groups for comparison.
+    groups: int = 4
+    sockets_per_group: int = 25
+    # Every socket also listens to the global chat; this share of the messages goes there.
+    global_share: float = 0.1
+    messages: int = 1000
+    concurrency: int = 10
+    rate: float = 0.0  # messages/s over all groups, open loop (0: as fast as C allows)
+    first_user: int = 6_000_000
+    timeout: float = 300.0
+    connect_concurrency: int = 50
+    settle_seconds: float = 1.0  # after the setup, so its log entries are applied before the first reading
+
+
+def is_global_message(seq: int, share: float) -> bool:
+    """Whether message ``seq`` goes to the global chat: evenly spread, ``share`` of them."""
+    return math.floor((seq + 1) * share) > math.floor(seq * share)
+
+
+async def scrape_log_counters(http: AsyncHTTPClient, base_url: str, token: str | None) -> dict[str, Any] | None:
+    """The log and frame counters of one server process's /metrics (on its API port, with the token);
+    None if it has none (no token, or a server from before these metrics)."""
+    if not token:
+        return None
+    response = await http.fetch(base_url + "/metrics", headers={"Authorization": f"Bearer {token}"}, raise_error=False)
+    if response.code != 200:
+        return None
+    from prometheus_client.parser import text_string_to_metric_families  # the server's own dependency
+
+    read = dict.fromkeys(LOG_ENTRY_KINDS, 0.0)
+    delivered = dict.fromkeys(LOG_ENTRY_KINDS, 0.0)
+    frames = 0.0
+    found = False
+    for family in text_string_to_metric_families(response.body.decode()):
+        for sample in family.samples:
+            if sample.name == "chat_log_entries_read_total":
+                read[sample.labels.get("kind", "other")] = sample.value
+                found = True
+            elif sample.name == "chat_log_entries_delivered_total":
+                delivered[sample.labels.get("kind", "other")] = sample.value
+            elif sample.name == "chat_events_delivered_total":
+                frames = sample.value
+    return {"read": read, "delivered": delivered, "frames": frames} if found else None
+
+
+def _counters_moved(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+    if before is None or after is None:
+        return None
+    return {
+        "entries_read": {k: round(after["read"][k] - before["read"][k]) for k in LOG_ENTRY_KINDS},
+        "entries_delivered": {k: round(after["delivered"][k] - before["delivered"][k]) for k in LOG_ENTRY_KINDS},
+        "frames_sent": round(after["frames"] - before["frames"]),
+    }
+
+
+def read_per_delivered(moved: dict[str, Any]) -> dict[str, float | None]:
+    """Entries read ÷ entries delivered on one process: conversation messages, global ones, every kind."""
+    read, delivered = moved["entries_read"], moved["entries_delivered"]
+    ratios: dict[str, float | None] = {}
+    for name, kinds in (("conversation", ("conversation",)), ("global", ("global",)), ("all_kinds", LOG_ENTRY_KINDS)):
+        r, d = sum(read[k] for k in kinds), sum(delivered[k] for k in kinds)
+        ratios[name] = round(r / d, 2) if d else None
+    return ratios
+
+
+async def run_nproc(target: Target, config: NprocConfig, observer: Target | None = None) -> dict[str, Any]:
+    """Groups of users in conversations of their own, each group on one process, all in the global chat.
+
+    Reports, per process: deliveries, CPU, and the log entries it read
+    against those it delivered (from its /metrics before and after the send
+    phase). ``observer``, a further process of the same chat holding no
+    socket, measures what reading and decoding an entry costs alone.
+    """
+    http = AsyncHTTPClient(force_instance=True, max_clients=10)
+    processes = len(target.urls)
+    # One client per process: a user's socket and HTTP calls go to its group's process.
+    homes = [Target(url, target.secret, pid) for url, pid in zip(target.urls, (target.pid, *target.more_pids))]
+    apis = [Api(Users(home), max_clients=max(config.concurrency, config.connect_concurrency, 10)) for home in homes]
+    groups = [list(range(config.first_user + g * config.sockets_per_group,
+                         config.first_user + (g + 1) * config.sockets_per_group)) for g in range(config.groups)]
+    home_of = {uid: g % processes for g, members in enumerate(groups) for uid in members}
+    state = _DeliveryState(DeliveryConfig(workload="nproc", receivers=sum(map(len, groups)), messages=config.messages,
+                                          concurrency=config.concurrency, rate=config.rate))
+    clients: list[SocketClient] = []
+    try:
+        result = await asyncio.wait_for(
+            _nproc(target, config, observer, http, apis, groups, home_of, clients, state), config.timeout
+        )
+    except asyncio.TimeoutError:
+        result = state.failed(f"timed out after {config.timeout:g} s (during {state.phase})")
+    except (ApiError, OSError) as error:
+        result = state.failed(f"{type(error).__name__}: {error} (during {state.phase})")
+    finally:
+        for client in clients:
+            client.close()
+        for api in apis:
+            api.close()
+        http.close()
+        await asyncio.sleep(0.2)
+    result.update(processes=processes, groups=config.groups, sockets_per_group=config.sockets_per_group,
+                  global_share=config.global_share)
+    return result
+
+
+async def _nproc(
+    target: Target, config: NprocConfig, observer: Target | None, http: AsyncHTTPClient, apis: list[Api],
+    groups: list[list[int]], home_of: dict[int, int], clients: list[SocketClient], state: _DeliveryState,
+) -> dict[str, Any]:
+    tag = secrets.token_hex(4)
+    marker = f"bm{tag}:"
+    processes = len(apis)
+    user_ids = [uid for members in groups for uid in members]
+    clients.extend(SocketClient(apis[home_of[uid]].users, uid, marker, state.count_frame) for uid in user_ids)
+    results = await gather_limited(config.connect_concurrency, (client.connect for client in clients))
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise ApiError(f"{len(errors)} of {len(clients)} sockets failed to connect, first: {errors[0]!r}")
+
+    state.phase = "setup"
+    conversation_of_group = []
+    for g, members in enumerate(groups):
+        api = apis[g % processes]
+        created = await api.call(members[0], "POST", "/v1/conversations/new", {"name": f"bench {tag} group {g}"})
+        conversation_of_group.append(int(created["conversation_id"]))
+    join_calls = [lambda uid=uid, g=g: apis[home_of[uid]].call(uid, "GET", f"/v1/conversations/join/{conversation_of_group[g]}")
+                  for g, members in enumerate(groups) for uid in members[1:]]
+    listen_calls = [lambda uid=uid: apis[home_of[uid]].call(uid, "GET", "/v1/messages/get?chat=0") for uid in user_ids]
+    results = await gather_limited(10, join_calls + listen_calls)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise ApiError(f"{len(errors)} of {len(results)} setup calls failed, first: {errors[0]}")
+    await asyncio.sleep(config.settle_seconds)  # every process applies the joins and subscriptions first
+
+    # Message seq: its group (round robin, so every process gets the same
+    # load), the global chat or the group's conversation, one of the group's
+    # senders (enough of them for every send in flight to be a distinct user).
+    k = config.messages
+    senders_per_group = max(1, min(config.sockets_per_group, math.ceil(config.concurrency / config.groups)))
+    plan = []
+    for seq in range(k):
+        g, nth = seq % config.groups, seq // config.groups  # the group's nth message
+        sender = groups[g][nth % senders_per_group]
+        # The share counted within each group's messages, so every process sends as many to the global chat.
+        plan.append((sender, 0 if is_global_message(nth, config.global_share) else conversation_of_group[g], g))
+
+    state.phase = "send"
+    send_start = [0.0] * k
+    send_end = [0.0] * k
+    sent_ids: list[int | None] = [None] * k
+    send_errors: list[str] = []
+    sequence = iter(range(k))
+    pids = (target.pid, *target.more_pids)
+    counters_before = [await scrape_log_counters(http, url, target.metrics_token) for url in target.urls]
+    observer_before = await scrape_log_counters(http, observer.base_url, target.metrics_token) if observer else None
+    cpu_before = [read_cpu_seconds(pid) for pid in pids]
+    observer_cpu_before = read_cpu_seconds(observer.pid) if observer else None
+    schedule_start = time.perf_counter()
+
+    async def worker() -> None:
+        for seq in sequence:
+            sender, conversation_id, _ = plan[seq]
+            body: dict[str, Any] = {"text": f"{marker}{seq}"}
+            if conversation_id:
+                body["conversation_id"] = conversation_id
+            if config.rate:
+                due = schedule_start + seq / config.rate
+                if due > time.perf_counter():
+                    await asyncio.sleep(due - time.perf_counter())
+                send_start[seq] = due  # as in the delivery workloads: latency counts from when it was due
+            else:
+                send_start[seq] = time.perf_counter()
+            try:
+                reply = await apis[home_of[sender]].call(sender, "POST", "/v1/messages/send", body)
+                sent_ids[seq] = int(reply["id"])
+            except (ApiError, OSError, KeyError, ValueError) as error:
+                send_errors.append(f"seq {seq}: {error}")
+            send_end[seq] = time.perf_counter()
+
+    await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+    sends_done = max(send_end) if k else time.perf_counter()
+
+    state.phase = "drain"
+    all_sockets = len(user_ids)
+    state.expected = sum(all_sockets if plan[seq][1] == 0 else len(groups[plan[seq][2]])
+                         for seq in range(k) if sent_ids[seq] is not None)
+    if state.received >= state.expected:
+        state.all_received.set()
+    await state.all_received.wait()
+    await asyncio.sleep(0.2)  # a short grace so duplicates, if any, are seen
+    cpu_after = [read_cpu_seconds(pid) for pid in pids]
+    observer_cpu_after = read_cpu_seconds(observer.pid) if observer else None
+    counters_after = [await scrape_log_counters(http, url, target.metrics_token) for url in target.urls]
+    observer_after = await scrape_log_counters(http, observer.base_url, target.metrics_token) if observer else None
+
+    state.phase = "verify"
+    result, delivered_to = verify_nproc_deliveries(clients, marker, plan, groups, send_start, sent_ids)
+    result["send_errors"] = len(send_errors)
+    if send_errors:
+        result["ok"] = False
+        result["first_send_errors"] = send_errors[:3]
+    first_send = min(send_start) if k else 0.0
+    send_window = sends_done - first_send
+    result["messages"] = k
+    result["concurrency"] = config.concurrency
+    result["rate"] = config.rate
+    result["send_seconds"] = round(send_window, 3)
+    result["sends_per_s"] = round(k / send_window, 1) if send_window > 0 else None
+    window = result["delivery_seconds"]
+
+    per_process = []
+    delivered_by_process: collections.Counter[int] = collections.Counter()
+    for uid, count in delivered_to.items():
+        delivered_by_process[home_of[uid]] += count
+    for p in range(processes):
+        row: dict[str, Any] = {"process": p, "sockets": sum(1 for uid in user_ids if home_of[uid] == p),
+                               "deliveries": delivered_by_process[p]}
+        row["deliveries_per_s"] = round(row["deliveries"] / window, 1) if window > 0 else None
+        if cpu_before[p] is not None and cpu_after[p] is not None:
+            row["cpu_s"] = round(cpu_after[p] - cpu_before[p], 2)
+            if row["deliveries"]:
+                row["cpu_us_per_delivery"] = round(row["cpu_s"] * 1e6 / row["deliveries"], 1)
+        moved = _counters_moved(counters_before[p], counters_after[p])
+        if moved is not None:
+            row.update(moved)
+            row["read_per_delivered"] = read_per_delivered(moved)
+        per_process.append(row)
+    result["per_process"] = per_process
+    if all("cpu_s" in row for row in per_process):
+        result["server_cpu_s"] = round(sum(row["cpu_s"] for row in per_process), 2)
+    ratios = [row["read_per_delivered"] for row in per_process if "read_per_delivered" in row]
+    if ratios:
+        # The table's figure: the mean over processes (the JSON has each).
+        result["read_per_delivered"] = {
+            name: round(statistics.mean(values), 2) if (values := [r[name] for r in ratios if r[name] is not None]) else None
+            for name in ("conversation", "global", "all_kinds")
+        }
+    if observer is not None:
+        seen: dict[str, Any] = {"cpu_s": None}
+        if observer_cpu_before is not None and observer_cpu_after is not None:
+            seen["cpu_s"] = round(observer_cpu_after - observer_cpu_before, 2)
+        moved = _counters_moved(observer_before, observer_after)
+        if moved is not None:
+            seen.update(moved)
+            read = sum(moved["entries_read"].values())
+            if read and seen["cpu_s"] is not None:
+                # A process with no audience at all: what reading and decoding an entry costs by itself.
+                seen["cpu_us_per_entry_read"] = round(seen["cpu_s"] * 1e6 / read, 1)
+        result["observer"] = seen
+    return result
+
+
+def verify_nproc_deliveries(
+    clients: list[SocketClient], marker: str, plan: list[tuple[int, int, int]], groups: list[list[int]],
+    send_start: list[float], sent_ids: list[int | None],
+) -> tuple[dict[str, Any], collections.Counter[int]]:
+    """Every socket got its group's conversation messages and every global one, exactly once, each
+    chat's in ascending id order and in the same order as every other socket of that chat; nothing else.
+    Return the checks and figures, and the deliveries per user."""
+    group_of = {uid: g for g, members in enumerate(groups) for uid in members}
+    sent = {seq for seq, message_id in enumerate(sent_ids) if message_id is not None}
+    latencies: list[float] = []
+    last_receipt = 0.0
+    missing = duplicates = unexpected = out_of_order = wrong_id = wrong_conversation = order_mismatch = 0
+    reference: dict[int, list[int]] = {}  # chat → the order its first receiver saw
+    delivered_to: collections.Counter[int] = collections.Counter()
+    for client in clients:
+        group = group_of[client.user_id]
+        expected = {seq for seq in sent if plan[seq][1] == 0 or plan[seq][2] == group}
+        seen: set[int] = set()
+        orders: dict[int, list[int]] = collections.defaultdict(list)
+        for received_at, raw in client.frames:
+            frame = json.loads(raw)
+            data = frame.get("data") or {}
+            text = data.get("message", "")
+            if frame.get("event") != NEW_MESSAGE or not isinstance(text, str) or not text.startswith(marker):
+                continue
+            seq = int(text[len(marker):])
+            if seq in seen:
+                duplicates += 1
+                continue
+            seen.add(seq)
+            if seq not in expected:
+                unexpected += 1  # another group's conversation, or a failed send
+                continue
+            chat = plan[seq][1]
+            if data.get("conversation_id") != chat:
+                wrong_conversation += 1
+            if data.get("id") != sent_ids[seq]:
+                wrong_id += 1
+            order = orders[chat]
+            if order and data.get("id", 0) <= order[-1]:
+                out_of_order += 1
+            order.append(data.get("id", 0))
+            latencies.append(received_at - send_start[seq])
+            last_receipt = max(last_receipt, received_at)
+            delivered_to[client.user_id] += 1
+        missing += len(expected - seen)
+        for chat, order in orders.items():
+            if reference.setdefault(chat, order) != order:
+                order_mismatch += 1
+    closed = [c for c in clients if c.closed_by_server]
+    checks = {
+        "missing": missing, "duplicates": duplicates, "unexpected": unexpected, "out_of_order": out_of_order,
+        "order_mismatch_receivers": order_mismatch, "wrong_id": wrong_id, "wrong_conversation": wrong_conversation,
+        "sockets_closed_by_server": len(closed),
+    }  # fmt: skip
+    if closed:
+        checks["close_codes"] = sorted({c.close_code for c in closed if c.close_code is not None})
+    first_send = min(send_start) if send_start else 0.0
+    window = last_receipt - first_send
+    return {
+        "workload": "nproc",
+        "receivers": len(clients),
+        "ok": all(value == 0 for key, value in checks.items() if key != "close_codes"),
+        "checks": checks,
+        "deliveries": len(latencies),
+        "delivery_seconds": round(window, 3),
+        "deliveries_per_s": round(len(latencies) / window, 1) if window > 0 else None,
+        "latency_ms": percentiles_ms(latencies),
+    }, delivered_to
 
 
 # --- command line ----------------------------------------------------------------

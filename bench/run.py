@@ -9,7 +9,10 @@ Targets (each started here as a subprocess on a free loopback port):
 - ``baseline``: ``bench/baseline_server.py``, a bare Tornado broadcast server;
 - ``embedded``: our ``run.py`` with SQLite and the in-process cache;
 - ``mariadb``: our ``run.py`` with MariaDB + Redis (a throwaway database and a
-  unique Redis key prefix, both removed afterwards).
+  unique Redis key prefix, both removed afterwards);
+- ``mariadb-2p``, ``mariadb-np``: two, or ``--procs``, such processes as one chat;
+- ``name@rev=COMMIT``: that target with the server of another revision, from a
+  git worktree made for the run (``mariadb,mariadb@rev=6e915a3`` side by side).
 
 Every workload gets a fresh server process: RSS readings then start from a
 clean heap instead of memory a previous workload freed and left in the
@@ -48,20 +51,27 @@ if __package__ in (None, ""):  # run as ``python bench/run.py``: make ``bench`` 
 from bench.launch import self_check  # noqa: E402
 from server.eventloop import EVENT_LOOPS  # noqa: E402
 from bench.loadgen import (  # noqa: E402
-    DeliveryConfig, IdleConfig, StormConfig, Target, raise_nofile_limit, run_delivery, run_idle, run_storm,
+    DeliveryConfig, IdleConfig, NprocConfig, StormConfig, Target, raise_nofile_limit, run_delivery, run_idle,
+    run_nproc, run_storm,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
-ALL_TARGETS = ("baseline", "embedded", "mariadb", "mariadb-2p")
-# Targets run as two processes of one chat (same database and Redis prefix).
-TWO_PROCESS_TARGETS = {"mariadb-2p": "mariadb"}  # → the one-process target it is compared with
-ALL_WORKLOADS = ("fanout", "global", "idle", "storm", "storm-restart")
+ALL_TARGETS = ("baseline", "embedded", "mariadb", "mariadb-2p", "mariadb-np")
+DEFAULT_TARGETS = ("baseline", "embedded", "mariadb", "mariadb-2p")
+# Targets run as several processes of one chat (same database and Redis prefix)
+# → the one-process target each is compared with.
+MULTI_PROCESS_TARGETS = {"mariadb-2p": "mariadb", "mariadb-np": "mariadb"}
+ALL_WORKLOADS = ("fanout", "global", "idle", "storm", "storm-restart", "nproc")
+DEFAULT_WORKLOADS = ("fanout", "global", "idle", "storm", "storm-restart")
+# The workloads a closed-loop run repeats on one process at the rate several processes reached.
+EQUAL_LOAD_WORKLOADS = ("fanout", "global", "nproc")
 READY_TIMEOUT = 60.0  # seconds for a server to start listening (migrations included)
 
 # User id ranges per workload, far apart, so workloads never share users even
 # when they run against one database.
-FIRST_USER = {"fanout": 1_000_000, "global": 2_000_000, "idle": 3_000_000, "storm": 4_000_000, "storm-restart": 5_000_000}
+FIRST_USER = {"fanout": 1_000_000, "global": 2_000_000, "idle": 3_000_000, "storm": 4_000_000, "storm-restart": 5_000_000,
+              "nproc": 6_000_000}
 
 
 def log(message: str) -> None:
@@ -90,6 +100,7 @@ class ServerSpec:
     name: str
     argv: list[str]
     env: dict[str, str]
+    cwd: Path = REPO  # another revision's checkout for ``name@rev=COMMIT``
 
 
 class ServerProcess:
@@ -114,7 +125,7 @@ class ServerProcess:
         argv = [a.replace("{port}", str(self.port)) for a in self.spec.argv]
         with open(self.log_path, "ab") as log_file:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                argv, cwd=self.spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
                 stderr=subprocess.STDOUT, preexec_fn=_raise_nofile_in_child,
             )  # fmt: skip
         deadline = time.monotonic() + READY_TIMEOUT
@@ -146,34 +157,108 @@ class ServerProcess:
 # --- per-target resources (temp dirs, MariaDB database, Redis prefix) ----------------
 
 
-def split_target(name: str) -> tuple[str, str]:
-    """``mariadb@asyncio`` → ("mariadb", "asyncio"): a target on another event loop than the default."""
-    base, _, event_loop = name.partition("@")
-    return base, event_loop
+@dataclasses.dataclass(frozen=True)
+class TargetName:
+    """A target as named on the command line: ``mariadb``, ``mariadb@asyncio``, ``mariadb@rev=6e915a3``."""
+
+    base: str
+    event_loop: str = ""  # "" = the server's default
+    rev: str = ""  # "" = this checkout
+
+    @classmethod
+    def parse(cls, name: str) -> "TargetName":
+        """ValueError if a suffix is neither an event loop nor ``rev=COMMIT``."""
+        base, *suffixes = name.split("@")
+        event_loop = rev = ""
+        for suffix in suffixes:
+            if suffix.startswith("rev=") and len(suffix) > 4:
+                rev = suffix[4:]
+            elif suffix in EVENT_LOOPS:
+                event_loop = suffix
+            else:
+                raise ValueError(f"unknown suffix @{suffix} in target {name!r}")
+        return cls(base, event_loop, rev)
+
+    def with_base(self, base: str) -> str:
+        """The name of another base target with the same suffixes (its counterpart)."""
+        return base + (f"@{self.event_loop}" if self.event_loop else "") + (f"@rev={self.rev}" if self.rev else "")
+
+    @property
+    def current(self) -> str:
+        """The same target from this checkout: what a ``@rev=`` row is compared with."""
+        return self.base + (f"@{self.event_loop}" if self.event_loop else "")
+
+
+def server_processes(name: str, args: argparse.Namespace) -> int:
+    """How many processes of one chat a target runs."""
+    base = TargetName.parse(name).base
+    return args.procs if base == "mariadb-np" else 2 if base == "mariadb-2p" else 1
+
+
+# --- another revision's server, from a git worktree --------------------------------
+
+
+def _git(*argv: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+
+
+@contextlib.contextmanager
+def revision_checkouts(revs: list[str]) -> Iterator[dict[str, tuple[Path, str]]]:
+    """A detached git worktree of each revision, for the run: rev → (its folder, its full commit).
+
+    The server of that revision runs from there, with this checkout's
+    virtualenv and bench client; the worktrees are removed afterwards.
+    """
+    made: dict[str, tuple[Path, str]] = {}
+    folders: list[Path] = []
+    try:
+        for rev in revs:
+            commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+            parent = Path(tempfile.mkdtemp(prefix=f"chatbench-rev-{rev}-"))
+            folders.append(parent)
+            checkout = parent / "checkout"
+            _git("worktree", "add", "--detach", str(checkout), commit)
+            if not (checkout / "run.py").exists():
+                raise RuntimeError(f"revision {rev} has no run.py")
+            made[rev] = (checkout, commit)
+        yield made
+    finally:
+        for checkout, _ in made.values():
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                _git("worktree", "remove", "--force", str(checkout))
+        for parent in folders:
+            shutil.rmtree(parent, ignore_errors=True)
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            _git("worktree", "prune")
 
 
 @contextlib.contextmanager
 def provision(name: str, run_id: str, args: argparse.Namespace, max_members: int) -> Iterator[ServerSpec]:
     """Yield a target's start spec; remove whatever it created afterwards."""
     python = sys.executable
-    name, event_loop = split_target(name)
+    parsed = TargetName.parse(name)
+    name, event_loop = parsed.base, parsed.event_loop
     loop_env = {"CHAT_EVENT_LOOP": event_loop} if event_loop else {}
+    cwd = args.checkouts[parsed.rev][0] if parsed.rev else REPO
     if name == "baseline":
-        yield ServerSpec(name, [python, str(REPO / "bench" / "baseline_server.py"), "--port", "{port}"], loop_env)
+        yield ServerSpec(name, [python, str(cwd / "bench" / "baseline_server.py"), "--port", "{port}"], loop_env, cwd)
         return
     data_dir = tempfile.mkdtemp(prefix=f"chatbench-{name}-")
     env = {
         "CHAT_VK_SECRET": args.secret, "CHAT_DATA_DIR": data_dir, "CHAT_MAX_MEMBERS": str(max_members),
         # Each sending user sends far faster than a person: flood control off.
         "CHAT_SEND_RATE_LIMIT": "0",
+        # /metrics on each process's API port too, for the nproc workload's readings.
+        "CHAT_METRICS_TOKEN": args.metrics_token,
         **loop_env,
     }
     try:
         if name == "embedded":
-            yield ServerSpec(name, [python, "run.py"], env)
-        elif name in ("mariadb", "mariadb-2p"):
-            database = f"chatbench_{run_id}_{name.replace('-', '')}"
-            prefix = f"chatbench:{run_id}:{name}:"
+            yield ServerSpec(name, [python, "run.py"], env, cwd)
+        elif name in ("mariadb", *MULTI_PROCESS_TARGETS):
+            tag = name.replace("-", "") + (f"_{parsed.rev}" if parsed.rev else "")
+            database = f"chatbench_{run_id}_{tag}"
+            prefix = f"chatbench:{run_id}:{tag}:"
             _mysql_execute(args.mysql_url, f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
             try:
                 env.update(
@@ -181,7 +266,7 @@ def provision(name: str, run_id: str, args: argparse.Namespace, max_members: int
                     CHAT_REDIS_URL=args.redis_url,
                     CHAT_REDIS_PREFIX=prefix,
                 )
-                yield ServerSpec(name, [python, "run.py"], env)
+                yield ServerSpec(name, [python, "run.py"], env, cwd)
             finally:
                 _mysql_execute(args.mysql_url, f"DROP DATABASE IF EXISTS `{database}`")
                 _redis_delete_prefix(args.redis_url, prefix)
@@ -254,10 +339,22 @@ class Job:
 
 
 async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace,
-                  others: list[ServerProcess] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+                  others: list[ServerProcess] = (),  # type: ignore[assignment]
+                  observer: ServerProcess | None = None) -> dict[str, Any]:
     assert server.proc is not None
     target = Target(server.base_url, args.secret, server.proc.pid,
-                    more_urls=tuple(o.base_url for o in others), more_pids=tuple(o.proc.pid for o in others))
+                    more_urls=tuple(o.base_url for o in others), more_pids=tuple(o.proc.pid for o in others),
+                    metrics_token=args.metrics_token)
+    if job.workload == "nproc":
+        config = NprocConfig(
+            groups=args.procs, sockets_per_group=args.nproc_sockets, global_share=args.global_share,
+            messages=args.messages, concurrency=args.concurrency, rate=job.rate or args.rate,
+            first_user=FIRST_USER["nproc"], timeout=args.timeout, settle_seconds=0.3 if args.smoke else 1.0,
+        )  # fmt: skip
+        seen_by = Target(observer.base_url, args.secret, observer.proc.pid) if observer and observer.proc else None
+        result = await run_nproc(target, config, seen_by)
+        add_cpu_per_delivery(result)
+        return result
     if job.workload == "idle":
         procs = args.idle_procs or max(1, math.ceil(job.sockets / 5000))
         config = IdleConfig(
@@ -288,10 +385,14 @@ async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace,
         senders=args.senders, rate=job.rate or args.rate, first_user=FIRST_USER[job.workload], timeout=args.timeout,
     )  # fmt: skip
     result = await run_delivery(target, config)
+    add_cpu_per_delivery(result)
+    return result
+
+
+def add_cpu_per_delivery(result: dict[str, Any]) -> None:
     if result.get("server_cpu_s") is not None and result.get("deliveries"):
         # CPU per delivery depends less on what else the machine runs than wall-clock rates.
         result["server_cpu_us_per_delivery"] = round(result["server_cpu_s"] * 1e6 / result["deliveries"], 1)
-    return result
 
 
 async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job], run_id: str, log_dir: Path) -> list[dict[str, Any]]:
@@ -305,13 +406,20 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
         with provision(name, database_tag, args, max_members) as spec:
             for job in run_jobs:
                 row: dict[str, Any] = {"target": name, "label": job.label}
+                if job.workload == "nproc" and spec.name == "baseline":
+                    log(f"[bench] {name}: nproc skipped (the baseline has no conversations)")
+                    continue
                 if time.monotonic() > deadline:
                     row.update(ok=False, error=f"skipped: --total-timeout {args.total_timeout:g} s reached")
                     results.append(row)
                     continue
-                server = ServerProcess(spec, log_dir / f"{name}-{job.label.replace('/', '')}.log")
-                others = [ServerProcess(spec, log_dir / f"{name}-{job.label.replace('/', '')}-2.log")
-                          for _ in range(1 if split_target(name)[0] in TWO_PROCESS_TARGETS else 0)]
+                log_name = f"{name}-{job.label.replace('/', '')}"
+                server = ServerProcess(spec, log_dir / f"{log_name}.log")
+                others = [ServerProcess(spec, log_dir / f"{log_name}-{n}.log")
+                          for n in range(2, server_processes(name, args) + 1)]
+                # nproc with several processes: one more holding no socket, to measure reading alone.
+                observer = (ServerProcess(spec, log_dir / f"{log_name}-observer.log")
+                            if job.workload == "nproc" and others else None)
                 # Another busy process on this 2-core machine skews every figure: record it.
                 load_before = round(os.getloadavg()[0], 2)
                 if load_before > 1.5 and not warned_load:
@@ -320,9 +428,9 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
                 log(f"[bench] {name}: {job.label} ...")
                 try:
                     await server.start()
-                    for other in others:
+                    for other in [*others, *([observer] if observer else [])]:
                         await other.start()
-                    row.update(await run_job(server, job, args, others))
+                    row.update(await run_job(server, job, args, others, observer))
                 except Exception as error:  # noqa: BLE001 - one broken target must not hide the others
                     row.update(ok=False, error=f"{type(error).__name__}: {error}")
                 finally:
@@ -332,7 +440,7 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
                         code = server.proc.returncode
                         row.update(ok=False, error=f"server process exited with code {code} during the workload")
                     await server.stop()
-                    for other in others:
+                    for other in [*others, *([observer] if observer else [])]:
                         await other.stop()
                 row["server_log"] = str(server.log_path)
                 row.update(scan_log(server.log_path))
@@ -349,7 +457,7 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
         # processes reached, and the ratio divides by that.
         for one, two in equal_load_pairs(targets):
             reached = [Job(row["label"], rate=round(row["sends_per_s"])) for row in results
-                       if row["target"] == two and row["label"] in ("fanout", "global") and row.get("ok")
+                       if row["target"] == two and row["label"] in EQUAL_LOAD_WORKLOADS and row.get("ok")
                        and row.get("sends_per_s")]
             if reached:
                 await run_target(one, reached, f"{run_id}_eq")
@@ -358,14 +466,14 @@ async def run_all(args: argparse.Namespace, targets: list[str], jobs: list[Job],
 
 
 def equal_load_pairs(targets: list[str]) -> list[tuple[str, str]]:
-    """(one-process target, its two-process counterpart on the same loop), for pairs both in the run."""
+    """(one-process target, its several-process counterpart on the same loop and revision), for pairs both in the run."""
     pairs = []
-    for two in targets:
-        base, event_loop = split_target(two)
-        if base in TWO_PROCESS_TARGETS:
-            one = TWO_PROCESS_TARGETS[base] + (f"@{event_loop}" if event_loop else "")
+    for several in targets:
+        parsed = TargetName.parse(several)
+        if parsed.base in MULTI_PROCESS_TARGETS:
+            one = parsed.with_base(MULTI_PROCESS_TARGETS[parsed.base])
             if one in targets:
-                pairs.append((one, two))
+                pairs.append((one, several))
     return pairs
 
 
@@ -420,6 +528,7 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
                 ratios[key] = round(mine / theirs, 2)
         row["vs_baseline"] = ratios
     add_one_process_ratios(results)
+    add_revision_ratios(results)
 
 
 def add_one_process_ratios(results: list[dict[str, Any]]) -> None:
@@ -440,6 +549,30 @@ def add_one_process_ratios(results: list[dict[str, Any]]) -> None:
             if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0:
                 row["vs_one_process"] = {"cpu_per_delivery": round(mine / theirs, 2), "at": single["label"],
                                          "one_process_cpu_us_per_delivery": theirs}
+
+
+def add_revision_ratios(results: list[dict[str, Any]]) -> None:
+    """A ``name@rev=COMMIT`` row gets this checkout's figure ÷ that revision's, for the same target and workload.
+
+    Below 1 this checkout is cheaper (CPU per delivery, p99) or slower
+    (deliveries/s). CPU per delivery only when both ran at nearly the same
+    sends/s: it falls with load (see add_one_process_ratios).
+    """
+    rows = {(row["target"], row["label"]): row for row in results if row.get("ok")}
+    for (target, label), old in rows.items():
+        parsed = TargetName.parse(target)
+        current = rows.get((parsed.current, label)) if parsed.rev else None
+        if current is None:
+            continue
+        ratios: dict[str, Any] = {"rev": parsed.rev}
+        paths = [("deliveries_per_s", ("deliveries_per_s",)), ("p99", ("latency_ms", "p99"))]
+        if _same_rate(old, current):
+            paths.append(("cpu_per_delivery", ("server_cpu_us_per_delivery",)))
+        for key, path in paths:
+            mine, theirs = _dig(current, path), _dig(old, path)
+            if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0:
+                ratios[key] = round(mine / theirs, 2)
+        old["current_vs_rev"] = ratios
 
 
 def _same_rate(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -475,6 +608,10 @@ COLUMNS = [
     ("p99 ÷ base", ("vs_baseline", "p99")),
     ("CPU/deliv ÷ base", ("vs_baseline", "cpu_per_delivery")),
     ("CPU/deliv ÷ 1 proc", ("vs_one_process", "cpu_per_delivery")),
+    ("read÷deliv conv", ("read_per_delivered", "conversation")),
+    ("read÷deliv global", ("read_per_delivered", "global")),
+    ("current÷rev CPU/deliv", ("current_vs_rev", "cpu_per_delivery")),
+    ("current÷rev deliv/s", ("current_vs_rev", "deliveries_per_s")),
     ("RSS/sock ÷ base", ("vs_baseline", "rss_per_socket")),
     ("storm s", ("storm_seconds",)),
     ("restart s", ("restart_seconds",)),
@@ -515,8 +652,56 @@ def text_table(results: list[dict[str, Any]]) -> str:
     failures = [f"  {r['target']} {r['label']}: {r.get('error') or r.get('checks')}" for r in results if not r.get("ok")]
     if failures:
         lines += ["", "FAILED:"] + failures
+    lines += per_process_lines(results)
     lines += log_error_lines(results)
     return "\n".join(lines)
+
+
+PROCESS_COLUMNS = [
+    ("target", None), ("workload", None), ("process", ("process",)), ("sockets", ("sockets",)),
+    ("deliveries/s", ("deliveries_per_s",)), ("CPU s", ("cpu_s",)), ("CPU µs/deliv", ("cpu_us_per_delivery",)),
+    ("conv read", ("entries_read", "conversation")), ("conv deliv'd", ("entries_delivered", "conversation")),
+    ("global read", ("entries_read", "global")), ("global deliv'd", ("entries_delivered", "global")),
+    ("read÷deliv conv", ("read_per_delivered", "conversation")), ("read÷deliv global", ("read_per_delivered", "global")),
+    ("read÷deliv all", ("read_per_delivered", "all_kinds")), ("frames", ("frames_sent",)),
+]
+
+
+def per_process_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    """The nproc rows' processes, one line each, and the observer's (a process with no socket)."""
+    rows = []
+    for result in results:
+        processes = list(result.get("per_process") or [])
+        if result.get("observer"):
+            observer = result["observer"]
+            processes.append({**observer, "process": "observer", "sockets": 0,
+                              "cpu_us_per_delivery": None, "read_per_delivered": {}})
+        for process in processes:
+            cells = []
+            for name, path in PROCESS_COLUMNS:
+                value = result["target"] if name == "target" else result["label"] if name == "workload" else _dig(process, path)
+                cells.append("" if value is None else f"{value:,.2f}" if isinstance(value, float) and value < 100
+                             else f"{value:,.0f}" if isinstance(value, float) else str(value))
+            rows.append(cells)
+    return rows
+
+
+def per_process_lines(results: list[dict[str, Any]], markdown: bool = False) -> list[str]:
+    rows = per_process_rows(results)
+    if not rows:
+        return []
+    header = [name for name, _ in PROCESS_COLUMNS]
+    observers = [f"{r['target']} {r['label']}: {r['observer']['cpu_us_per_entry_read']} µs CPU per entry read"
+                 for r in results if (r.get("observer") or {}).get("cpu_us_per_entry_read") is not None]
+    if markdown:
+        lines = ["", "## Per process (nproc)", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return lines + ([""] + [f"- observer (no socket), {line}" for line in observers] if observers else [])
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    lines = ["", "Per process (nproc):", "  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    return lines + [f"  observer (no socket), {line}" for line in observers]
 
 
 def log_error_lines(results: list[dict[str, Any]], markdown: bool = False) -> list[str]:
@@ -539,7 +724,10 @@ def markdown_table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['started']} · commit `{meta['commit']}` · {meta['cpus']} CPUs · Python {meta['python']} · "
         f"R={meta['sizes']['receivers']} K={meta['sizes']['messages']} C={meta['sizes']['concurrency']} "
         f"rate={meta['sizes'].get('rate') or 'max'} "
-        f"idle N={','.join(map(str, meta['sizes']['idle_sockets']))}",
+        f"idle N={','.join(map(str, meta['sizes']['idle_sockets']))} "
+        f"procs={meta['sizes']['procs']} nproc sockets/group={meta['sizes']['nproc_sockets']} "
+        f"global share={meta['sizes']['global_share']}"
+        + "".join(f" · `{rev}` = `{full[:12]}`" for rev, full in meta.get("revisions", {}).items()),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -549,10 +737,14 @@ def markdown_table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if failures:
         lines += ["", "## Failures", ""]
         lines += [f"- {r['target']} {r['label']}: {r.get('error') or json.dumps(r.get('checks'))}" for r in failures]
+    lines += per_process_lines(results, markdown=True)
     lines += log_error_lines(results, markdown=True)
     lines += ["", "Ratios divide by the baseline's figure for the same workload (deliveries/s: higher is better; p99, CPU and RSS: lower is better).",
               "CPU/deliv ÷ 1 proc divides two processes' CPU per delivery by one process's at the same offered load "
-              "(a row `workload@N/s` is one process run again at the rate the two processes reached in closed loop)."]
+              "(a row `workload@N/s` is one process run again at the rate the several processes reached in closed loop).",
+              "current÷rev divides this checkout's figure by that of the `@rev=` row's revision, same target and workload "
+              "(CPU per delivery only when both ran at nearly the same sends/s).",
+              "read÷deliv: log entries a process read ÷ those that reached one of its sockets (nproc; the mean over processes)."]
     return "\n".join(lines) + "\n"
 
 
@@ -567,16 +759,30 @@ def git_commit() -> str:
 # --- command line --------------------------------------------------------------------
 
 
+def _known_target(name: str) -> bool:
+    try:
+        return TargetName.parse(name).base in ALL_TARGETS
+    except ValueError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--targets", default=",".join(ALL_TARGETS),
-        help="comma list of: " + ", ".join(ALL_TARGETS) + "; a suffix @asyncio or @uvloop picks the event loop "
-             "(default: the server's own, uvloop), e.g. mariadb,mariadb@asyncio side by side",
+        "--targets", default=",".join(DEFAULT_TARGETS),
+        help="comma list of: " + ", ".join(ALL_TARGETS) + " (default: all but mariadb-np); a suffix @asyncio or "
+             "@uvloop picks the event loop (default: the server's own, uvloop), e.g. mariadb,mariadb@asyncio side by "
+             "side; @rev=COMMIT runs that revision's server from a git worktree, e.g. mariadb,mariadb@rev=6e915a3",
     )
-    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma list of: " + ", ".join(ALL_WORKLOADS))
+    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                        help="comma list of: " + ", ".join(ALL_WORKLOADS) + " (default: all but nproc)")
+    parser.add_argument("--procs", type=int, default=4,
+                        help="processes of mariadb-np, and groups (conversations) of nproc on every target (default 4)")
+    parser.add_argument("--nproc-sockets", type=int, default=25, help="nproc: sockets per group (default 25)")
+    parser.add_argument("--global-share", type=float, default=0.1,
+                        help="nproc: share of the messages sent to the global chat (default 0.1)")
     parser.add_argument("-R", "--receivers", type=int, default=50, help="receivers for fanout/global (default 50)")
     parser.add_argument("-K", "--messages", type=int, default=1000, help="messages for fanout/global (default 1000)")
     parser.add_argument("-C", "--concurrency", type=int, default=10, help="HTTP sends in flight (default 10)")
@@ -607,20 +813,23 @@ def main(argv: list[str] | None = None) -> int:
     explicit_targets = any(a == "--targets" or a.startswith("--targets=") for a in (argv if argv is not None else sys.argv[1:]))
     if args.smoke:
         args.receivers, args.messages, args.concurrency = 3, 20, 2
+        args.nproc_sockets = 3
         args.idle_sockets = "20"
         args.storm_sockets = 20
         args.idle_settle = 0.3
         args.timeout = min(args.timeout, 60.0)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = sorted(
-        t for t in targets if split_target(t)[0] not in ALL_TARGETS or split_target(t)[1] not in ("", *EVENT_LOOPS)
-    ) + sorted(set(workloads) - set(ALL_WORKLOADS))
+    unknown = sorted(t for t in targets if not _known_target(t)) + sorted(set(workloads) - set(ALL_WORKLOADS))
     if unknown or not targets or not workloads:
         log(f"unknown or empty targets/workloads: {unknown}")
         return 2
+    if args.procs < 1 or not 0 <= args.global_share <= 1 or args.nproc_sockets < 1:
+        log("--procs and --nproc-sockets must be at least 1, --global-share between 0 and 1")
+        return 2
     idle_sizes = [int(n) for n in args.idle_sockets.split(",") if n.strip()]
     args.secret = args.secret or secrets.token_urlsafe(24)
+    args.metrics_token = secrets.token_urlsafe(24)
     self_check()
     raise_nofile_limit()
 
@@ -647,18 +856,28 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
 
     commit = git_commit()  # before the run: the tree may move while it runs
-    results = asyncio.run(run_all(args, targets, jobs, run_id.replace("-", "_"), log_dir))
+    revs = sorted({TargetName.parse(t).rev for t in targets} - {""})
+    with contextlib.ExitStack() as checkouts:
+        try:
+            args.checkouts = checkouts.enter_context(revision_checkouts(revs))
+        except (subprocess.SubprocessError, RuntimeError) as error:
+            log(f"[bench] cannot check out {', '.join(revs)}: {getattr(error, 'stderr', '') or error}")
+            return 2
+        results = asyncio.run(run_all(args, targets, jobs, run_id.replace("-", "_"), log_dir))
+    revisions = {rev: commit_of for rev, (_, commit_of) in args.checkouts.items()}
     all_ok = all(r.get("ok") for r in results)
     meta = {
         "run_id": run_id,
         "started": started.isoformat(timespec="seconds"),
         "commit": commit,
+        "revisions": revisions,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "targets": targets,
         "sizes": {
             "receivers": args.receivers, "messages": args.messages, "concurrency": args.concurrency,
             "senders": args.senders, "rate": args.rate, "idle_sockets": idle_sizes,
+            "procs": args.procs, "nproc_sockets": args.nproc_sockets, "global_share": args.global_share,
         },
     }  # fmt: skip
     print(text_table(results))

@@ -44,7 +44,7 @@ import secrets
 import time
 from typing import Any, Callable, Sequence
 
-from server import wire
+from server import metrics, wire
 from server.chain_order import RETRY_SECS, ChainPublisher
 from server.open_sockets import OpenSockets
 from server.profiles import Profiles
@@ -193,13 +193,17 @@ class Hub:
             await self.bus.change_viewers(conversation_id, user_id, socket_ids, True, members)
         await self.publish([resync(self.bus.process_id)])
 
-    def _resync_sockets(self, epoch: str, entry_id: str) -> None:
-        """Applying this process's RESYNC entry: each socket here is told, and its record starts at the entry."""
-        self.registry.send_all(wire.position_head(wire.RESYNC, epoch, entry_id))
+    def _resync_sockets(self, epoch: str, entry_id: str) -> int:
+        """Applying this process's RESYNC entry: each socket here is told, and its record starts at the entry.
+
+        Return how many sockets were told.
+        """
+        sent = self.registry.send_all(wire.position_head(wire.RESYNC, epoch, entry_id))
         for socket_id, record in self._records.items():
             subscribed, views = self.registry.socket_state(socket_id)
             record["s"], record["h"] = entry_id, [[entry_id, subscribed, views]]
         self._spawn(self._save_sockets())
+        return sent
 
     async def _reap(self, process_id: str) -> None:
         """Clean up after a process that died: its sockets stop counting, its views end (and are announced)."""
@@ -237,27 +241,35 @@ class Hub:
         """Invoked with each batch of log entries, in log order: deliver them to this process's sockets."""
         epoch = self.bus.epoch
         for entry_id, entry in batch:
+            # Counted per entry, never per socket: what reading every entry costs a process shows
+            # as read against delivered (chat_log_entries_*_total).
+            read, delivered = metrics.log_entry_counters(entry.kind)
+            read.inc()
             if id_key(entry_id) <= self._applied:
                 continue  # already applied (a reader that reconnected)
             self.recent.add(entry_id, entry)
             try:
-                self._apply_one(epoch, entry_id, entry)
+                if self._apply_one(epoch, entry_id, entry):
+                    delivered.inc()
             except Exception:
                 log.exception("applying log entry %s failed", entry_id)
             self._mark_applied(entry_id)
 
-    def _apply_one(self, epoch: str, entry_id: str, entry: Entry) -> None:
+    def _apply_one(self, epoch: str, entry_id: str, entry: Entry) -> int:
+        """Apply one entry here; return how many of this process's sockets it was sent to."""
         registry, meta, kind = self.registry, entry.meta, entry.kind
         if kind == ALL:
-            registry.send_all(wire.position_head(entry.frame, epoch, entry_id))
+            sent = registry.send_all(wire.position_head(entry.frame, epoch, entry_id))
             if meta.get("room") == "drop":
                 registry.drop_conversation(meta["c"])
-        elif kind in (CONVERSATION, VIEWERS):  # Entry.reaches, from the same facts
+            return sent
+        if kind in (CONVERSATION, VIEWERS):  # Entry.reaches, from the same facts
             frame = wire.viewers_change(meta["c"], meta["n"]) if kind == VIEWERS else entry.frame
-            registry.send(registry.conversation_audience(meta["c"], meta["m"]), wire.position_head(frame, epoch, entry_id))
-        elif kind == GLOBAL:
-            registry.send(registry.global_sockets(), wire.position_head(entry.frame, epoch, entry_id))
-        elif kind == SUBSCRIPTION:
+            return registry.send(registry.conversation_audience(meta["c"], meta["m"]),
+                                 wire.position_head(frame, epoch, entry_id))
+        if kind == GLOBAL:
+            return registry.send(registry.global_sockets(), wire.position_head(entry.frame, epoch, entry_id))
+        if kind == SUBSCRIPTION:
             self._apply_subscription(entry_id, meta)
         elif kind == SOCKETS_CLOSED:
             self.open_sockets.closed_elsewhere(meta)
@@ -266,9 +278,10 @@ class Hub:
                 if connection is not None and self.on_retire is not None:
                     self.on_retire(connection)  # a resume on another process took its place
         elif kind == RESYNC and meta.get("p") == self.bus.process_id:
-            self._resync_sockets(epoch, entry_id)
+            return self._resync_sockets(epoch, entry_id)
         elif kind == STARTED and meta.get("p") != self.bus.process_id:
             self.peers = max(self.peers, 1)  # a new process: stop answering alone at once
+        return 0
 
     def _apply_subscription(self, entry_id: str, meta: dict[str, Any]) -> None:
         if meta["op"] == "view" and meta.get("p") != self.bus.process_id:

@@ -6,7 +6,7 @@ files) and Python's GC counts. Code that counts imports this module and
 increments at a clear point; nothing else here knows about HTTP or storage.
 
 Cost: the delivery path counts once per fan-out call (adding the number of
-sockets), never once per frame, and histograms are observed once per request,
+sockets) and once per log entry, never once per frame, and histograms are observed once per request,
 per commit batch, or per message — at 100k frames/s a per-frame increment
 would show in the profile. Labels are bounded: routes are the route table's
 templates, reasons and stores are fixed words, statuses are HTTP codes.
@@ -60,6 +60,25 @@ DELIVERY_LATENCY = Histogram(
 )
 EVENTS_DELIVERED = Counter("chat_events_delivered_total", "Event frames handed to sockets")
 
+# The event log as this process applies it: every process reads (and, from
+# Redis, decodes) every entry, whatever its audience here. Read against
+# delivered is what that costs (issue 20). Labelled by the entry's kind
+# (storage/entries.py): the kinds delivered to sockets by name, the rest
+# (socket subscriptions, process starts and stops, closed sockets, resyncs) as "other".
+LOG_ENTRIES_READ = Counter(
+    "chat_log_entries_read_total", "Event log entries this process read and applied, by kind", ["kind"]
+)
+LOG_ENTRIES_DELIVERED = Counter(
+    "chat_log_entries_delivered_total", "Event log entries that reached at least one socket of this process, by kind",
+    ["kind"],
+)
+# The labelled children are made once: applying an entry costs a dict lookup and an increment, not a labels() call.
+_LOG_ENTRY_COUNTERS = {
+    kind: (LOG_ENTRIES_READ.labels(kind), LOG_ENTRIES_DELIVERED.labels(kind))
+    for kind in ("conversation", "global", "all", "viewers", "other")
+}
+_OTHER_LOG_ENTRY = _LOG_ENTRY_COUNTERS["other"]
+
 STORAGE_ERRORS = Counter(
     "chat_storage_errors_total", "Errors from the database or the cache (failed requests, refreshes, probes)",
     ["store"],
@@ -90,6 +109,11 @@ def reason_of(error_type: type) -> str:
     """A snake_case label from an error class name: ``NotAuthenticated`` → ``not_authenticated``."""
     name = error_type.__name__
     return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
+
+
+def log_entry_counters(kind: str) -> tuple[Counter, Counter]:
+    """The (read, delivered) counters of a log entry of this kind."""
+    return _LOG_ENTRY_COUNTERS.get(kind, _OTHER_LOG_ENTRY)
 
 
 def watch_connections(sockets: Callable[[], float], users: Callable[[], float]) -> None:

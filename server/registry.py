@@ -181,20 +181,25 @@ class Registry:
     def global_sockets(self) -> list[str]:
         return list(self._global)
 
-    def send(self, socket_ids: Collection[str], position_head: bytes) -> None:
-        """Send a frame to sockets, each with its own position: ``position_head`` (the frame, open) + its tail."""
+    def send(self, socket_ids: Collection[str], position_head: bytes) -> int:
+        """Send a frame to sockets, each with its own position: ``position_head`` (the frame, open) + its tail.
+
+        Return how many sockets it went to.
+        """
         # Counted once per fan-out, not per frame (that would show at 100k frames/s).
         metrics.EVENTS_DELIVERED.inc(len(socket_ids))
         for socket_id in socket_ids:
             connection = self._sockets.get(socket_id)
             if connection is not None:
                 connection.send(position_head + connection.position_tail)
+        return len(socket_ids)
 
-    def send_all(self, position_head: bytes) -> None:
+    def send_all(self, position_head: bytes) -> int:
         connections = list(self._sockets.values())
         for connection in connections:
             connection.send(position_head + connection.position_tail)
         metrics.EVENTS_DELIVERED.inc(len(connections))
+        return len(connections)
 
     def size(self) -> dict[str, int]:
         """How many entries each table holds (all zero when nobody is connected)."""

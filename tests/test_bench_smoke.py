@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import bench.loadgen
 import bench.run
 
 
@@ -68,3 +69,45 @@ def test_storm_smoke_run_resumes_after_a_restart_on_mariadb(tmp_path):
     assert rows[("embedded", "storm")]["first_frames"] == {"resumed": 20}
     assert rows[("embedded", "storm-restart")]["first_frames"] == {"resume_failed": 20}
     assert rows[("baseline", "storm-restart")]["first_frames"] == {"connected": 20}
+
+
+@pytest.mark.slow
+def test_nproc_smoke_run_reads_every_entry_on_every_process(tmp_path):
+    # Four processes, each with its own group's conversation, all in the
+    # global chat: each process reads every conversation message and
+    # delivers only its group's; global messages are read and delivered
+    # everywhere. One process runs the same groups at the same load.
+    assert bench.run.main(["--smoke", "--targets", "mariadb,mariadb-np", "--workloads", "nproc",
+                           "--global-share", "0.2", "--results-dir", str(tmp_path)]) == 0
+    (report,) = tmp_path.glob("bench-*.json")
+    rows = {(r["target"], r["label"]): r for r in json.loads(report.read_text())["results"]}
+    several = rows[("mariadb-np", "nproc")]
+    assert several["processes"] == 4 and rows[("mariadb", f"nproc@{round(several['sends_per_s']):g}/s")]["ok"]
+    # 20 messages, 5 per group, of which the share counts within each group
+    per_group_global = sum(bench.loadgen.is_global_message(nth, 0.2) for nth in range(5))
+    assert per_group_global == 1
+    global_messages = 4 * per_group_global
+    for process in several["per_process"]:
+        read, delivered = process["entries_read"], process["entries_delivered"]
+        assert read["conversation"] == 20 - global_messages
+        assert delivered["conversation"] == 5 - per_group_global
+        assert read["global"] == delivered["global"] == global_messages
+    assert several["observer"]["entries_read"]["conversation"] == 20 - global_messages
+    assert several["observer"]["entries_delivered"]["conversation"] == 0
+    (single,) = rows[("mariadb", "nproc")]["per_process"]
+    assert single["read_per_delivered"] == {"conversation": 1.0, "global": 1.0, "all_kinds": 1.0}
+
+
+def test_target_names_and_the_revision_ratio():
+    assert bench.run.TargetName.parse("mariadb@asyncio@rev=6e915a3") == bench.run.TargetName("mariadb", "asyncio", "6e915a3")
+    assert bench.run.TargetName.parse("mariadb-2p@rev=abc").with_base("mariadb") == "mariadb@rev=abc"
+    with pytest.raises(ValueError):
+        bench.run.TargetName.parse("mariadb@fast")
+    results = [
+        _row("mariadb", "fanout", 250, 60.0), _row("mariadb@rev=6e915a3", "fanout", 245, 62.5),
+        _row("mariadb", "global", 400, 30.0), _row("mariadb@rev=6e915a3", "global", 300, 40.0),  # unequal loads
+    ]
+    bench.run.add_ratios(results)
+    assert results[1]["current_vs_rev"]["cpu_per_delivery"] == 0.96
+    assert "cpu_per_delivery" not in results[3]["current_vs_rev"]
+    assert "current_vs_rev" not in results[0]

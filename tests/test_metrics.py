@@ -12,7 +12,8 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
 from storage.database import Database
-from tests.helpers import ServerUnderTest, eventually
+from tests.helpers import ServerUnderTest, User, eventually
+from tests.processes import ChatProcess, Deployment, collect, texts
 
 pytestmark = pytest.mark.gen_test
 
@@ -67,6 +68,10 @@ async def test_metrics_count_sockets_requests_commits_and_deliveries(server: Ser
     assert grew(before, after, "chat_send_to_delivery_seconds_count") == 3
     # 3 messages to 2 members' sockets, new_conversation and joined_conversation to both sockets
     assert grew(before, after, "chat_events_delivered_total") == 3 * 2 + 2 + 2
+    # one process: every conversation entry it read had an audience here
+    read = grew(before, after, "chat_log_entries_read_total", kind="conversation")
+    assert read >= 3 and grew(before, after, "chat_log_entries_delivered_total", kind="conversation") == read
+    assert grew(before, after, "chat_log_entries_read_total", kind="all") == 2  # the join and new_conversation
     send = "/v1/messages/send"
     assert grew(before, after, "chat_http_requests_total", route=send, method="POST", status="200") == 3
     assert grew(before, after, "chat_http_request_duration_seconds_count", route=send) == 3
@@ -132,3 +137,50 @@ def test_metrics_addr_must_be_host_and_port():
     assert Settings(metrics_addr="off").metrics_host_port is None
     with pytest.raises(ValueError):
         Settings(metrics_addr="9180").metrics_host_port
+
+
+SCRAPE_TOKEN = "log-metrics-scrape-token"
+
+
+async def scrape_process(process: ChatProcess) -> Samples:
+    return await scrape(process, {"Authorization": f"Bearer {SCRAPE_TOKEN}"}, port=process.port)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.deployment(CHAT_METRICS_TOKEN=SCRAPE_TOKEN)
+async def test_every_process_reads_every_log_entry_and_delivers_those_with_an_audience_there(deployment: Deployment):
+    """Issue 20's cost, as each process's /metrics shows it: a conversation whose members are all on
+    process a is read on b too, and delivered only on a; a global message with a listener only on b
+    is read on both and delivered only on b."""
+    a, b = await deployment.start(2)
+    alice, bob, carol = User(a, 1), User(a, 2), User(b, 3)  # sockets and HTTP calls: alice and bob on a, carol on b
+    sockets = [await alice.connect(), await bob.connect(), await carol.connect()]
+    conversation_id = await alice.create("only on a")
+    await bob.join(conversation_id)
+    # Published through b after the setup above, and applied by b before it answers: b has read the setup.
+    assert (await carol.get("/v1/messages/get?chat=0")).ok
+    for socket in sockets:
+        await socket.drain()
+    before = {a: await scrape_process(a), b: await scrape_process(b)}
+
+    for text in ("one", "two", "three"):
+        await alice.send(text, conversation_id)  # answered once applied on a
+    await alice.send("to everyone")
+    assert [m["message"] for m in await collect(sockets[2], 1)] == ["to everyone"]  # b has applied all four
+    after = {a: await scrape_process(a), b: await scrape_process(b)}
+
+    def moved(process: ChatProcess, name: str, **labels: str) -> float:
+        return grew(before[process], after[process], name, **labels)
+
+    for process in (a, b):
+        assert moved(process, "chat_log_entries_read_total", kind="conversation") == 3
+        assert moved(process, "chat_log_entries_read_total", kind="global") == 1
+    assert moved(a, "chat_log_entries_delivered_total", kind="conversation") == 3
+    assert moved(b, "chat_log_entries_delivered_total", kind="conversation") == 0  # read, never delivered
+    assert moved(a, "chat_log_entries_delivered_total", kind="global") == 0  # nobody on a listens
+    assert moved(b, "chat_log_entries_delivered_total", kind="global") == 1
+    assert moved(a, "chat_events_delivered_total") == 3 * 2  # frames: alice's and bob's sockets
+    assert moved(b, "chat_events_delivered_total") == 1
+    for socket in sockets[:2]:
+        assert texts(await socket.drain()) == ["one", "two", "three"]
+    await sockets[2].assert_silent()
