@@ -19,7 +19,6 @@ workload's observer measures that).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import secrets
 import sys
