@@ -328,6 +328,41 @@ class _DeliveryState:
         }
 
 
+class ScheduledSends:
+    """k numbered sends, on a schedule (``rate`` per second) or as fast as they go; what each took and got.
+
+    Latency counts from when a message was due, so a server that falls
+    behind the schedule is not flattered by it.
+    """
+
+    def __init__(self, k: int, marker: str, rate: float) -> None:
+        self.marker = marker
+        self.rate = rate
+        self.start = [0.0] * k
+        self.end = [0.0] * k
+        self.ids: list[int | None] = [None] * k
+        self.errors: list[str] = []
+        self.schedule_start = time.perf_counter()
+
+    async def send(self, api: Any, sender: int, seq: int, conversation_id: int) -> None:
+        body: dict[str, Any] = {"text": f"{self.marker}{seq}"}
+        if conversation_id:
+            body["conversation_id"] = conversation_id
+        if self.rate:
+            due = self.schedule_start + seq / self.rate
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
+            self.start[seq] = due
+        else:
+            self.start[seq] = time.perf_counter()
+        try:
+            reply = await api.call(sender, "POST", "/v1/messages/send", body)
+            self.ids[seq] = int(reply["id"])
+        except (ApiError, OSError, KeyError, ValueError) as error:
+            self.errors.append(f"seq {seq}: {error}")
+        self.end[seq] = time.perf_counter()
+
+
 async def _delivery(
     target: Target, config: DeliveryConfig, users: Users, api: Api, clients: list[SocketClient], state: _DeliveryState
 ) -> dict[str, Any]:
@@ -362,36 +397,17 @@ async def _delivery(
     # sender holds the open socket the server requires.
     state.phase = "send"
     k = config.messages
-    send_start = [0.0] * k
-    send_end = [0.0] * k
-    sent_ids: list[int | None] = [None] * k
-    send_errors: list[str] = []
+    sends = ScheduledSends(k, marker, config.rate)
+    send_start, send_end, sent_ids, send_errors = sends.start, sends.end, sends.ids, sends.errors
     senders = user_ids[: config.senders or min(config.concurrency, len(user_ids))]
     sequence = iter(range(k))  # shared by all workers: each seq is sent once
 
-    schedule_start = time.perf_counter()
+    sends.schedule_start = time.perf_counter()
 
     async def worker(index: int) -> None:
         sender = senders[index % len(senders)]
         for seq in sequence:
-            body: dict[str, Any] = {"text": f"{marker}{seq}"}
-            if conversation_id:
-                body["conversation_id"] = conversation_id
-            if config.rate:
-                due = schedule_start + seq / config.rate
-                if due > time.perf_counter():
-                    await asyncio.sleep(due - time.perf_counter())
-                # Latency counts from when the message was due, so a server
-                # that falls behind the schedule is not flattered by it.
-                send_start[seq] = due
-            else:
-                send_start[seq] = time.perf_counter()
-            try:
-                reply = await api.call(sender, "POST", "/v1/messages/send", body)
-                sent_ids[seq] = int(reply["id"])
-            except (ApiError, OSError, KeyError, ValueError) as error:
-                send_errors.append(f"seq {seq}: {error}")
-            send_end[seq] = time.perf_counter()
+            await sends.send(api, sender, seq, conversation_id)
 
     server_cpu_before = target.cpu_seconds()
     client_cpu_before = time.process_time()
@@ -960,37 +976,20 @@ async def _nproc(
         plan.append((sender, 0 if is_global_message(nth, config.global_share) else conversation_of_group[g], g))
 
     state.phase = "send"
-    send_start = [0.0] * k
-    send_end = [0.0] * k
-    sent_ids: list[int | None] = [None] * k
-    send_errors: list[str] = []
+    sends = ScheduledSends(k, marker, config.rate)
+    send_start, send_end, sent_ids, send_errors = sends.start, sends.end, sends.ids, sends.errors
     sequence = iter(range(k))
     pids = (target.pid, *target.more_pids)
     counters_before = [await scrape_log_counters(http, url, target.metrics_token) for url in target.urls]
     observer_before = await scrape_log_counters(http, observer.base_url, target.metrics_token) if observer else None
     cpu_before = [read_cpu_seconds(pid) for pid in pids]
     observer_cpu_before = read_cpu_seconds(observer.pid) if observer else None
-    schedule_start = time.perf_counter()
+    sends.schedule_start = time.perf_counter()
 
     async def worker() -> None:
         for seq in sequence:
             sender, conversation_id, _ = plan[seq]
-            body: dict[str, Any] = {"text": f"{marker}{seq}"}
-            if conversation_id:
-                body["conversation_id"] = conversation_id
-            if config.rate:
-                due = schedule_start + seq / config.rate
-                if due > time.perf_counter():
-                    await asyncio.sleep(due - time.perf_counter())
-                send_start[seq] = due  # as in the delivery workloads: latency counts from when it was due
-            else:
-                send_start[seq] = time.perf_counter()
-            try:
-                reply = await apis[home_of[sender]].call(sender, "POST", "/v1/messages/send", body)
-                sent_ids[seq] = int(reply["id"])
-            except (ApiError, OSError, KeyError, ValueError) as error:
-                send_errors.append(f"seq {seq}: {error}")
-            send_end[seq] = time.perf_counter()
+            await sends.send(apis[home_of[sender]], sender, seq, conversation_id)
 
     await asyncio.gather(*(worker() for _ in range(config.concurrency)))
     sends_done = max(send_end) if k else time.perf_counter()
