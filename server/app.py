@@ -173,7 +173,18 @@ class ChatServer:
         )
 
     async def start(self, port: int | None = None) -> int:
-        """Migrate, reset stale socket ids, listen; return the bound port."""
+        """Migrate, reset stale socket ids, listen; return the bound port.
+
+        A start that fails part way (Redis too slow to answer, say) stops
+        what it had started: no log reader or heartbeat outlives it.
+        """
+        try:
+            return await self._start(port)
+        except BaseException:
+            await self.stop(drain_secs=0)
+            raise
+
+    async def _start(self, port: int | None) -> int:
         await self.database.migrate()
         await self._refuse_settings_that_cannot_be_shared()
         await self.hub.start()

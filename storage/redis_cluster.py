@@ -84,7 +84,12 @@ class InFlightLimit:
         try:
             yield
         finally:
-            _HOLDING.reset(holding)
+            try:
+                _HOLDING.reset(holding)
+            except ValueError:
+                # A task garbage-collected mid-command closes this generator
+                # in another context; the turn must still be given back.
+                pass
             self._turns.release()
 
 

@@ -42,6 +42,7 @@ BACKENDS = [
     b.strip() for b in os.environ.get("CHAT_TEST_BACKENDS", "mysql,embedded,two-processes").split(",") if b.strip()
 ]
 TEST_SECRET = "test-secret-" + uuid.uuid4().hex
+TEST_REDIS_TIMEOUT_SECS = 3.0
 # In-process servers run on the loop run.py runs them on (setting event_loop,
 # default uvloop); CHAT_TEST_EVENT_LOOP=asyncio runs the suite on the standard one.
 EVENT_LOOP = os.environ.get("CHAT_TEST_EVENT_LOOP", Settings.event_loop)
@@ -126,8 +127,11 @@ def server_settings(request: pytest.FixtureRequest, backend: str, data_dir: Path
     redis_url = ""
     if backend in ("mysql", "two-processes"):
         redis_url = request.getfixturevalue("redis_cluster").url if backend == "two-processes" else REDIS_URL
+        # A test waits out a busy machine (a full run loads both cores);
+        # the tests of Redis timing out set their own, short, timeout.
         values.update(
-            database_url=request.getfixturevalue("mysql_database_url"), redis_url=redis_url, redis_prefix=prefix
+            database_url=request.getfixturevalue("mysql_database_url"), redis_url=redis_url, redis_prefix=prefix,
+            redis_timeout=TEST_REDIS_TIMEOUT_SECS,
         )
     values.update(options)
     yield Settings(**values)
@@ -155,7 +159,13 @@ def server(io_loop, backend: str, server_settings: Settings) -> Iterator[ServerU
         http_port = port if http_server is chat_server else await http_server.start(port=0)
         return port, http_port
 
-    port, http_port = io_loop.run_sync(start)
+    try:
+        port, http_port = io_loop.run_sync(start)
+    except BaseException:
+        # No teardown follows a failed setup: stop the first server if the second failed to start.
+        for started in {chat_server, http_server}:
+            io_loop.run_sync(started.stop)
+        raise
     under_test = ServerUnderTest(chat_server, port, "embedded" if backend == "embedded" else "mysql",
                                  http_port=http_port, topology=backend, http_chat_server=http_server)
     yield under_test

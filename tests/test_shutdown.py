@@ -176,3 +176,21 @@ async def test_the_door_stays_open_a_moment_after_the_last_answer():
     with pytest.raises(ShuttingDown):
         drain.enter()  # that next request: refused with 503
     assert await closing is True
+
+
+@pytest.mark.parametrize("backend", ["mysql", "two-processes"])  # an embedded database refuses a second process earlier
+@pytest.mark.gen_test(timeout=30)
+async def test_a_start_that_fails_part_way_leaves_nothing_running(server: ServerUnderTest):
+    """The port is taken, which fails the start after the log's reader and the heartbeat began: both must stop."""
+    from server.app import ChatServer
+
+    second = ChatServer(server.chat_server.settings)
+    with pytest.raises(OSError):
+        await second.start(port=int(server.ws_url.rsplit(':', 1)[1]))
+    assert second.hub._beating is not None and second.hub._beating.done()
+    reading = getattr(second.bus, "_reading", None)
+    assert reading is None or reading.done()
+    # The first server still serves.
+    alice = server.user(1)
+    await alice.connect()
+    assert (await alice.get("/v1/conversations/get")).ok
