@@ -37,6 +37,7 @@ from handlers.base import (
 )
 from handlers.validators import HttpUrl, Text
 from server import metrics, wire
+from server.admission import RETRY_AFTER_SECS, HandshakeAdmission
 from server.chat import ChatService
 from server.drain import Drain
 from server.errors import ForeignOrigin, NotAuthenticated, NotAWebSocket, ShuttingDown, StorageUnavailable
@@ -68,9 +69,13 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
     parameters = PROFILE_SCHEMA
     extra_errors = (NotAWebSocket, ForeignOrigin, NotAuthenticated, StorageUnavailable)
 
-    def initialize(self, chat: ChatService, settings: Settings, drain: Drain) -> None:
+    def initialize(self, chat: ChatService, settings: Settings, drain: Drain, admission: HandshakeAdmission) -> None:
         self.chat = chat
         self.drain = drain
+        self.admission = admission
+        self._admitted = False  # holds a place among the handshakes in progress
+        self._reserved = False  # its id is in the cache, counted against the user's cap
+        self._refusal: tuple[int, str] | None = None  # the close code and reason it gets instead of opening
         self.config = settings  # not self.settings: that is Tornado's application settings
         self.queue_limit = settings.ws_queue_limit
         self._profile: Profile | None = None
@@ -88,13 +93,32 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         return origin_allowed(origin, self.config.cors_origins) or super().check_origin(origin)
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        """Check the handshake, authenticate, store the profile, then upgrade; refusals are JSON."""
+        """Check the handshake, authenticate, store the profile, then upgrade; refusals are JSON.
+
+        Refusals a browser must see (busy, too many sockets) are a close
+        right after the upgrade instead: a page learns nothing of a refused
+        handshake but that it failed.
+        """
         try:
             await self._check_handshake()
         except Exception as error:
             metrics.HANDSHAKES.labels(metrics.reason_of(type(as_api_error(error)))).inc()
+            self._give_back()
             raise
-        await super().get(*args, **kwargs)
+        try:
+            await super().get(*args, **kwargs)  # returns once the socket is closed
+        finally:
+            if not self._registered:
+                self._give_back()  # the upgrade failed, or open() refused: nothing opened
+
+    def _give_back(self) -> None:
+        """Release the handshake's place and, if its socket never opened, its reserved id."""
+        if self._admitted:
+            self._admitted = False
+            self.admission.leave()
+        if self._reserved:
+            self._reserved = False
+            self.chat.release_socket(self.user_id, self.socket_id)
 
     async def _check_handshake(self) -> None:
         if self.drain.closed:  # shutting down: no new socket only to close it again
@@ -127,6 +151,15 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         self.position_tail = wire.position_tail(self.socket_id, self.position_key)
         # An empty value is a position too (a malformed one), not the absence of a resume.
         self._resume = self.get_query_argument("resume", None)
+        if not self.admission.enter():
+            self._refusal = (wire.CLOSE_BUSY, wire.busy_reason(RETRY_AFTER_SECS))
+            return
+        self._admitted = True
+        reserved = await self.chat.reserve_socket(user.user_id, self.socket_id, self._resume is not None)
+        if reserved is False:
+            self._refusal = (wire.CLOSE_TOO_MANY_SOCKETS, wire.too_many_sockets_reason(self.config.max_sockets_per_user))
+            return
+        self._reserved = reserved is True
         # Counted in flight while it writes, so shutdown does not close the
         # database under it (the upgrade itself is not: it lasts as long as the socket).
         self.drain.enter()
@@ -142,12 +175,19 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         with a reason and leaves no trace; Tornado would otherwise drop the
         TCP connection without a close frame and without ``on_close``.
         """
+        if self._refusal is not None:
+            code, reason = self._refusal
+            metrics.HANDSHAKES.labels("busy" if code == wire.CLOSE_BUSY else "too_many_sockets").inc()
+            self.close(code, reason)
+            return
         assert self._profile is not None
         self._registered = True  # from here a close must unregister, even mid-open
+        mirrored, self._reserved = self._reserved, False  # from here the socket's close takes the id out
         try:
-            await self.chat.open_connection(self, self._profile, self._resume)
+            await self.chat.open_connection(self, self._profile, self._resume, mirrored)
         except Exception as error:
             self._registered = False
+            self._give_back()
             metrics.count_storage_error(error)
             metrics.HANDSHAKES.labels(metrics.reason_of(type(as_api_error(error)))).inc()
             if is_storage_unavailable(error):
@@ -157,6 +197,7 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
                 log.exception("socket %s not opened", self.socket_id)
                 self.close(CLOSE_INTERNAL_ERROR, "Internal error")
             return
+        self._give_back()
         metrics.HANDSHAKES.labels("accepted").inc()
 
     def release(self, first: Sequence[bytes]) -> None:

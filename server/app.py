@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import hashlib
 import ipaddress
@@ -29,6 +30,7 @@ from handlers.static import StaticHandler
 from handlers.websocket import ChatSocketHandler
 from server import apidoc, metrics
 from server.auth import load_or_create_secret
+from server.admission import HandshakeAdmission
 from server.chat import ChatService
 from server.drain import Drain
 from server.health import Readiness
@@ -100,6 +102,18 @@ class SettingsConflict(Exception):
     """This process's settings cannot work beside the processes already running."""
 
 
+def _bind(setting: str, host: str, port: int) -> list:
+    """Listening sockets on host:port; a port another process holds refuses the start in one line, naming the setting."""
+    try:
+        return tornado.netutil.bind_sockets(port, host)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise SettingsConflict(
+            f"{host}:{port} is in use (another process on this host?): give each process its own {setting}"
+        ) from None
+
+
 class ChatServer:
     """The whole server: build with settings, ``await start()``, ``await stop()``."""
 
@@ -117,6 +131,7 @@ class ChatServer:
         self.chat = ChatService(settings, self.database, self.cache, self.registry, self.hub)
         self.readiness = Readiness(self.database, self.cache)
         self.drain = Drain()
+        self.admission = HandshakeAdmission(settings.max_handshakes)
         self.http_server: tornado.httpserver.HTTPServer | None = None
         self.metrics_server: tornado.httpserver.HTTPServer | None = None
         self.metrics_port: int | None = None
@@ -143,7 +158,7 @@ class ChatServer:
             (r"/v1/conversations/view/([^/]*)", conversations.ViewHandler, services),
             (r"/v1/conversations/stopView/([^/]*)", conversations.StopViewHandler, services),
             (r"/v1/conversations/info/([^/]*)", conversations.InfoHandler, services),
-            (r"/v1/ws", ChatSocketHandler, services),
+            (r"/v1/ws", ChatSocketHandler, {**services, "admission": self.admission}),
             (r"/healthz", health.HealthHandler, services),
             (r"/readyz", health.ReadyHandler, {**services, "readiness": self.readiness}),
             (r"/v1/features", features.FeaturesHandler, {**services, "dev_signin": self.dev_signin_enabled}),
@@ -192,19 +207,21 @@ class ChatServer:
             self.make_app(), max_buffer_size=MAX_BUFFERED_BODY_BYTES, max_header_size=MAX_READ_HEADER_BYTES,
             xheaders=False,
         )
-        sockets = tornado.netutil.bind_sockets(self.settings.port if port is None else port, self.settings.host)
+        api_port = self.settings.port if port is None else port
+        sockets = _bind("CHAT_HOST/CHAT_PORT", self.settings.host, api_port)
         self.http_server.add_sockets(sockets)
         metrics.watch_connections(
-            lambda: self.registry.size()["sockets"], lambda: self.registry.size()["users"]
+            lambda: self.registry.size()["sockets"], lambda: self.registry.size()["users"],
+            lambda: self.admission.in_progress,
         )
-        self._start_metrics_listener()
+        self._start_metrics_listener(api_port)
         self._refresh = tornado.ioloop.PeriodicCallback(self._refresh_socket_cache, SOCKET_REFRESH_SECS * 1000)
         self._refresh.start()
         return sockets[0].getsockname()[1]
 
-    def _start_metrics_listener(self) -> None:
+    def _start_metrics_listener(self, api_port: int) -> None:
         """Serve /metrics on CHAT_METRICS_ADDR (a port of its own, loopback by default), if set."""
-        address = self.settings.metrics_host_port
+        address = self.settings.metrics_bind(api_port)
         if address is None:
             return
         app = tornado.web.Application(
@@ -212,7 +229,7 @@ class ChatServer:
             default_handler_args={"chat": self.chat, "settings": self.settings, "drain": self.drain}, log_function=lambda handler: None,
         )
         self.metrics_server = tornado.httpserver.HTTPServer(app)
-        sockets = tornado.netutil.bind_sockets(address[1], address[0])
+        sockets = _bind("CHAT_METRICS_ADDR", address[0], address[1])
         self.metrics_server.add_sockets(sockets)
         self.metrics_port = sockets[0].getsockname()[1]
 
@@ -290,7 +307,8 @@ class ChatServer:
     def describe(self, port: int) -> str:
         database = self.database.url.render_as_string(hide_password=True)
         cache = f"redis {self.settings.redis_url} (prefix {self.settings.redis_prefix})" if self.settings.redis_url else "in-process"
-        metrics_at = f"http://{self.settings.metrics_host_port[0]}:{self.metrics_port}/metrics" if self.metrics_port else "off"
+        metrics_host = (self.settings.metrics_bind(port) or ("", 0))[0]
+        metrics_at = f"http://{metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "off"
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # "uvloop" or "asyncio"
         return (
             f"listening on http://{self.settings.host}:{port}/ · database {database} · cache {cache}"

@@ -86,6 +86,7 @@ class ChatService:
         self.registry = registry
         self.hub = hub
         self.max_members = settings.max_members
+        self.max_sockets_per_user = settings.max_sockets_per_user
         self.locks = KeyedLocks()
         self.sockets = SocketMirror(cache, announce=hub.open_sockets.announce_closed)
         hub.on_retire = self._retire_now
@@ -117,11 +118,30 @@ class ChatService:
     def new_socket_id(self) -> str:
         return self.hub.new_socket_id()
 
+    async def reserve_socket(self, user_id: int, socket_id: str, resuming: bool) -> bool | None:
+        """Count a socket about to open against its user's cap (on every process); False if over it.
+
+        A resume may go one over: it replaces its old socket, which may
+        still look open (API.md §3). If True the id is in the cache from now
+        on, and ``release_socket`` takes it out if the socket does not open
+        after all; None: the cache is away, nothing was counted or recorded.
+        """
+        cap = self.max_sockets_per_user
+        if cap and resuming:
+            cap += 1
+        return await self.sockets.reserve(user_id, socket_id, cap)
+
+    def release_socket(self, user_id: int, socket_id: str) -> None:
+        """Take a reserved socket id out of the cache again (its handshake failed)."""
+        self.sockets.closed(user_id, socket_id)
+
     async def prepare_connection(self, user_id: int, name: str | None, avatar: str | None) -> Profile:
         """Store the profile a WebSocket launch carried, before the socket opens."""
         return await self.database.save_profile(user_id, name, avatar)
 
-    async def open_connection(self, connection: Connection, profile: Profile, resume: str | None = None) -> None:
+    async def open_connection(
+        self, connection: Connection, profile: Profile, resume: str | None = None, mirrored: bool = False
+    ) -> None:
         """Register an open socket (resuming an old one's place if asked) and mirror its id in the cache.
 
         If registering fails (the database is away) nothing of the socket
@@ -133,9 +153,13 @@ class ChatService:
                 await self._retire(connection.user_id, replaced)
         except BaseException:
             await self.hub.disconnect(connection)
+            if mirrored:
+                self.release_socket(connection.user_id, connection.socket_id)
             raise
-        # Mirrored before the greeting: a client that has it may call any process at once.
-        await self.sockets.opened(connection.user_id, connection.socket_id)
+        # Mirrored before the greeting (reserve_socket did, unless the cache
+        # was away): a client that has it may call any process at once.
+        if not mirrored:
+            await self.sockets.opened(connection.user_id, connection.socket_id)
         connection.release(first_frames)
 
     async def _retire(self, user_id: int, socket_id: str) -> None:

@@ -29,6 +29,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # Sockets and users, read from the live registries when Prometheus scrapes.
 OPEN_SOCKETS = Gauge("chat_open_sockets", "WebSocket connections open now")
 CONNECTED_USERS = Gauge("chat_connected_users", "Users with at least one open WebSocket now")
+HANDSHAKES_IN_PROGRESS = Gauge(
+    "chat_handshakes_in_progress", "WebSocket handshakes admitted and not yet answered (bounded by CHAT_MAX_HANDSHAKES)"
+)
 
 HANDSHAKES = Counter(
     "chat_handshakes_total", "WebSocket handshakes by outcome: accepted, or the reason they were refused",
@@ -116,10 +119,13 @@ def log_entry_counters(kind: str) -> tuple[Counter, Counter]:
     return _LOG_ENTRY_COUNTERS.get(kind, _OTHER_LOG_ENTRY)
 
 
-def watch_connections(sockets: Callable[[], float], users: Callable[[], float]) -> None:
-    """Read the socket and user gauges from these functions at every scrape."""
+def watch_connections(
+    sockets: Callable[[], float], users: Callable[[], float], handshakes: Callable[[], float]
+) -> None:
+    """Read the socket, user and handshake gauges from these functions at every scrape."""
     OPEN_SOCKETS.set_function(sockets)
     CONNECTED_USERS.set_function(users)
+    HANDSHAKES_IN_PROGRESS.set_function(handshakes)
 
 
 def render() -> bytes:

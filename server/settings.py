@@ -15,6 +15,8 @@ from typing import Any, Mapping
 from server.eventloop import loop_factory
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config" / "chat.toml"
+# The metrics port of a process whose metrics_addr names a host only: 8080 → 9180.
+METRICS_PORT_OFFSET = 1100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,25 +32,34 @@ class Settings:
     data_dir: str = "./data"
     auth_max_age: int = 0
     ws_queue_limit: int = 1000
+    max_handshakes: int = 256  # WebSocket handshakes in progress per process; beyond, refused with 1013 (0: no limit)
+    max_sockets_per_user: int = 20  # open sockets of one user on all processes; beyond, refused with 1008 (0: no cap)
     send_rate_limit: float = 5.0
     resume_window: float = 120.0
-    # host:port of the /metrics listener; "" = none. config/chat.toml sets a
-    # loopback port for the server; code that builds Settings itself (tests,
-    # benches) gets no listener unless it asks.
+    # Where the /metrics listener binds: "host:port", a host alone (then the
+    # port is the API port + METRICS_PORT_OFFSET, so processes on one host
+    # each get their own), or ""/"off" for none. config/chat.toml sets
+    # "127.0.0.1"; code that builds Settings itself (tests, benches) gets no
+    # listener unless it asks.
     metrics_addr: str = ""
     metrics_token: str = ""  # if set, /metrics is also served on the API port to this bearer token
     db_timeout: float = 5.0
     redis_timeout: float = 1.0
     event_loop: str = "uvloop"  # or "asyncio" (server/eventloop.py)
 
-    @property
-    def metrics_host_port(self) -> tuple[str, int] | None:
-        """Where the metrics listener binds, or None; ValueError if malformed."""
-        if not self.metrics_addr or self.metrics_addr == "off":
+    def metrics_bind(self, api_port: int) -> tuple[str, int] | None:
+        """(host, port) the metrics listener binds next to API port ``api_port``, or None; ValueError if malformed."""
+        address = self.metrics_addr
+        if not address or address == "off":
             return None
-        host, _, port = self.metrics_addr.rpartition(":")
+        if address.endswith("]") or ":" not in address:  # a host alone: "127.0.0.1", "[::1]"
+            host = address.strip("[]")
+            if not host or host.isdigit():
+                raise ValueError(f"setting metrics_addr must be host:port, a host, or off, got {address!r}")
+            return host, api_port + METRICS_PORT_OFFSET if api_port else 0
+        host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"setting metrics_addr must be host:port or off, got {self.metrics_addr!r}")
+            raise ValueError(f"setting metrics_addr must be host:port, a host, or off, got {address!r}")
         return host.strip("[]"), int(port)
 
     @property

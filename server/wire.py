@@ -70,6 +70,20 @@ def conversation_info(info: ConversationInfo) -> dict[str, Any]:
 # The close code of a socket whose successor resumed its place (API.md §3).
 CLOSE_REPLACED = 4000
 REPLACED_REASON = "Replaced by a resumed socket"
+# A handshake refused after the upgrade (a browser sees a close code, never
+# a refused handshake's status): too many in progress (1013, try again
+# later, with a hint), or the user holds too many sockets (1008, policy).
+CLOSE_BUSY = 1013
+CLOSE_TOO_MANY_SOCKETS = 1008
+
+
+def busy_reason(retry_after_secs: int) -> str:
+    """The close reason of a handshake refused as busy; clients read the number after "retry after"."""
+    return f"Server busy: retry after {retry_after_secs} s"
+
+
+def too_many_sockets_reason(cap: int) -> str:
+    return f"Too many open sockets: at most {cap} per user"
 
 
 def parse_position(value: str) -> tuple[str, str, str, str]:

@@ -46,6 +46,14 @@ class Cache(abc.ABC):
         """Record an open socket of a user."""
 
     @abc.abstractmethod
+    async def reserve_socket(self, user_id: int, socket_id: str, cap: int) -> bool:
+        """Record a socket about to open unless the user holds ``cap`` already (0: no cap); False if refused.
+
+        One atomic step, so concurrent handshakes of one user on several
+        processes cannot all slip under the cap.
+        """
+
+    @abc.abstractmethod
     async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
         """Forget closed sockets, given as (user id, socket id)."""
 
@@ -96,6 +104,15 @@ class MemoryCache(Cache):
 
     async def add_socket(self, user_id: int, socket_id: str) -> None:
         self._sockets.setdefault(user_id, set()).add(socket_id)
+
+    async def reserve_socket(self, user_id: int, socket_id: str, cap: int) -> bool:
+        user_sockets = self._sockets.setdefault(user_id, set())
+        if cap and len(user_sockets) >= cap and socket_id not in user_sockets:
+            if not user_sockets:
+                del self._sockets[user_id]
+            return False
+        user_sockets.add(socket_id)
+        return True
 
     async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
         for user_id, socket_id in sockets:
@@ -161,6 +178,17 @@ class MemoryCache(Cache):
 # pairs to set, user/count pairs to add, then users to remove. The hash moves
 # from version - 1 to version, or is dropped: a hash that missed a change must
 # not serve again (see the module docstring).
+# KEYS[1] the user's socket ids. ARGV: socket id, cap (0: none), ttl. 1 if added (or already there), 0 if refused.
+_RESERVE_SOCKET_LUA = """
+local cap = tonumber(ARGV[2])
+if cap > 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 and redis.call('SCARD', KEYS[1]) >= cap then
+  return 0
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
 _UNREAD_APPLY_LUA = """
 local cached = redis.call('HGET', KEYS[1], '_v')
 if not cached then return 0 end
@@ -219,6 +247,20 @@ class RedisCache(Cache):
             pipe.sadd(key, socket_id).expire(key, SOCKET_TTL_SECS)
             pipe.sadd(self.process_key, f"{user_id}:{socket_id}").expire(self.process_key, SOCKET_TTL_SECS)
             await pipe.execute()
+
+    async def reserve_socket(self, user_id: int, socket_id: str, cap: int) -> bool:
+        # The script touches the user's key only (one slot on a cluster); the
+        # process's list goes in the same round trip.
+        key = self.sockets_key(user_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            # EVAL, not EVALSHA: a pipeline (on a cluster too) cannot reload a script Redis forgot.
+            pipe.eval(_RESERVE_SOCKET_LUA, 1, key, socket_id, cap, SOCKET_TTL_SECS)
+            pipe.sadd(self.process_key, f"{user_id}:{socket_id}").expire(self.process_key, SOCKET_TTL_SECS)
+            added, *_ = await pipe.execute()
+        if not added:
+            # Refused: it must not stay in the process's list either.
+            await self.client.srem(self.process_key, f"{user_id}:{socket_id}")
+        return bool(added)
 
     async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

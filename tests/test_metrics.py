@@ -129,14 +129,21 @@ async def test_metrics_on_the_api_port_need_the_token(server: ServerUnderTest):
     assert ("chat_open_sockets", frozenset()) in samples
 
 
-def test_metrics_addr_must_be_host_and_port():
+def test_metrics_addr_is_host_and_port_or_a_host_next_to_the_api_port():
     from server.settings import Settings
 
-    assert Settings(metrics_addr="127.0.0.1:9180").metrics_host_port == ("127.0.0.1", 9180)
-    assert Settings(metrics_addr="[::1]:0").metrics_host_port == ("::1", 0)
-    assert Settings(metrics_addr="off").metrics_host_port is None
-    with pytest.raises(ValueError):
-        Settings(metrics_addr="9180").metrics_host_port
+    assert Settings(metrics_addr="127.0.0.1:9180").metrics_bind(8080) == ("127.0.0.1", 9180)
+    assert Settings(metrics_addr="[::1]:0").metrics_bind(8080) == ("::1", 0)
+    assert Settings(metrics_addr="off").metrics_bind(8080) is None
+    assert Settings(metrics_addr="").metrics_bind(8080) is None
+    # A host alone: the port follows the API port, so processes on one host never meet.
+    assert Settings(metrics_addr="127.0.0.1").metrics_bind(8080) == ("127.0.0.1", 9180)
+    assert Settings(metrics_addr="127.0.0.1").metrics_bind(8081) == ("127.0.0.1", 9181)
+    assert Settings(metrics_addr="[::1]").metrics_bind(8080) == ("::1", 9180)
+    assert Settings(metrics_addr="127.0.0.1").metrics_bind(0) == ("127.0.0.1", 0)  # an ephemeral API port
+    for malformed in ("9180", "127.0.0.1:", ":9180", "[]"):
+        with pytest.raises(ValueError):
+            Settings(metrics_addr=malformed).metrics_bind(8080)
 
 
 SCRAPE_TOKEN = "log-metrics-scrape-token"

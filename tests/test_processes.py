@@ -18,6 +18,7 @@ import time
 import pytest
 
 from tests.helpers import Socket, User
+from tests.outages import free_port
 from tests.processes import START_TIMEOUT_SECS, ChatProcess, Deployment, collect, texts
 
 pytestmark = pytest.mark.gen_test(timeout=120)
@@ -219,3 +220,52 @@ async def test_resume_survives_a_rolling_restart_of_its_process(deployment: Depl
     socket, first = await User(a, 2).resume(position)  # nginx sends the reconnect to the survivor
     assert first["event"] == "resumed"
     assert texts(await socket.drain()) == ["during the deploy"]
+
+
+def _port_with_free_metrics_neighbour() -> int:
+    """A free port whose metrics neighbour (port + METRICS_PORT_OFFSET) is free too."""
+    import socket
+
+    from server.settings import METRICS_PORT_OFFSET
+
+    while True:
+        port = free_port()
+        if port + METRICS_PORT_OFFSET > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + METRICS_PORT_OFFSET))
+            except OSError:
+                continue
+        return port
+
+
+async def test_two_processes_on_one_host_start_with_the_default_metrics_setting(deployment: Deployment):
+    """config/chat.toml names a host only: each process's /metrics listens next to its own API port."""
+    from server.settings import METRICS_PORT_OFFSET
+
+    del deployment.env["CHAT_METRICS_ADDR"]  # the default of config/chat.toml
+    processes = [deployment.process(name) for name in "ab"]
+    for process in processes:
+        process.port = _port_with_free_metrics_neighbour()
+        process.base_url = f"http://127.0.0.1:{process.port}"
+        process.ws_url = f"ws://127.0.0.1:{process.port}"
+        process.spawn()
+    for process in processes:
+        await process.started()
+        scraped = await process.http.fetch(f"http://127.0.0.1:{process.port + METRICS_PORT_OFFSET}/metrics")
+        assert b"chat_open_sockets" in scraped.body
+
+
+async def test_a_metrics_port_in_use_refuses_the_start_in_one_line(deployment: Deployment):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        process = deployment.process("a")
+        assert process.spawn(CHAT_METRICS_ADDR=address).wait(timeout=START_TIMEOUT_SECS) == 2
+    log = process.log()
+    assert f"refusing to start: {address} is in use" in log and "CHAT_METRICS_ADDR" in log
+    assert "Traceback" not in log

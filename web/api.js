@@ -5,6 +5,12 @@ const PING_INTERVAL_MS = 25_000;
 const REQUEST_TIMEOUT_MS = 15_000;
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
+// Hidden by VK (VKWebAppViewHide) for longer than this, the socket is closed;
+// VKWebAppViewRestore resumes it (docs/API.md §3).
+const HIDDEN_CLOSE_MS = 60_000;
+// Close codes the server refuses a handshake with after the upgrade (docs/API.md §3).
+const CLOSE_BUSY = 1013;
+const CLOSE_TOO_MANY_SOCKETS = 1008;
 
 /**
  * An error answer of the API: {response: false, error: {code, message}}.
@@ -76,8 +82,9 @@ export async function devSignInAvailable() {
  *
  * Emits (via `on(name, fn)`): `connected` ({socket_id, user_id, resumed}; also on a
  * `resync` frame, with resumed: false, so the app refetches),
- * `disconnected`, `event` ({event, data}) for every server event, and
- * `authFailed` (the ApiError) when the server refuses the launch parameters.
+ * `disconnected`, `event` ({event, data}) for every server event,
+ * `authFailed` (the ApiError) when the server refuses the launch parameters,
+ * and `refused` (the close reason) when the user holds too many sockets.
  */
 export class ChatClient {
   constructor({ launchParams, profile }) {
@@ -93,6 +100,8 @@ export class ChatClient {
     this.listeners = new Map();
     this.pingTimer = null;
     this.reconnectTimer = null;
+    this.hideTimer = null;
+    this.suspended = false; // closed while VK hid the app; `shown` resumes
     this._newReadyPromise();
     window.addEventListener('online', () => this.reconnectNow());
   }
@@ -140,6 +149,24 @@ export class ChatClient {
     clearTimeout(this.reconnectTimer);
     clearInterval(this.pingTimer);
     if (this.ws) this.ws.close(1000);
+  }
+
+  /** VK hid the app: keep the socket a minute (a glance at another app), then close it until `shown`. */
+  hidden() {
+    clearTimeout(this.hideTimer);
+    this.hideTimer = setTimeout(() => {
+      this.suspended = true;
+      this.stop();
+    }, HIDDEN_CLOSE_MS);
+  }
+
+  /** VK shows the app again: a socket closed meanwhile resumes where it left off. */
+  shown() {
+    clearTimeout(this.hideTimer);
+    if (!this.suspended) return;
+    this.suspended = false;
+    this.attempts = 0;
+    this.start();
   }
 
   reconnectNow() {
@@ -196,7 +223,7 @@ export class ChatClient {
       this._emit('event', frame);
       if (frame.pos) this.position = frame.pos; // processed: a resume starts after it
     });
-    ws.addEventListener('close', () => {
+    ws.addEventListener('close', (event) => {
       if (this.ws !== ws) return;
       clearInterval(this.pingTimer);
       const wasConnected = this.socketId !== null;
@@ -206,7 +233,22 @@ export class ChatClient {
         this._newReadyPromise();
         this._emit('disconnected');
       }
-      if (!this.stopped) this._afterFailure(wasConnected);
+      if (this.stopped) return;
+      if (event.code === CLOSE_TOO_MANY_SOCKETS) {
+        // The user holds as many sockets as the server allows: retrying would only be refused again.
+        this.stopped = true;
+        this._emit('refused', event.reason);
+        return;
+      }
+      const busy = event.code === CLOSE_BUSY && /retry after (\d+) s/.exec(event.reason || '');
+      if (busy) {
+        // Refused while the server is swamped: come back after its hint,
+        // spread over as long again so refused clients do not return together.
+        const hintMs = Number(busy[1]) * 1000;
+        this._scheduleReconnect(hintMs + Math.random() * hintMs);
+        return;
+      }
+      this._afterFailure(wasConnected);
     });
   }
 
@@ -238,9 +280,9 @@ export class ChatClient {
     }
   }
 
-  _scheduleReconnect() {
+  _scheduleReconnect(hintedMs) {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** this.attempts);
-    const delay = base / 2 + Math.random() * (base / 2);
+    const delay = hintedMs !== undefined ? hintedMs : base / 2 + Math.random() * (base / 2);
     this.attempts += 1;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = setTimeout(() => this._connect(), delay);

@@ -13,6 +13,7 @@ import { onConnected, onServerEvent } from './events.js';
 import { loadDrafts } from './composer.js';
 import { loadOutbox } from './outbox.js';
 import { watchAttention } from './attention.js';
+import { onBridgeEvent } from './bridge.js';
 
 export function startApp(launchParams, profile, devMode) {
   state.devMode = devMode;
@@ -37,6 +38,12 @@ export function startApp(launchParams, profile, devMode) {
     messageScreen('auth-error', 'Не удалось войти', messageFor(err),
       state.devMode ? h('button', { class: 'btn btn-primary', onclick: signOut }, 'Войти заново') : null);
   });
+  client.on('refused', () => {
+    messageScreen('socket-refused', 'Слишком много открытых вкладок',
+      'Чат открыт в слишком многих вкладках или на слишком многих устройствах. Закройте лишние и обновите страницу.', null);
+  });
+  onBridgeEvent('VKWebAppViewHide', () => client.hidden());
+  onBridgeEvent('VKWebAppViewRestore', () => client.shown());
   client.start();
 }
 

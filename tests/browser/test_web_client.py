@@ -546,3 +546,93 @@ def test_a_cut_network_resumes_without_refetching(chat_server, new_page):
         expect(message(alice, "после")).to_be_visible()
     finally:
         link.close()
+
+
+# ---------------------------------------------------------------- VK hides the app; a swamped server
+
+
+def bridge_event(page: Page, event_type: str) -> None:
+    """An event VK Bridge sends on its own; outside VK's frame the page is its own parent."""
+    page.evaluate("type => window.postMessage({ type, data: {} }, '*')", event_type)
+
+
+def test_hidden_by_vk_for_a_minute_closes_the_socket_and_restore_resumes(chat_server, new_page):
+    alice, bob = new_page(), new_page()
+    sockets = []
+    alice.on("websocket", lambda ws: sockets.append(ws))
+    alice.clock.install()
+    sign_in(alice, chat_server.base_url, "Алиса", 7001)
+    sign_in(bob, chat_server.base_url, "Борис", 7002)
+    for page in (alice, bob):
+        page.get_by_test_id("global-chat-item").click()
+    send(bob, "до скрытия")
+    expect(message(alice, "до скрытия")).to_be_visible()
+
+    bridge_event(alice, "VKWebAppViewHide")
+    alice.clock.fast_forward("00:30")  # a glance at another app keeps the socket
+    alice.wait_for_timeout(200)
+    assert not sockets[-1].is_closed()
+    alice.clock.fast_forward("00:31")  # past a minute: closed
+    deadline = time.monotonic() + 10
+    while not sockets[-1].is_closed():
+        assert time.monotonic() < deadline, "the socket stayed open past a minute hidden"
+        alice.wait_for_timeout(100)
+    alice.wait_for_timeout(1000)
+    assert len(sockets) == 1  # and it stays closed while hidden: no reconnect attempts
+
+    send(bob, "пока скрыто")
+    bridge_event(alice, "VKWebAppViewRestore")
+    wait_online(alice)
+    assert len(sockets) == 2 and "resume=" in sockets[1].url
+    expect(message(alice, "пока скрыто")).to_have_count(1)
+
+
+def test_a_busy_server_is_retried_after_its_hint(start_server, new_page):
+    """One handshake in progress at most: a page refused with 1013 comes back after the hint, not at once."""
+    import json
+    import sqlite3
+    import urllib.request
+
+    server = start_server(CHAT_MAX_HANDSHAKES="1")
+    signin = urllib.request.Request(server.base_url + "/v1/dev/signin", data=json.dumps({"user_id": 7101}).encode(),
+                                    headers={"Content-Type": "application/json"})
+    launch = json.loads(urllib.request.urlopen(signin).read())["launch_params"]
+    page = new_page()
+    closes: list[tuple[float, object]] = []
+    opened: list[float] = []
+
+    def watch(ws):
+        opened.append(time.monotonic())
+        ws.on("close", lambda ws: closes.append((time.monotonic(), ws)))
+
+    # The one place is taken by a handshake waiting for the database (its writes are held).
+    locker = sqlite3.connect(server.data_dir / "chat.sqlite3", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    holder = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        holder.sendall(
+            f"GET /v1/ws?{launch} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            .encode()
+        )
+        time.sleep(0.5)
+        page.on("websocket", watch)
+        sign_in_started = time.monotonic()
+        page.goto(server.base_url + "/")
+        page.get_by_test_id("signin-name").fill("Терпеливая")
+        page.get_by_test_id("signin-user-id").fill("7102")
+        page.get_by_test_id("signin-submit").click()
+        deadline = time.monotonic() + 10
+        while not closes:
+            assert time.monotonic() < deadline, "the refused handshake never closed"
+            page.wait_for_timeout(50)
+        refused_at = closes[0][0]
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    wait_online(page, timeout=20_000)
+    holder.close()
+    assert len(opened) >= 2, opened
+    waited = opened[1] - refused_at
+    # The hint is 2 s, spread up to twice that; the ordinary first backoff is under 0.5 s.
+    assert 1.8 <= waited <= 5.0, (waited, sign_in_started)
