@@ -155,7 +155,7 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
             self._refusal = (wire.CLOSE_BUSY, wire.busy_reason(RETRY_AFTER_SECS))
             return
         self._admitted = True
-        reserved = await self.chat.reserve_socket(user.user_id, self.socket_id, self._resume is not None)
+        reserved, cached = await self.chat.reserve_socket(user.user_id, self.socket_id, self._resume is not None)
         if reserved is False:
             self._refusal = (wire.CLOSE_TOO_MANY_SOCKETS, wire.too_many_sockets_reason(self.config.max_sockets_per_user))
             return
@@ -164,7 +164,9 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         # database under it (the upgrade itself is not: it lasts as long as the socket).
         self.drain.enter()
         try:
-            self._profile = await self.chat.prepare_connection(user.user_id, profile.get("name"), profile.get("avatar"))
+            self._profile = await self.chat.prepare_connection(
+                user.user_id, profile.get("name"), profile.get("avatar"), cached
+            )
         finally:
             self.drain.leave()
 

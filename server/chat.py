@@ -118,13 +118,16 @@ class ChatService:
     def new_socket_id(self) -> str:
         return self.hub.new_socket_id()
 
-    async def reserve_socket(self, user_id: int, socket_id: str, resuming: bool) -> bool | None:
+    async def reserve_socket(
+        self, user_id: int, socket_id: str, resuming: bool
+    ) -> tuple[bool | None, Profile | None]:
         """Count a socket about to open against its user's cap (on every process); False if over it.
 
         A resume may go one over: it replaces its old socket, which may
         still look open (API.md §3). If True the id is in the cache from now
         on, and ``release_socket`` takes it out if the socket does not open
         after all; None: the cache is away, nothing was counted or recorded.
+        Also the user's cached profile, for ``prepare_connection``.
         """
         cap = self.max_sockets_per_user
         if cap and resuming:
@@ -135,9 +138,22 @@ class ChatService:
         """Take a reserved socket id out of the cache again (its handshake failed)."""
         self.sockets.closed(user_id, socket_id)
 
-    async def prepare_connection(self, user_id: int, name: str | None, avatar: str | None) -> Profile:
-        """Store the profile a WebSocket launch carried, before the socket opens."""
-        return await self.database.save_profile(user_id, name, avatar)
+    async def prepare_connection(
+        self, user_id: int, name: str | None, avatar: str | None, cached: Profile | None = None
+    ) -> Profile:
+        """Store the profile a WebSocket launch carried, before the socket opens.
+
+        A launch that carries the cached profile (or none) changes nothing:
+        no database call, which is most reconnects, and all of a restart's.
+        """
+        if cached is not None and name in (None, cached.name) and avatar in (None, cached.avatar):
+            return cached
+        profile = await self.database.save_profile(user_id, name, avatar)
+        try:
+            await self.cache.cache_profile(user_id, profile)
+        except Exception as error:
+            log.warning("profile of user %s not cached (%s); the next handshake stores it again", user_id, error)
+        return profile
 
     async def open_connection(
         self, connection: Connection, profile: Profile, resume: str | None = None, mirrored: bool = False

@@ -12,6 +12,7 @@ import logging
 from typing import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from storage.cache import Cache
+from storage.records import Profile
 
 log = logging.getLogger("chat")
 
@@ -27,8 +28,9 @@ class SocketMirror:
         self._closed: list[tuple[int, str]] = []  # (user, socket) ids still in the cache
         self._forgetting: asyncio.Task[None] | None = None  # the task emptying _closed
 
-    async def reserve(self, user_id: int, socket_id: str, cap: int) -> bool | None:
-        """Record a socket about to open, within the user's cap: True, False if over it, None if the cache is away.
+    async def reserve(self, user_id: int, socket_id: str, cap: int) -> tuple[bool | None, Profile | None]:
+        """Record a socket about to open, within the user's cap: True, False if over it, None if the cache is away;
+        and the user's cached profile.
 
         A cache that cannot be asked refuses nobody (the registry is the
         truth for this process's sockets); ``opened`` then writes the id.
@@ -37,7 +39,7 @@ class SocketMirror:
             return await self.cache.reserve_socket(user_id, socket_id, cap)
         except Exception as error:
             log.warning("socket %s not checked against the cap (%s); letting it open", socket_id, error)
-            return None
+            return None, None
 
     async def opened(self, user_id: int, socket_id: str) -> None:
         """Record an open socket; if the cache is away, the next refresh writes it."""

@@ -1,7 +1,10 @@
-"""The cache: open socket ids per user and unread counters per conversation.
+"""The cache: open socket ids and the stored profile per user, unread counters per conversation.
 
 Nothing here is the truth. Socket ids mirror the live connections (re-added
 on every refresh, expiring when a crashed process stops refreshing them).
+
+A cached profile is what the database stored at the user's last changed
+launch; a handshake whose launch carries the same one skips the database.
 
 Unread counters carry the version of the database they reflect: every commit
 that changes a conversation's counts bumps ``conversations.counter_version``,
@@ -25,13 +28,15 @@ from typing import Iterable, Mapping, Sequence
 
 from redis.asyncio.cluster import RedisCluster
 
-from storage.records import UnreadCounts
+from storage.records import Profile, UnreadCounts
 from storage.redis_client import bounded_client, read_retried
 from storage.redis_keys import checked_prefix, slot_key
 
 # Socket-id sets expire unless refreshed; the server refreshes them every
 # SOCKET_REFRESH_SECS, so ids left by a crashed process vanish within a minute.
 SOCKET_TTL_SECS = 60
+# A user's profile stays cached this long after their last handshake.
+PROFILE_TTL_SECS = 7 * 24 * 3600
 SOCKET_REFRESH_SECS = 20
 # Counters of quiet conversations are dropped after a day and rebuilt on demand.
 UNREAD_TTL_SECS = 24 * 3600
@@ -46,12 +51,19 @@ class Cache(abc.ABC):
         """Record an open socket of a user."""
 
     @abc.abstractmethod
-    async def reserve_socket(self, user_id: int, socket_id: str, cap: int) -> bool:
+    async def reserve_socket(self, user_id: int, socket_id: str, cap: int) -> tuple[bool, Profile | None]:
         """Record a socket about to open unless the user holds ``cap`` already (0: no cap); False if refused.
 
         One atomic step, so concurrent handshakes of one user on several
-        processes cannot all slip under the cap.
+        processes cannot all slip under the cap. Also returns the user's
+        cached profile (``cache_profile``), if any, in the same round trip:
+        a returning user whose launch carries the same profile costs the
+        handshake no database call.
         """
+
+    @abc.abstractmethod
+    async def cache_profile(self, user_id: int, profile: Profile) -> None:
+        """Keep the profile the database stored for a user (for PROFILE_TTL_SECS after their last handshake)."""
 
     @abc.abstractmethod
     async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
@@ -100,19 +112,25 @@ class MemoryCache(Cache):
 
     def __init__(self) -> None:
         self._sockets: dict[int, set[str]] = {}  # user id → open socket ids
+        self._profiles: dict[int, Profile] = {}  # user id → stored profile
         self._unread: dict[int, UnreadCounts] = {}  # conversation id → its counters and their version
 
     async def add_socket(self, user_id: int, socket_id: str) -> None:
         self._sockets.setdefault(user_id, set()).add(socket_id)
 
-    async def reserve_socket(self, user_id: int, socket_id: str, cap: int) -> bool:
+    async def reserve_socket(self, user_id: int, socket_id: str, cap: int) -> tuple[bool, Profile | None]:
         user_sockets = self._sockets.setdefault(user_id, set())
+        profile = self._profiles.get(user_id)
         if cap and len(user_sockets) >= cap and socket_id not in user_sockets:
             if not user_sockets:
                 del self._sockets[user_id]
-            return False
+            return False, profile
         user_sockets.add(socket_id)
-        return True
+        return True, profile
+
+    async def cache_profile(self, user_id: int, profile: Profile) -> None:
+        # One process's users, as long as it runs: the database holds them all anyway.
+        self._profiles[user_id] = profile
 
     async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
         for user_id, socket_id in sockets:
@@ -178,15 +196,23 @@ class MemoryCache(Cache):
 # pairs to set, user/count pairs to add, then users to remove. The hash moves
 # from version - 1 to version, or is dropped: a hash that missed a change must
 # not serve again (see the module docstring).
-# KEYS[1] the user's socket ids. ARGV: socket id, cap (0: none), ttl. 1 if added (or already there), 0 if refused.
+# KEYS: the user's socket ids, the user's profile. ARGV: socket id, cap (0: none), socket ttl, profile ttl.
+# Returns {1 if added (or already there) / 0 if refused, and the cached name and avatar if any}.
 _RESERVE_SOCKET_LUA = """
+local profile = redis.call('HMGET', KEYS[2], 'n', 'a')
+local outcome = {1}
+if profile[1] and profile[2] then
+  outcome = {1, profile[1], profile[2]}
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
 local cap = tonumber(ARGV[2])
 if cap > 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 and redis.call('SCARD', KEYS[1]) >= cap then
-  return 0
+  outcome[1] = 0
+  return outcome
 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
+return outcome
 """
 
 _UNREAD_APPLY_LUA = """
@@ -238,6 +264,9 @@ class RedisCache(Cache):
     def sockets_key(self, user_id: int) -> str:
         return slot_key(self.prefix, f"user:{user_id}", "sockets")
 
+    def profile_key(self, user_id: int) -> str:
+        return slot_key(self.prefix, f"user:{user_id}", "profile")
+
     def unread_key(self, conversation_id: int) -> str:
         return slot_key(self.prefix, f"conversation:{conversation_id}", "unread")
 
@@ -248,19 +277,25 @@ class RedisCache(Cache):
             pipe.sadd(self.process_key, f"{user_id}:{socket_id}").expire(self.process_key, SOCKET_TTL_SECS)
             await pipe.execute()
 
-    async def reserve_socket(self, user_id: int, socket_id: str, cap: int) -> bool:
-        # The script touches the user's key only (one slot on a cluster); the
+    async def reserve_socket(self, user_id: int, socket_id: str, cap: int) -> tuple[bool, Profile | None]:
+        # The script touches the user's keys only (one slot on a cluster); the
         # process's list goes in the same round trip.
-        key = self.sockets_key(user_id)
+        keys = [self.sockets_key(user_id), self.profile_key(user_id)]
         async with self.client.pipeline(transaction=False) as pipe:
             # EVAL, not EVALSHA: a pipeline (on a cluster too) cannot reload a script Redis forgot.
-            pipe.eval(_RESERVE_SOCKET_LUA, 1, key, socket_id, cap, SOCKET_TTL_SECS)
+            pipe.eval(_RESERVE_SOCKET_LUA, 2, *keys, socket_id, cap, SOCKET_TTL_SECS, PROFILE_TTL_SECS)
             pipe.sadd(self.process_key, f"{user_id}:{socket_id}").expire(self.process_key, SOCKET_TTL_SECS)
-            added, *_ = await pipe.execute()
+            (added, *profile), *_ = await pipe.execute()
         if not added:
             # Refused: it must not stay in the process's list either.
             await self.client.srem(self.process_key, f"{user_id}:{socket_id}")
-        return bool(added)
+        return bool(added), Profile(name=profile[0], avatar=profile[1]) if len(profile) == 2 else None
+
+    async def cache_profile(self, user_id: int, profile: Profile) -> None:
+        key = self.profile_key(user_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping={"n": profile.name, "a": profile.avatar}).expire(key, PROFILE_TTL_SECS)
+            await pipe.execute()
 
     async def remove_sockets(self, sockets: Sequence[tuple[int, str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -1,0 +1,78 @@
+"""What a handshake costs the database (issue 21): nothing for a returning user whose launch carries
+the profile already stored; the profile's write when it changed. Counted with the engine's own
+statement events on the real database, on the server that holds the sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import pytest
+from sqlalchemy import event
+
+from tests.helpers import ServerUnderTest, close_and_wait
+
+pytestmark = pytest.mark.gen_test(timeout=60)
+
+
+@contextlib.contextmanager
+def statements(server: ServerUnderTest) -> Iterator[list[str]]:
+    """The SQL statements the socket-holding server sends while the block runs."""
+    seen: list[str] = []
+    engine = server.chat_server.database.engine.sync_engine
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def test_a_returning_user_with_the_same_profile_costs_no_database_call(server: ServerUnderTest):
+    alice = server.user(1)
+    with statements(server) as first_time:
+        socket = await alice.connect(name="Алиса", avatar="https://example.com/a.png")
+    assert any("users" in sql for sql in first_time), first_time  # a new user: stored
+    await close_and_wait(server, socket)
+
+    with statements(server) as again:
+        socket = await alice.connect(name="Алиса", avatar="https://example.com/a.png")
+    assert again == []
+    await close_and_wait(server, socket)
+    with statements(server) as without_profile:
+        socket = await alice.connect()  # a launch without one keeps the stored profile
+    assert without_profile == []
+
+    # A changed profile is stored, and is what others see from then on.
+    with statements(server) as renamed:
+        renamed_socket = await alice.connect(name="Алиса Петровна")
+    assert any("users" in sql for sql in renamed), renamed
+    bob = server.user(2)
+    bob_socket = await bob.connect()
+    conversation_id = await bob.create("чай")
+    await alice.join(conversation_id)
+    frame = await bob_socket.next_frame()
+    while frame["event"] != "joined_conversation":
+        frame = await bob_socket.next_frame()
+    assert frame["data"]["name"] == "Алиса Петровна"
+    assert (await server.database.profile(1)).name == "Алиса Петровна"
+
+
+async def test_a_profile_the_cache_lost_is_read_from_the_database_again(server: ServerUnderTest):
+    alice = server.user(1)
+    socket = await alice.connect(name="Алиса")
+    await close_and_wait(server, socket)
+    if server.backend == "embedded":
+        server.chat_server.cache._profiles.clear()  # what a restart of the process does to its memory
+    else:
+        await server.chat_server.cache.client.delete(server.chat_server.cache.profile_key(1))
+    with statements(server) as after_loss:
+        await alice.connect(name="Алиса")
+    assert any("users" in sql for sql in after_loss), after_loss
+    with statements(server) as cached_again:
+        await alice.connect(name="Алиса")
+    assert cached_again == []
