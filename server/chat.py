@@ -217,7 +217,7 @@ class ChatService:
             log.exception("cleanup of socket %s failed", connection.socket_id)
 
     async def close_all_connections(self) -> None:
-        """Forget every socket (at shutdown), their ids in one cache round trip.
+        """Forget every socket (at shutdown): their ids in one cache round trip, their records in one more.
 
         Cleanups of sockets that closed just before still run on the storage;
         they finish first (each is bounded by the storage deadlines). Sockets
@@ -226,9 +226,8 @@ class ChatService:
         self._closing_all = True
         while self._forgetting:
             await asyncio.gather(*self._forgetting)
-        for connection in self.registry.connections():
-            if await self.hub.disconnect(connection):
-                self.sockets.closed(connection.user_id, connection.socket_id)
+        for connection in await self.hub.disconnect_all(self.registry.connections()):
+            self.sockets.closed(connection.user_id, connection.socket_id)
         await self.sockets.flush()
 
     async def refresh_socket_cache(self) -> None:

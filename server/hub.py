@@ -62,6 +62,9 @@ from storage.database import Database
 from storage.errors import is_storage_unavailable
 from storage.records import Profile
 
+# Views of closed sockets ended concurrently (each one Redis call) when many close at once.
+VIEWS_ENDED_AT_ONCE = 32
+
 log = logging.getLogger("chat.hub")
 
 # How long publish waits for this process to apply its own entry (the reader may be cut off).
@@ -483,27 +486,41 @@ class Hub:
 
     async def disconnect(self, connection: Connection) -> bool:
         """Forget a closed socket: its views end (announced), its record stays for a resume. False if unknown."""
-        views = self.registry.remove(connection)
-        if views is None:
-            return False
-        socket_id, user_id = connection.socket_id, connection.user_id
-        self._records.pop(socket_id, None)
-        end = self._applied_id  # nothing after this entry reaches it
+        return bool(await self.disconnect_all([connection]))
+
+    async def disconnect_all(self, connections: Sequence[Connection]) -> list[Connection]:
+        """``disconnect`` for many sockets at once (a shutdown closes every one): their records end in one
+        round trip, and each conversation's views of one user end in one call. Return those it knew."""
+        known: list[Connection] = []
+        ended_views: dict[tuple[int, int], list[str]] = {}  # (conversation, user) → sockets that viewed it
         now = time.monotonic()
-        self._closed[socket_id] = now
+        for connection in connections:
+            views = self.registry.remove(connection)
+            if views is None:
+                continue
+            known.append(connection)
+            socket_id = connection.socket_id
+            self._records.pop(socket_id, None)
+            self._closed[socket_id] = now
+            self.closing.add(socket_id)
+            for conversation_id in views:
+                ended_views.setdefault((conversation_id, connection.user_id), []).append(socket_id)
+        if not known:
+            return known
         while next(iter(self._closed.values())) < now - CLOSED_MEMORY_SECS:
             self._closed.popitem(last=False)
-        self.closing.add(socket_id)
+        end = self._applied_id  # nothing after this entry reaches them
         try:
-            for conversation_id in views:
-                await self._end_views(conversation_id, user_id, [socket_id])
+            ending = [self._end_views(c, u, socket_ids) for (c, u), socket_ids in ended_views.items()]
+            for first in range(0, len(ending), VIEWS_ENDED_AT_ONCE):
+                await asyncio.gather(*ending[first:first + VIEWS_ENDED_AT_ONCE])
         finally:
-            self.closing.discard(socket_id)
+            self.closing.difference_update(connection.socket_id for connection in known)
         try:
-            await self.bus.end_socket(socket_id, end, self.window_secs)
+            await self.bus.end_sockets({connection.socket_id: end for connection in known}, self.window_secs)
         except Exception as error:
-            log.warning("socket %s record not ended: %s", socket_id, error)
-        return True
+            log.warning("%d socket records not ended: %s", len(known), error)
+        return known
 
     async def retire_remote(self, user_id: int, socket_id: str) -> None:
         """Close a socket of another process that a resume replaced: its process retires it, the others forget it."""

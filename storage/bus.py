@@ -132,8 +132,9 @@ class Bus(abc.ABC):
         """``save_socket`` for many sockets at once (one round trip)."""
 
     @abc.abstractmethod
-    async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
-        """Mark a socket's record closed after ``entry_id`` (its last possible frame); it expires after ``ttl_secs``.
+    async def end_sockets(self, ends: Mapping[str, str], ttl_secs: float) -> None:
+        """Mark sockets' records closed after an entry (socket → its last possible frame's entry, one round
+        trip for all); they expire after ``ttl_secs``.
 
         Kept apart from the record, so a late save of the record cannot undo it.
         """
@@ -335,9 +336,11 @@ class MemoryBus(Bus):
         for socket_id, record in records.items():
             await self.save_socket(socket_id, record, ttl_secs)
 
-    async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
-        record = self._sockets.get(socket_id, ({}, 0.0))[0]
-        self._sockets[socket_id] = ({**record, "e": entry_id}, time.monotonic() + ttl_secs)
+    async def end_sockets(self, ends: Mapping[str, str], ttl_secs: float) -> None:
+        expires = time.monotonic() + ttl_secs
+        for socket_id, entry_id in ends.items():
+            record = self._sockets.get(socket_id, ({}, 0.0))[0]
+            self._sockets[socket_id] = ({**record, "e": entry_id}, expires)
 
     async def expire_sockets(self, socket_ids: Iterable[str], ttl_secs: float) -> None:
         now = time.monotonic()
@@ -758,11 +761,12 @@ class RedisBus(Bus):
                 pipe.expire(key, max(1, int(ttl_secs)))
             await pipe.execute()
 
-    async def end_socket(self, socket_id: str, entry_id: str, ttl_secs: float) -> None:
-        key = self._socket_key(socket_id)
+    async def end_sockets(self, ends: Mapping[str, str], ttl_secs: float) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, "e", entry_id)
-            pipe.expire(key, max(1, int(ttl_secs)))
+            for socket_id, entry_id in ends.items():
+                key = self._socket_key(socket_id)
+                pipe.hset(key, "e", entry_id)
+                pipe.expire(key, max(1, int(ttl_secs)))
             await pipe.execute()
 
     async def expire_sockets(self, socket_ids: Iterable[str], ttl_secs: float) -> None:

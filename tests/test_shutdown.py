@@ -182,10 +182,10 @@ async def test_the_door_stays_open_a_moment_after_the_last_answer():
 @pytest.mark.gen_test(timeout=30)
 async def test_a_start_that_fails_part_way_leaves_nothing_running(server: ServerUnderTest):
     """The port is taken, which fails the start after the log's reader and the heartbeat began: both must stop."""
-    from server.app import ChatServer
+    from server.app import ChatServer, SettingsConflict
 
     second = ChatServer(server.chat_server.settings)
-    with pytest.raises(OSError):
+    with pytest.raises(SettingsConflict, match="in use"):
         await second.start(port=int(server.ws_url.rsplit(':', 1)[1]))
     assert second.hub._beating is not None and second.hub._beating.done()
     reading = getattr(second.bus, "_reading", None)
