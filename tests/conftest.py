@@ -49,6 +49,20 @@ EVENT_LOOP = os.environ.get("CHAT_TEST_EVENT_LOOP", Settings.event_loop)
 asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy() if EVENT_LOOP == "asyncio" else uvloop.EventLoopPolicy())
 
 
+# Modules whose tests start a browser, run.py processes, nginx, or Redis and
+# MariaDB servers of their own: marked ``heavy``, left out of the quick loop.
+HEAVY_MODULES = {
+    "test_redis_outage.py", "test_database_outage.py", "test_processes.py", "test_redis_cluster.py",
+    "test_deploy_nginx.py", "test_shutdown.py", "test_bench_smoke.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.name == "browser" or item.path.name in HEAVY_MODULES:
+            item.add_marker(pytest.mark.heavy)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "server(**options): settings for the test's server")
     config.addinivalue_line("markers", "deployment(**env): CHAT_* settings of test_processes.py's processes")
