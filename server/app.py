@@ -297,6 +297,7 @@ class ChatServer:
         # find nothing left to clean up.
         await self.chat.close_all_connections()
         await self.chat.outbox.close()
+        await self.chat.profile_writes.close()
         for connection in connections:
             connection.close(1001, "Server is shutting down")
         await self.hub.stop()

@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Iterable, Sequence
+from typing import Any, Hashable, Iterable, Sequence
 
 from server import metrics, wire
 from server.errors import AlreadyMember, NotAMember, SocketRequired, TooManyRequests
@@ -57,6 +57,8 @@ log = logging.getLogger("chat")
 PAGE_MESSAGES = 100
 PAGE_VIEW_MESSAGES = 50
 PAGE_CONVERSATIONS = 100
+# Batches of handshakes' profile writes in flight at once (users spread over them by id).
+PROFILE_WRITERS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +77,10 @@ def unread_changes(members: Iterable[int], senders: list[int]) -> tuple[dict[int
     set_to = {member: len(senders) - 1 - last_sent[member] for member in members if member in last_sent}
     add = {member: len(senders) for member in members if member not in last_sent}
     return set_to, add
+
+
+async def _nothing_to_deliver(*_: Any) -> None:
+    return None
 
 
 class ChatService:
@@ -97,6 +103,13 @@ class ChatService:
         self.outbox: GroupCommit[PendingMessage, int] = GroupCommit(
             self._commit_messages, self._publish_messages, guard=self.locks.hold,
             deadline_secs=settings.db_timeout, deadline_error=lambda: StorageTimeout("no commit within the deadline"),
+        )
+        # Handshakes' profile writes, batched: a burst of first-time users
+        # stores a batch per transaction instead of queueing one transaction
+        # each for the pool (PROFILE_WRITERS batches in flight at once).
+        self.profile_writes: GroupCommit[tuple[int, str | None, str | None], Profile] = GroupCommit(
+            self._store_profiles, _nothing_to_deliver, guard=KeyedLocks().hold, counts_messages=False,
+            deadline_secs=settings.db_timeout, deadline_error=lambda: StorageTimeout("save_profile took over the deadline"),
         )
 
     async def _require_socket(self, user_id: int, socket_id: str | None) -> None:
@@ -148,12 +161,17 @@ class ChatService:
         """
         if cached is not None and name in (None, cached.name) and avatar in (None, cached.avatar):
             return cached
-        profile = await self.database.save_profile(user_id, name, avatar)
+        profile = await self.profile_writes.submit(user_id % PROFILE_WRITERS, (user_id, name, avatar))
         try:
             await self.cache.cache_profile(user_id, profile)
         except Exception as error:
             log.warning("profile of user %s not cached (%s); the next handshake stores it again", user_id, error)
         return profile
+
+    async def _store_profiles(
+        self, _writer: Hashable, launches: Sequence[tuple[int, str | None, str | None]]
+    ) -> tuple[list[Profile], None]:
+        return await self.database.save_profiles(launches), None
 
     async def open_connection(
         self, connection: Connection, profile: Profile, resume: str | None = None, mirrored: bool = False

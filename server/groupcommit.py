@@ -28,7 +28,8 @@ Deliver = Callable[[Hashable, Sequence[Any], Sequence[Any], Any], Awaitable[None
 
 
 class GroupCommit(Generic[Item, Result]):
-    """Batches per key, one batch in flight per key; every submitter is answered, whatever happens.
+    """Batches per key, one in flight per key while the guard (a per-key lock) serializes them; every
+    submitter is answered, whatever happens.
 
     A batch is committed, then delivered (events, cache), then each submitter
     gets its result. A failure of the commit is every submitter's error; a
@@ -46,8 +47,11 @@ class GroupCommit(Generic[Item, Result]):
         self, commit: Commit, deliver: Deliver,
         guard: Callable[[Hashable], AsyncContextManager[None]] = lambda key: contextlib.nullcontext(),
         deadline_secs: float | None = None, deadline_error: Callable[[], Exception] = TimeoutError,
+        counts_messages: bool = True,
     ) -> None:
         self._commit = commit
+        self._counts_messages = counts_messages  # the commit and delivery metrics are the messages'
+
         self._deadline_secs = deadline_secs
         self._deadline_error = deadline_error
         self._deliver = deliver
@@ -56,10 +60,13 @@ class GroupCommit(Generic[Item, Result]):
         self._waiting: dict[Hashable, list[tuple[Item, asyncio.Future, float]]] = {}
         self._first_arrival: dict[Hashable, float] = {}  # key → loop time its oldest waiting item arrived
         self._tasks: set[asyncio.Task[None]] = set()  # batches in flight, kept so none is garbage-collected
+        self._unanswered = 0
 
     async def submit(self, key: Hashable, item: Item) -> Result:
         """Queue an item for the key's next batch; return its result once delivered."""
         result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._unanswered += 1
+        result.add_done_callback(self._answered)
         waiting = self._waiting.get(key)
         submitted = time.perf_counter()
         if waiting is None:
@@ -71,6 +78,9 @@ class GroupCommit(Generic[Item, Result]):
         else:
             waiting.append((item, result, submitted))
         return await result
+
+    def _answered(self, _: asyncio.Future) -> None:
+        self._unanswered -= 1
 
     async def _run(self, key: Hashable) -> None:
         arrived = self._first_arrival[key]
@@ -98,9 +108,12 @@ class GroupCommit(Generic[Item, Result]):
                         outcomes, context = await self._commit(key, items)
                 except TimeoutError:
                     raise self._deadline_error() from None
-                metrics.COMMIT_LATENCY.observe(time.perf_counter() - commit_started)
-                metrics.COMMIT_BATCH_SIZE.observe(len(items))
-                metrics.MESSAGES_COMMITTED.inc(sum(1 for outcome in outcomes if not isinstance(outcome, BaseException)))
+                if self._counts_messages:
+                    metrics.COMMIT_LATENCY.observe(time.perf_counter() - commit_started)
+                    metrics.COMMIT_BATCH_SIZE.observe(len(items))
+                    metrics.MESSAGES_COMMITTED.inc(
+                        sum(1 for outcome in outcomes if not isinstance(outcome, BaseException))
+                    )
                 try:
                     await self._deliver(key, items, outcomes, context)
                 except Exception:
@@ -108,7 +121,7 @@ class GroupCommit(Generic[Item, Result]):
                 else:
                     delivered = time.perf_counter()
                     for (_, _, submitted), outcome in zip(batch, outcomes):
-                        if not isinstance(outcome, BaseException):
+                        if self._counts_messages and not isinstance(outcome, BaseException):
                             metrics.DELIVERY_LATENCY.observe(delivered - submitted)
         except BaseException as error:
             outcomes = [error] * len(items)
@@ -131,3 +144,7 @@ class GroupCommit(Generic[Item, Result]):
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def submitted(self) -> int:
+        """Items submitted and not yet answered (waiting for a batch, or in one)."""
+        return self._unanswered

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
+import sqlite3
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
+import pymysql
+from sqlalchemy.engine import make_url
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -354,3 +358,29 @@ def _complete(data: bytes, head_only: bool) -> bool:
         if name.strip().lower() == b"content-length":
             return len(body) >= int(value)
     return False
+
+
+@contextlib.contextmanager
+def profile_writes_held(server: ServerUnderTest) -> Iterator[None]:
+    """Hold the users table: every handshake of a new user waits in its profile's write."""
+    settings = server.chat_server.settings
+    if server.backend == "embedded":
+        locker = sqlite3.connect(settings.sqlite_path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # the one writer's lock
+        try:
+            yield
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        return
+    url = make_url(settings.database_url)
+    locker = pymysql.connect(host=url.host, port=url.port or 3306, user=url.username or "root",
+                             password=url.password or "", database=url.database, autocommit=True)
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("LOCK TABLES users WRITE")
+        yield
+        with locker.cursor() as cursor:
+            cursor.execute("UNLOCK TABLES")
+    finally:
+        locker.close()

@@ -7,48 +7,16 @@ the profile's write, behind a lock another client of the database holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sqlite3
-from typing import Iterator
-
-import pymysql
 import pytest
-from sqlalchemy.engine import make_url
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
-from tests.helpers import ServerUnderTest, eventually
+from tests.helpers import ServerUnderTest, eventually, profile_writes_held
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
 BUSY_REASON = "Server busy: retry after 2 s"
-
-
-@contextlib.contextmanager
-def profile_writes_held(server: ServerUnderTest) -> Iterator[None]:
-    """Hold the users table: every handshake of a new user waits in its profile's write."""
-    settings = server.chat_server.settings
-    if server.backend == "embedded":
-        locker = sqlite3.connect(settings.sqlite_path, isolation_level=None)
-        locker.execute("BEGIN IMMEDIATE")  # the one writer's lock
-        try:
-            yield
-        finally:
-            locker.execute("ROLLBACK")
-            locker.close()
-        return
-    url = make_url(settings.database_url)
-    locker = pymysql.connect(host=url.host, port=url.port or 3306, user=url.username or "root",
-                             password=url.password or "", database=url.database, autocommit=True)
-    try:
-        with locker.cursor() as cursor:
-            cursor.execute("LOCK TABLES users WRITE")
-        yield
-        with locker.cursor() as cursor:
-            cursor.execute("UNLOCK TABLES")
-    finally:
-        locker.close()
 
 
 async def refused(server: ServerUnderTest, user_id: int, ws_url: str | None = None) -> tuple[int | None, str | None]:

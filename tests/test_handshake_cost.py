@@ -5,13 +5,16 @@ statement events on the real database, on the server that holds the sockets.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Iterator
 
 import pytest
 from sqlalchemy import event
 
-from tests.helpers import ServerUnderTest, close_and_wait
+from server.chat import PROFILE_WRITERS
+from storage.records import Profile, default_profile
+from tests.helpers import ServerUnderTest, close_and_wait, eventually, profile_writes_held
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -49,7 +52,7 @@ async def test_a_returning_user_with_the_same_profile_costs_no_database_call(ser
 
     # A changed profile is stored, and is what others see from then on.
     with statements(server) as renamed:
-        renamed_socket = await alice.connect(name="Алиса Петровна")
+        await alice.connect(name="Алиса Петровна")
     assert any("users" in sql for sql in renamed), renamed
     bob = server.user(2)
     bob_socket = await bob.connect()
@@ -76,3 +79,33 @@ async def test_a_profile_the_cache_lost_is_read_from_the_database_again(server: 
     with statements(server) as cached_again:
         await alice.connect(name="Алиса")
     assert cached_again == []
+
+
+async def test_a_burst_of_first_time_users_is_stored_in_batches(server: ServerUnderTest):
+    """Handshakes waiting for the database are stored a batch per transaction, each user's own profile."""
+    users = list(range(100, 140))
+    with statements(server) as sent:
+        with profile_writes_held(server):
+            opening = [asyncio.ensure_future(server.user(u).connect(name=f"Гость {u}")) for u in users]
+            writes = server.chat_server.chat.profile_writes
+            await eventually(lambda: writes.submitted() == len(users), "not every handshake waits for its write")
+        sockets = await asyncio.gather(*opening)
+    assert [socket.user_id for socket in sockets] == users
+    upserts = [sql for sql in sent if sql.lstrip().upper().startswith("INSERT INTO USERS")]
+    assert 1 <= len(upserts) <= 2 * PROFILE_WRITERS, len(upserts)  # not one per user
+    for user_id in users:
+        assert (await server.database.profile(user_id)).name == f"Гость {user_id}"
+
+
+async def test_one_users_launches_in_one_batch_keep_the_latest_profile(server: ServerUnderTest):
+    stored = await server.database.save_profiles([(7, "Первое", None), (7, None, "https://example.com/7.png"),
+                                                  (8, None, None), (7, "Второе", None)])
+    latest = Profile(name="Второе", avatar="https://example.com/7.png")
+    assert stored == [latest, latest, default_profile(8), latest]
+    assert await server.database.profile(7) == latest
+    assert await server.database.profile(8) == default_profile(8)
+    # Unchanged launches write nothing.
+    with statements(server) as sent:
+        again = await server.database.save_profiles([(7, "Второе", None), (8, None, None)])
+    assert again == [latest, default_profile(8)]
+    assert not [sql for sql in sent if "INSERT" in sql.upper()]
