@@ -14,6 +14,7 @@ import functools
 import hashlib
 import ipaddress
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,7 @@ class ChatServer:
         if self._stopped:
             return
         self._stopped = True
+        began = time.perf_counter()
         if self._refresh is not None:
             self._refresh.stop()
         if self.http_server is not None:
@@ -292,10 +294,12 @@ class ChatServer:
         if self.metrics_server is not None:
             self.metrics_server.stop()
             await self.metrics_server.close_all_connections()
+        drained = time.perf_counter()
         connections = self.registry.connections()
         # Forgotten while the cache is still open; the closes that follow
         # find nothing left to clean up.
         await self.chat.close_all_connections()
+        forgotten = time.perf_counter()
         await self.chat.outbox.close()
         await self.chat.profile_writes.close()
         for connection in connections:
@@ -304,6 +308,10 @@ class ChatServer:
         await self.bus.close()
         await self.cache.close()
         await self.database.close()
+        if self.http_server is not None:
+            ended = time.perf_counter()
+            log.info("stopped in %.2f s: requests drained in %.2f s, %d sockets forgotten in %.2f s, closed in %.2f s",
+                     ended - began, drained - began, len(connections), forgotten - drained, ended - forgotten)
 
     def describe(self, port: int) -> str:
         database = self.database.url.render_as_string(hide_password=True)

@@ -108,6 +108,8 @@ class Hub:
         self.profiles = Profiles(registry, database)
         self.chains = ChainPublisher(bus, database, self.applied, self._spawn, lambda: self.peers, self.window_secs)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._unsaved: set[str] = set()  # sockets whose records changed since the last save (_save_record)
+        self._saving = False
         # Closes a local socket whose place a resume on another process took (set by ChatService).
         self.on_retire: Callable[[Connection], None] | None = None
         self._beating: asyncio.Task[None] | None = None
@@ -313,7 +315,7 @@ class Hub:
         history = record["h"]
         history.append([entry_id, subscribed, views])
         del history[:-HISTORY_STATES]
-        self._spawn(self._save_socket(socket_id))
+        self._save_record(socket_id)
 
     async def _save_sockets(self) -> None:
         try:
@@ -321,14 +323,33 @@ class Hub:
         except Exception as error:
             log.warning("socket records not saved: %s", error)
 
-    async def _save_socket(self, socket_id: str) -> None:
-        record = self._records.get(socket_id)
-        if record is None:
-            return  # closed meanwhile: its record was saved at its close
+    def _save_record(self, socket_id: str) -> None:
+        """Save a socket's record soon, in one round trip with every other record that changed meanwhile.
+
+        Under a storm thousands of sockets open at once, each with a record
+        to save: one write each would queue on the connection pool. The
+        batch takes each record as it is when it leaves, so a later change
+        is never overwritten by an earlier one.
+        """
+        self._unsaved.add(socket_id)
+        if not self._saving:
+            self._saving = True
+            self._spawn(self._save_unsaved())
+
+    async def _save_unsaved(self) -> None:
         try:
-            await self.bus.save_socket(socket_id, record, self.window_secs + 2 * SOCKET_REFRESH_SECS)
-        except Exception as error:
-            log.warning("socket %s record not saved: %s", socket_id, error)
+            while self._unsaved:
+                batch, self._unsaved = self._unsaved, set()
+                # A socket closed meanwhile is gone from _records: its end was written at its close.
+                records = {s: self._records[s] for s in batch if s in self._records}
+                if not records:
+                    continue
+                try:
+                    await self.bus.save_sockets(records, self.window_secs + 2 * SOCKET_REFRESH_SECS)
+                except Exception as error:
+                    log.warning("%d socket records not saved: %s", len(records), error)
+        finally:
+            self._saving = False
 
     # Publishing
 
@@ -421,7 +442,7 @@ class Hub:
             "u": user_id, "k": connection.position_key, "s": start if old is not None else at,
             "h": history[-HISTORY_STATES:],
         }
-        self._spawn(self._save_socket(socket_id))
+        self._save_record(socket_id)
         if views:
             # Before the first frame: the user never stops viewing, so no
             # count drops in between if her other socket closes next.

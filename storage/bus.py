@@ -124,12 +124,8 @@ class Bus(abc.ABC):
         """Distinct users viewing each conversation, on every process."""
 
     @abc.abstractmethod
-    async def save_socket(self, socket_id: str, record: dict[str, Any], ttl_secs: float) -> None:
-        """Keep what a socket listened to, for a resume (expires after ``ttl_secs``)."""
-
-    @abc.abstractmethod
     async def save_sockets(self, records: Mapping[str, dict[str, Any]], ttl_secs: float) -> None:
-        """``save_socket`` for many sockets at once (one round trip)."""
+        """Keep what sockets listened to, for a resume (one round trip for all; each expires after ``ttl_secs``)."""
 
     @abc.abstractmethod
     async def end_sockets(self, ends: Mapping[str, str], ttl_secs: float) -> None:
@@ -328,13 +324,11 @@ class MemoryBus(Bus):
     async def viewer_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
         return {cid: len(set(self._viewers.get(cid, {}).values())) for cid in conversation_ids}
 
-    async def save_socket(self, socket_id: str, record: dict[str, Any], ttl_secs: float) -> None:
-        ended = self._sockets.get(socket_id, ({}, 0.0))[0].get("e")
-        self._sockets[socket_id] = ({**record, "e": ended} if ended else dict(record), time.monotonic() + ttl_secs)
-
     async def save_sockets(self, records: Mapping[str, dict[str, Any]], ttl_secs: float) -> None:
+        expires = time.monotonic() + ttl_secs
         for socket_id, record in records.items():
-            await self.save_socket(socket_id, record, ttl_secs)
+            ended = self._sockets.get(socket_id, ({}, 0.0))[0].get("e")
+            self._sockets[socket_id] = ({**record, "e": ended} if ended else dict(record), expires)
 
     async def end_sockets(self, ends: Mapping[str, str], ttl_secs: float) -> None:
         expires = time.monotonic() + ttl_secs
@@ -745,13 +739,6 @@ class RedisBus(Bus):
 
     # A socket's record is a hash: "r" what it listened to (rewritten as it
     # changes), "e" its end (written once, at its close).
-
-    async def save_socket(self, socket_id: str, record: dict[str, Any], ttl_secs: float) -> None:
-        key = self._socket_key(socket_id)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, "r", json.dumps(record))
-            pipe.expire(key, max(1, int(ttl_secs)))
-            await pipe.execute()
 
     async def save_sockets(self, records: Mapping[str, dict[str, Any]], ttl_secs: float) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
