@@ -6,6 +6,7 @@ is the one place an exception becomes the JSON error body of docs/API.md §1.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import urllib.parse
@@ -55,6 +56,20 @@ CORS_MAX_AGE_SECS = 600
 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     return "*" in allowed or origin in allowed
+
+
+def client_address(peer: str, real_ip: str | None, settings: Settings) -> str:
+    """The client's address: the peer's, or the ``X-Real-IP`` a trusted proxy in front (nginx) set."""
+    if not real_ip:
+        return peer
+    try:
+        peer_ip = ipaddress.ip_address(peer)
+        claimed = ipaddress.ip_address(real_ip.strip())
+    except ValueError:
+        return peer
+    if any(peer_ip in network for network in settings.trusted_proxy_networks):
+        return str(claimed)
+    return peer
 
 
 def authenticate(launch_params: str, settings: Settings) -> LaunchUser:

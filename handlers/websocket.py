@@ -31,13 +31,14 @@ from handlers.base import (
     JsonErrorsMixin,
     as_api_error,
     authenticate,
+    client_address,
     launch_params_from_header,
     origin_allowed,
     validate,
 )
 from handlers.validators import HttpUrl, Text
 from server import metrics, wire
-from server.admission import RETRY_AFTER_SECS, HandshakeAdmission
+from server.admission import RETRY_AFTER_SECS, AddressCounts, HandshakeAdmission
 from server.chat import ChatService
 from server.drain import Drain
 from server.errors import ForeignOrigin, NotAuthenticated, NotAWebSocket, ShuttingDown, StorageUnavailable
@@ -69,10 +70,15 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
     parameters = PROFILE_SCHEMA
     extra_errors = (NotAWebSocket, ForeignOrigin, NotAuthenticated, StorageUnavailable)
 
-    def initialize(self, chat: ChatService, settings: Settings, drain: Drain, admission: HandshakeAdmission) -> None:
+    def initialize(
+        self, chat: ChatService, settings: Settings, drain: Drain, admission: HandshakeAdmission,
+        addresses: AddressCounts,
+    ) -> None:
         self.chat = chat
         self.drain = drain
         self.admission = admission
+        self.addresses = addresses
+        self._address: str | None = None  # counted against its address's cap until the socket is gone
         self._admitted = False  # holds a place among the handshakes in progress
         self._reserved = False  # its id is in the cache, counted against the user's cap
         self._refusal: tuple[int, str] | None = None  # the close code and reason it gets instead of opening
@@ -112,7 +118,9 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
                 self._give_back()  # the upgrade failed, or open() refused: nothing opened
 
     def _give_back(self) -> None:
-        """Release the handshake's place and, if its socket never opened, its reserved id."""
+        """Release the handshake's place and, if its socket never opened, its reserved id and address count."""
+        if not self._registered:
+            self._uncount_address()
         if self._admitted:
             self._admitted = False
             self.admission.leave()
@@ -155,6 +163,11 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
             self._refusal = (wire.CLOSE_BUSY, wire.busy_reason(RETRY_AFTER_SECS))
             return
         self._admitted = True
+        address = client_address(self.request.remote_ip, headers.get("X-Real-IP"), self.config)
+        if not self.addresses.take(address):
+            self._refusal = (wire.CLOSE_TOO_MANY_SOCKETS, wire.TOO_MANY_FROM_ADDRESS_REASON)
+            return
+        self._address = address
         reserved, cached = await self.chat.reserve_socket(user.user_id, self.socket_id, self._resume is not None)
         if reserved is False:
             self._refusal = (wire.CLOSE_TOO_MANY_SOCKETS, wire.too_many_sockets_reason(self.config.max_sockets_per_user))
@@ -221,8 +234,14 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
         """Invoked when the connection is gone, whoever closed it."""
         self._unregister()
 
+    def _uncount_address(self) -> None:
+        if self._address is not None:
+            self.addresses.give_back(self._address)
+            self._address = None
+
     def _unregister(self) -> None:
         self._queue.clear()
+        self._uncount_address()
         if self._registered:
             self._registered = False
             self.chat.forget_connection(self)
@@ -230,6 +249,7 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
     def retire(self, code: int, reason: str) -> None:
         """Close now and stop counting as open at once; the caller forgets the socket (ChatService.retire)."""
         self._registered = False
+        self._uncount_address()
         self._queue.clear()
         self.close(code, reason)
 

@@ -1,4 +1,5 @@
-"""Admission control for WebSocket handshakes: a bounded number in progress, the rest refused at once.
+"""Admission control for WebSocket handshakes: a bounded number in progress, the rest refused at once;
+and the per-address cap on open sockets.
 
 A handshake in progress holds storage work (the profile's upsert, the
 socket's registration, a resume's replay). Under a storm (every client of a
@@ -32,3 +33,30 @@ class HandshakeAdmission:
 
     def leave(self) -> None:
         self.in_progress -= 1
+
+
+class AddressCounts:
+    """Open sockets per client address in this process, at most ``cap`` each (0: no cap)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._open: dict[str, int] = {}
+
+    def take(self, address: str) -> bool:
+        """Count one more socket from ``address``; False (and nothing counted) if it holds ``cap`` already."""
+        if not self.cap:
+            return True
+        count = self._open.get(address, 0)
+        if count >= self.cap:
+            return False
+        self._open[address] = count + 1
+        return True
+
+    def give_back(self, address: str) -> None:
+        if not self.cap:
+            return
+        count = self._open.get(address, 0) - 1
+        if count > 0:
+            self._open[address] = count
+        else:
+            self._open.pop(address, None)

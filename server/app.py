@@ -31,7 +31,7 @@ from handlers.static import StaticHandler
 from handlers.websocket import ChatSocketHandler
 from server import apidoc, metrics
 from server.auth import load_or_create_secret
-from server.admission import HandshakeAdmission
+from server.admission import AddressCounts, HandshakeAdmission
 from server.chat import ChatService
 from server.drain import Drain
 from server.health import Readiness
@@ -133,6 +133,7 @@ class ChatServer:
         self.readiness = Readiness(self.database, self.cache)
         self.drain = Drain()
         self.admission = HandshakeAdmission(settings.max_handshakes)
+        self.addresses = AddressCounts(settings.max_sockets_per_address)
         self.http_server: tornado.httpserver.HTTPServer | None = None
         self.metrics_server: tornado.httpserver.HTTPServer | None = None
         self.metrics_port: int | None = None
@@ -159,7 +160,7 @@ class ChatServer:
             (r"/v1/conversations/view/([^/]*)", conversations.ViewHandler, services),
             (r"/v1/conversations/stopView/([^/]*)", conversations.StopViewHandler, services),
             (r"/v1/conversations/info/([^/]*)", conversations.InfoHandler, services),
-            (r"/v1/ws", ChatSocketHandler, {**services, "admission": self.admission}),
+            (r"/v1/ws", ChatSocketHandler, {**services, "admission": self.admission, "addresses": self.addresses}),
             (r"/healthz", health.HealthHandler, services),
             (r"/readyz", health.ReadyHandler, {**services, "readiness": self.readiness}),
             (r"/v1/features", features.FeaturesHandler, {**services, "dev_signin": self.dev_signin_enabled}),

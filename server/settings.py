@@ -7,6 +7,8 @@ start-up into a frozen :class:`Settings` that is passed to whatever needs it.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -34,6 +36,9 @@ class Settings:
     ws_queue_limit: int = 1000
     max_handshakes: int = 256  # WebSocket handshakes in progress per process; beyond, refused with 1013 (0: no limit)
     max_sockets_per_user: int = 20  # open sockets of one user on all processes; beyond, refused with 1008 (0: no cap)
+    max_sockets_per_address: int = 0  # open sockets from one client address on this process (0: no cap)
+    # Peers whose X-Real-IP names the client's address (a proxy in front); any other peer is the client.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     send_rate_limit: float = 5.0
     resume_window: float = 120.0
     # Where the /metrics listener binds: "host:port", a host alone (then the
@@ -61,6 +66,16 @@ class Settings:
         if not host or not port.isdigit():
             raise ValueError(f"setting metrics_addr must be host:port, a host, or off, got {address!r}")
         return host.strip("[]"), int(port)
+
+    @functools.cached_property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed (an address is a network of one); ValueError if one is malformed."""
+        try:
+            return tuple(ipaddress.ip_network(entry, strict=False) for entry in self.trusted_proxies)
+        except ValueError:
+            raise ValueError(
+                f"setting trusted_proxies must be addresses or networks, got {','.join(self.trusted_proxies)!r}"
+            ) from None
 
     @property
     def sqlite_path(self) -> Path:
@@ -114,4 +129,5 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     values.update(overrides)
     settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
     loop_factory(settings.event_loop)  # a name it does not know is refused here, before anything starts
+    settings.trusted_proxy_networks  # so is a malformed proxy list
     return settings

@@ -86,6 +86,9 @@ def too_many_sockets_reason(cap: int) -> str:
     return f"Too many open sockets: at most {cap} per user"
 
 
+TOO_MANY_FROM_ADDRESS_REASON = "Too many open sockets from this address"
+
+
 def parse_position(value: str) -> tuple[str, str, str, str]:
     """(epoch, entry id, socket id, socket key) of a position; ValueError if it is not one."""
     if len(value) > 200:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pytest
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from tests.helpers import ServerUnderTest, eventually, profile_writes_held
@@ -95,3 +95,45 @@ async def test_a_handshake_that_fails_in_storage_takes_its_socket_id_out_again(s
     await server.chat_server.chat.sockets.flush()
     assert await server.cache.sockets_of(1) == set()
     assert server.chat_server.admission.in_progress == 0
+
+
+async def _open_from(server: ServerUnderTest, user_id: int, real_ip: str | None = None):
+    """A handshake with ``X-Real-IP`` (as nginx sets it); the connection and its first frame, or None if closed."""
+    headers = {"X-Real-IP": real_ip} if real_ip else {}
+    request = HTTPRequest(f"{server.ws_url}/v1/ws?{server.user(user_id).launch}", headers=headers)
+    connection = await websocket_connect(request)
+    message = await asyncio.wait_for(connection.read_message(), 10)
+    return connection, json.loads(message) if message is not None else None
+
+
+@pytest.mark.parametrize("backend", ["embedded"])  # a cap of this process: the topology changes nothing
+@pytest.mark.server(max_sockets_per_address=2)
+async def test_sockets_from_one_address_are_capped_by_what_the_trusted_proxy_says(server: ServerUnderTest):
+    first, frame = await _open_from(server, 1, "10.0.0.1")
+    assert frame["event"] == "connected"
+    second, frame = await _open_from(server, 2, "10.0.0.1")
+    assert frame["event"] == "connected"
+    third, frame = await _open_from(server, 3, "10.0.0.1")
+    assert frame is None and (third.close_code, third.close_reason) == (1008, "Too many open sockets from this address")
+    # Another address (the peer, 127.0.0.1, is a trusted proxy by default) is counted apart.
+    other, frame = await _open_from(server, 3, "10.0.0.2")
+    assert frame["event"] == "connected"
+    # A closed socket makes room; so does one that was never let in (nothing was counted for it).
+    first.close()
+    await eventually(lambda: server.chat_server.addresses._open.get("10.0.0.1") == 1)
+    again, frame = await _open_from(server, 4, "10.0.0.1")
+    assert frame["event"] == "connected"
+    for connection in (second, other, again):
+        connection.close()
+    await eventually(lambda: server.chat_server.addresses._open == {})
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+@pytest.mark.server(max_sockets_per_address=1, trusted_proxies=("192.0.2.0/24",))
+async def test_an_untrusted_peer_cannot_pick_its_address(server: ServerUnderTest):
+    first, frame = await _open_from(server, 1, "10.0.0.1")
+    assert frame["event"] == "connected"
+    # The peer (127.0.0.1) is no trusted proxy here: its X-Real-IP is ignored, and it is its own address.
+    second, frame = await _open_from(server, 2, "10.0.0.2")
+    assert frame is None and second.close_code == 1008
+    first.close()

@@ -61,3 +61,10 @@ def test_rate_limiter_refills_over_time():
     time.sleep(0.15)  # a token refills in 0.1 s
     assert limiter.take(1) == 0
     assert RateLimiter(rate=0).take(1) == 0
+
+
+def test_trusted_proxies_are_addresses_or_networks():
+    settings = load_settings({"CHAT_TRUSTED_PROXIES": "10.0.0.0/8, ::1,192.0.2.7"})
+    assert [str(n) for n in settings.trusted_proxy_networks] == ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        load_settings({"CHAT_TRUSTED_PROXIES": "10.0.0.0/8,nginx"})
