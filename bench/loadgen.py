@@ -690,15 +690,21 @@ class StormConfig:
     # it again on the same port, returning the new Target (new pids).
     restart: Callable[[], Awaitable[Target]] | None = None
     retry_delay: float = 0.05  # seconds between refused connects while the server restarts
+    # A rolling restart (one process after the other, as behind nginx): a
+    # client whose process refuses it tries the next one, as nginx's
+    # next-upstream would; the figure is how long each user was without a socket.
+    rolling: bool = False
 
 
-async def _handshake(target: Target, users: Users, user_id: int, resume: str | None) -> tuple[float, dict[str, Any], Any]:
+async def _handshake(
+    target: Target, users: Users, user_id: int, resume: str | None, ws_url: str | None = None
+) -> tuple[float, dict[str, Any], Any]:
     """Open a socket (resuming if asked); its handshake seconds (to the first frame), first frame and connection."""
     query = users.launch(user_id)
     if resume:
         query += "&" + urllib.parse.urlencode({"resume": resume})
     started = time.perf_counter()
-    request = HTTPRequest(f"{target.ws_url_for(user_id)}?{query}", connect_timeout=60, request_timeout=60)
+    request = HTTPRequest(f"{ws_url or target.ws_url_for(user_id)}?{query}", connect_timeout=60, request_timeout=60)
     conn = await websocket_connect(request)
     message = await conn.read_message()
     if message is None:
@@ -707,23 +713,37 @@ async def _handshake(target: Target, users: Users, user_id: int, resume: str | N
 
 
 async def _handshake_retrying(
-    target: Target, users: Users, user_id: int, resume: str | None, delay: float, old: Any
+    target: Target, users: Users, user_id: int, resume: str | None, delay: float, old: Any,
+    in_flight: asyncio.Semaphore, gaps: list[float], rolling: bool = False,
 ) -> tuple[float, dict[str, Any], Any]:
     """Wait for the server to close ``old`` (as a phone notices its socket is gone), then
-    _handshake, retried while the server is down (refused, or 503 during its shutdown).
+    _handshake (``in_flight`` bounds those at once), retried while the server is down
+    (refused, or 503 during its shutdown).
 
-    The handshake time is that of the attempt that succeeded.
+    The handshake time is that of the attempt that succeeded; ``gaps`` gets
+    the time from the close to the new first frame. ``rolling``: each retry
+    goes to the next process, as nginx sends a refused connection on.
     """
     while await old.read_message() is not None:
         pass
-    deadline = time.perf_counter() + 120.0
-    while True:
-        try:
-            return await _handshake(target, users, user_id, resume)
-        except (OSError, ApiError, HTTPClientError):
-            if time.perf_counter() > deadline:
-                raise
-            await asyncio.sleep(delay * (0.5 + random.random()))
+    closed = time.perf_counter()
+    deadline = closed + 120.0
+    urls = [target.ws_url_for(user_id + n) for n in range(len(target.urls))]  # its own process first
+    attempt = 0
+    async with in_flight:
+        while True:
+            ws_url = urls[attempt % len(urls)] if rolling else None
+            attempt += 1
+            try:
+                outcome = await _handshake(target, users, user_id, resume, ws_url)
+            except (OSError, ApiError, HTTPClientError):
+                if time.perf_counter() > deadline:
+                    raise
+                if not rolling or attempt % len(urls) == 0:
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                continue
+            gaps.append(time.perf_counter() - closed)
+            return outcome
 
 
 async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
@@ -760,6 +780,7 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         return {"ok": False, "error": f"{len(failures)} of {len(user_ids)} first connects failed: {failures[0]!r}"}
     positions = {uid: outcome[1].get("pos") for uid, outcome in zip(user_ids, first)}
     restart_seconds = None
+    gaps: list[float] = []  # restart: each user's time without a socket
     if config.restart is None:
         for outcome in first:
             outcome[2].close()  # the network blip: every socket gone at once
@@ -773,10 +794,13 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         # client retries (refused while it is down) until its handshake answers.
         started = time.perf_counter()
         restarting = asyncio.ensure_future(config.restart())
-        second = await gather_limited(
-            config.connect_concurrency,
-            (lambda uid=uid, conn=outcome[2]: _handshake_retrying(target, users, uid, positions[uid], config.retry_delay, conn)
-             for uid, outcome in zip(user_ids, first)),
+        # Every client notices its close at once (a phone does not queue for
+        # that); the handshakes that follow are connect_concurrency at most.
+        in_flight = asyncio.Semaphore(config.connect_concurrency)
+        second = await asyncio.gather(
+            *(_handshake_retrying(target, users, uid, positions[uid], config.retry_delay, outcome[2], in_flight, gaps,
+                                  config.rolling) for uid, outcome in zip(user_ids, first)),
+            return_exceptions=True,
         )  # fmt: skip
         target = await restarting
         restart_seconds = getattr(config.restart, "seconds", None)
@@ -801,6 +825,10 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         "drop": "restart" if config.restart is not None else "client",
         "setup_retries": len(setup_retries),
     }
+    if gaps:
+        result["without_socket_ms"] = percentiles_ms(gaps)
+    if config.rolling:
+        result["drop"] = "rolling restart"
     if restart_seconds is not None:
         # SIGTERM until the new processes listen; the rest is the storm proper.
         result["restart_seconds"] = restart_seconds

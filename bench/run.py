@@ -62,7 +62,7 @@ DEFAULT_TARGETS = ("baseline", "embedded", "mariadb", "mariadb-2p")
 # Targets run as several processes of one chat (same database and Redis prefix)
 # → the one-process target each is compared with.
 MULTI_PROCESS_TARGETS = {"mariadb-2p": "mariadb", "mariadb-np": "mariadb"}
-ALL_WORKLOADS = ("fanout", "global", "idle", "storm", "storm-restart", "nproc")
+ALL_WORKLOADS = ("fanout", "global", "idle", "storm", "storm-restart", "storm-rolling", "nproc")
 DEFAULT_WORKLOADS = ("fanout", "global", "idle", "storm", "storm-restart")
 # The workloads a closed-loop run repeats on one process at the rate several processes reached.
 EQUAL_LOAD_WORKLOADS = ("fanout", "global", "nproc")
@@ -71,7 +71,7 @@ READY_TIMEOUT = 60.0  # seconds for a server to start listening (migrations incl
 # User id ranges per workload, far apart, so workloads never share users even
 # when they run against one database.
 FIRST_USER = {"fanout": 1_000_000, "global": 2_000_000, "idle": 3_000_000, "storm": 4_000_000, "storm-restart": 5_000_000,
-              "nproc": 6_000_000}
+              "nproc": 6_000_000, "storm-rolling": 7_000_000}
 
 
 def log(message: str) -> None:
@@ -380,6 +380,21 @@ async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace,
 
         return await run_storm(target, StormConfig(sockets=args.storm_sockets, first_user=FIRST_USER["storm-restart"],
                                                    timeout=args.timeout, restart=restart))
+    if job.workload == "storm-rolling":
+        servers = [server, *others]
+
+        async def roll() -> Target:
+            """A rolling deploy: each process stopped (SIGTERM) and started again, one after the other."""
+            began = time.perf_counter()
+            for s in servers:
+                await s.stop()
+                await s.start()
+            roll.seconds = round(time.perf_counter() - began, 3)  # type: ignore[attr-defined]
+            return Target(server.base_url, args.secret, server.proc.pid,  # type: ignore[union-attr]
+                          more_urls=tuple(o.base_url for o in others), more_pids=tuple(o.proc.pid for o in others))  # type: ignore[union-attr]
+
+        return await run_storm(target, StormConfig(sockets=args.storm_sockets, first_user=FIRST_USER["storm-rolling"],
+                                                   timeout=args.timeout, restart=roll, rolling=True))
     config = DeliveryConfig(
         workload=job.workload, receivers=args.receivers, messages=args.messages, concurrency=args.concurrency,
         senders=args.senders, rate=job.rate or args.rate, first_user=FIRST_USER[job.workload], timeout=args.timeout,
@@ -619,6 +634,7 @@ COLUMNS = [
     ("resume_failed", ("first_frames", "resume_failed")),
     ("handshakes/s", ("handshakes_per_s",)),
     ("hs p99 ms", ("handshake_ms", "p99")),
+    ("no socket max ms", ("without_socket_ms", "max")),
     ("hs/s ÷ base", ("vs_baseline", "handshakes_per_s")),
     ("log errors", ("server_log_errors",)),
 ]

@@ -192,10 +192,6 @@ class MemoryCache(Cache):
                 self._unread[conversation_id] = UnreadCounts(rebuilt.version, dict(rebuilt.counts))
 
 
-# KEYS[1] the conversation's hash; ARGV: version, n_set, n_add, then user/count
-# pairs to set, user/count pairs to add, then users to remove. The hash moves
-# from version - 1 to version, or is dropped: a hash that missed a change must
-# not serve again (see the module docstring).
 # KEYS: the user's socket ids, the user's profile. ARGV: socket id, cap (0: none), socket ttl, profile ttl.
 # Returns {1 if added (or already there) / 0 if refused, and the cached name and avatar if any}.
 _RESERVE_SOCKET_LUA = """
@@ -215,6 +211,10 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return outcome
 """
 
+# KEYS[1] the conversation's hash; ARGV: version, n_set, n_add, then user/count
+# pairs to set, user/count pairs to add, then users to remove. The hash moves
+# from version - 1 to version, or is dropped: a hash that missed a change must
+# not serve again (see the module docstring).
 _UNREAD_APPLY_LUA = """
 local cached = redis.call('HGET', KEYS[1], '_v')
 if not cached then return 0 end
