@@ -48,7 +48,6 @@ from server import metrics, wire
 from server.chain_order import RETRY_SECS, ChainPublisher
 from server.open_sockets import OpenSockets
 from server.profiles import Profiles
-from server.ratelimit import RateLimiter
 from server.registry import Connection, Registry
 from server.resume import RecentEntries, ResumeFailed, replay
 from server.settings import Settings
@@ -61,6 +60,7 @@ from storage.cache import SOCKET_REFRESH_SECS, Cache
 from storage.database import Database
 from storage.errors import is_storage_unavailable
 from storage.records import Profile
+from storage.token_buckets import RateLimiter
 
 # Views of closed sockets ended concurrently (each one Redis call) when many close at once.
 VIEWS_ENDED_AT_ONCE = 32

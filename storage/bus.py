@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from storage.entries import Entry, EntryBatch, id_key, process_started, process_stopped, subscription, viewer_count
 from storage.redis_client import bounded_client, connection_generation, dedicated_client, read_retried, server_info
 from storage.redis_keys import BUS_TAG, checked_prefix, slot_key
+from storage.token_buckets import RateLimiter
 
 log = logging.getLogger("chat.bus")
 
@@ -197,7 +198,7 @@ class MemoryBus(Bus):
         self._held: dict[str, dict[int, tuple[int, int, bool, list[Entry], list[int]]]] = {}
         self._viewers: dict[int, dict[str, int]] = {}  # conversation → viewing socket → user
         self._sockets: dict[str, tuple[dict[str, Any], float]] = {}  # socket → (record, expires at)
-        self._buckets: dict[int, tuple[float, float]] = {}
+        self._limiters: dict[tuple[float, float], RateLimiter] = {}  # (rate, burst) → the users' buckets
 
     async def start(self, apply: Callable[[EntryBatch], None]) -> str:
         started = self._add([process_started(self.process_id)])
@@ -348,7 +349,11 @@ class MemoryBus(Bus):
         return record[0] if record is not None and record[1] > time.monotonic() and "u" in record[0] else None
 
     async def take_token(self, user_id: int, rate: float, burst: float) -> float:
-        raise NotImplementedError("one process: the service's own limiter decides")
+        # The one process's buckets, in memory: the same rule as the hub's own limiter.
+        limiter = self._limiters.get((rate, burst))
+        if limiter is None:
+            limiter = self._limiters[rate, burst] = RateLimiter(rate, burst)
+        return limiter.take(user_id)
 
     async def beat(self) -> tuple[int, list[str], bool]:
         return 0, [], False

@@ -51,7 +51,8 @@ def test_unknown_keys_in_a_file_fail_loudly(tmp_path):
 def test_rate_limiter_refills_over_time():
     import time
 
-    from server.ratelimit import RateLimiter, retry_after_secs
+    from server.ratelimit import retry_after_secs
+    from storage.token_buckets import RateLimiter
 
     limiter = RateLimiter(rate=10, burst=2)
     assert limiter.take(1) == 0 and limiter.take(1) == 0
@@ -61,6 +62,21 @@ def test_rate_limiter_refills_over_time():
     time.sleep(0.15)  # a token refills in 0.1 s
     assert limiter.take(1) == 0
     assert RateLimiter(rate=0).take(1) == 0
+
+
+async def _take_tokens(bus, user_id: int, count: int) -> list[float]:
+    return [await bus.take_token(user_id, 10, 2) for _ in range(count)]
+
+
+def test_the_in_memory_bus_keeps_the_send_buckets_of_its_one_process():
+    import asyncio
+
+    from storage.bus import MemoryBus
+
+    bus = MemoryBus(window_secs=120)
+    first, second, third = asyncio.run(_take_tokens(bus, 1, 3))
+    assert first == 0 and second == 0 and 0 < third <= 0.1  # a burst of 2, then a wait
+    assert asyncio.run(_take_tokens(bus, 2, 1)) == [0]
 
 
 def test_trusted_proxies_are_addresses_or_networks():
