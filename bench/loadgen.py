@@ -821,6 +821,9 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         "handshakes_per_s": round(len(outcomes) / elapsed, 1) if elapsed > 0 else None,
         "handshake_ms": percentiles_ms([seconds for seconds, _, _ in outcomes]),
         "first_frames": dict(events),
+        "resume_failed_reasons": dict(collections.Counter(
+            frame.get("data", {}).get("reason") for _, frame, _ in outcomes if frame.get("event") == "resume_failed"
+        )),
         "failures": len(failures),
         "drop": "restart" if config.restart is not None else "client",
         "setup_retries": len(setup_retries),

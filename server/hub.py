@@ -514,6 +514,9 @@ class Hub:
         round trip, and each conversation's views of one user end in one call. Return those it knew."""
         known: list[Connection] = []
         ended_views: dict[tuple[int, int], list[str]] = {}  # (conversation, user) → sockets that viewed it
+        # Records whose last change is not saved yet (_save_record): saved with their end, or a
+        # resume from the socket's last frames would find no record.
+        unsaved: dict[str, dict[str, Any]] = {}
         now = time.monotonic()
         for connection in connections:
             views = self.registry.remove(connection)
@@ -521,7 +524,10 @@ class Hub:
                 continue
             known.append(connection)
             socket_id = connection.socket_id
-            self._records.pop(socket_id, None)
+            record = self._records.pop(socket_id, None)
+            if record is not None and socket_id in self._unsaved:
+                self._unsaved.discard(socket_id)
+                unsaved[socket_id] = record
             self._closed[socket_id] = now
             self.closing.add(socket_id)
             for conversation_id in views:
@@ -538,6 +544,8 @@ class Hub:
         finally:
             self.closing.difference_update(connection.socket_id for connection in known)
         try:
+            if unsaved:
+                await self.bus.save_sockets(unsaved, self.window_secs + 2 * SOCKET_REFRESH_SECS)
             await self.bus.end_sockets({connection.socket_id: end for connection in known}, self.window_secs)
         except Exception as error:
             log.warning("%d socket records not ended: %s", len(known), error)
