@@ -694,6 +694,9 @@ class StormConfig:
     # client whose process refuses it tries the next one, as nginx's
     # next-upstream would; the figure is how long each user was without a socket.
     rolling: bool = False
+    # Restart storms: one more user sends global messages through the
+    # restart (reconnecting its own socket as it must), this many per second.
+    sends_per_s: float = 0.0
 
 
 async def _handshake(
@@ -746,6 +749,37 @@ async def _handshake_retrying(
             return outcome
 
 
+async def _send_through(target: Target, users: Users, user_id: int, per_s: float, stop: asyncio.Event) -> collections.Counter:
+    """Send global messages as ``user_id`` until ``stop``, its socket reopened whenever it closes;
+    the outcomes by HTTP status (0: no answer)."""
+    outcomes: collections.Counter = collections.Counter()
+    api = Api(users, max_clients=4, timeout=10)
+    socket: SocketClient | None = None
+    n = 0
+    while not stop.is_set():
+        if socket is None or socket.closed_by_server:
+            socket = SocketClient(users, user_id)
+            try:
+                await socket.connect(timeout=10)
+            except Exception:  # noqa: BLE001 - refused while its process restarts: try again
+                socket = None
+                await asyncio.sleep(0.05)
+                continue
+        n += 1
+        try:
+            await api.call(user_id, "POST", "/v1/messages/send", {"text": f"through the restart {n}"})
+            outcomes[200] += 1
+        except ApiError as error:
+            status = str(error).split("HTTP ", 1)[1].split(" ", 1)[0] if "HTTP " in str(error) else "0"
+            outcomes[int(status) if status.isdigit() else 0] += 1
+        except Exception:  # noqa: BLE001
+            outcomes[0] += 1
+        await asyncio.sleep(1 / per_s)
+    if socket is not None:
+        socket.close()
+    return outcomes
+
+
 async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
     """N sockets connected, all dropped at once, all reconnecting with resume= at once.
 
@@ -781,6 +815,7 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
     positions = {uid: outcome[1].get("pos") for uid, outcome in zip(user_ids, first)}
     restart_seconds = None
     gaps: list[float] = []  # restart: each user's time without a socket
+    sends_during: dict[int, int] | None = None  # restart with sends_per_s: their outcomes by status
     if config.restart is None:
         for outcome in first:
             outcome[2].close()  # the network blip: every socket gone at once
@@ -792,6 +827,10 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
     else:
         # A deploy: the clock starts when the server is told to stop; every
         # client retries (refused while it is down) until its handshake answers.
+        stop_sending = asyncio.Event()
+        sending = (asyncio.ensure_future(_send_through(target, users, config.first_user + config.sockets,
+                                                        config.sends_per_s, stop_sending))
+                   if config.sends_per_s else None)
         started = time.perf_counter()
         restarting = asyncio.ensure_future(config.restart())
         # Every client notices its close at once (a phone does not queue for
@@ -804,6 +843,9 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         )  # fmt: skip
         target = await restarting
         restart_seconds = getattr(config.restart, "seconds", None)
+        if sending is not None:
+            stop_sending.set()
+            sends_during = dict(await sending)
         cpu_before = 0.0  # the new processes' whole life: start-up included
         for outcome in first:
             outcome[2].close()
@@ -830,6 +872,8 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
     }
     if gaps:
         result["without_socket_ms"] = percentiles_ms(gaps)
+    if sends_during is not None:
+        result["sends_during_restart"] = sends_during
     if config.rolling:
         result["drop"] = "rolling restart"
     if restart_seconds is not None:

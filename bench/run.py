@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import importlib.machinery
+import importlib.util
 import json
 import math
 import os
@@ -338,6 +340,41 @@ class Job:
         return f"{self.workload}@{self.rate:g}/s" if self.rate else self.workload
 
 
+@contextlib.contextmanager
+def _nginx_in_front(servers: list[ServerProcess], log_path: Path) -> Iterator[str | None]:
+    """nginx on a free port with the servers as its upstreams (the deploy's config); its URL, or None without nginx."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        yield None
+        return
+    loader = importlib.machinery.SourceFileLoader("nginx_conf", str(REPO / "scripts" / "nginx-conf"))
+    spec = importlib.util.spec_from_loader("nginx_conf", loader)
+    conf_module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    loader.exec_module(conf_module)
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-nginx-") as run_dir:
+        conf = Path(run_dir) / "nginx.conf"
+        conf.write_text(conf_module.render(f"127.0.0.1:{port}", run_dir, [s.port for s in servers]))
+        process = subprocess.Popen([nginx, "-p", run_dir, "-c", str(conf), "-g", "daemon off;"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise RuntimeError("nginx did not start") from None
+                    time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()  # not SIGKILL: a killed master leaves its workers listening
+            process.wait(timeout=10)
+            with contextlib.suppress(OSError):
+                shutil.copyfile(Path(run_dir) / "error.log", log_path)
+
+
 async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace,
                   others: list[ServerProcess] = (),  # type: ignore[assignment]
                   observer: ServerProcess | None = None) -> dict[str, Any]:
@@ -382,19 +419,32 @@ async def run_job(server: ServerProcess, job: Job, args: argparse.Namespace,
                                                    timeout=args.timeout, restart=restart))
     if job.workload == "storm-rolling":
         servers = [server, *others]
+        # Behind nginx (config/nginx.conf.template), as docs/deploy.md deploys
+        # them, if it is installed; else each client tries the next process itself.
+        with _nginx_in_front(servers, server.log_path.with_name(server.log_path.stem + "-nginx.log")) as nginx_url:
 
-        async def roll() -> Target:
-            """A rolling deploy: each process stopped (SIGTERM) and started again, one after the other."""
-            began = time.perf_counter()
-            for s in servers:
-                await s.stop()
-                await s.start()
-            roll.seconds = round(time.perf_counter() - began, 3)  # type: ignore[attr-defined]
-            return Target(server.base_url, args.secret, server.proc.pid,  # type: ignore[union-attr]
-                          more_urls=tuple(o.base_url for o in others), more_pids=tuple(o.proc.pid for o in others))  # type: ignore[union-attr]
+            def current() -> Target:
+                if nginx_url:
+                    return Target(nginx_url, args.secret, server.proc.pid,  # type: ignore[union-attr]
+                                  more_pids=tuple(o.proc.pid for o in others))  # type: ignore[union-attr]
+                return Target(server.base_url, args.secret, server.proc.pid,  # type: ignore[union-attr]
+                              more_urls=tuple(o.base_url for o in others), more_pids=tuple(o.proc.pid for o in others))  # type: ignore[union-attr]
 
-        return await run_storm(target, StormConfig(sockets=args.storm_sockets, first_user=FIRST_USER["storm-rolling"],
-                                                   timeout=args.timeout, restart=roll, rolling=True))
+            async def roll() -> Target:
+                """A rolling deploy: each process stopped (SIGTERM) and started again, one after the other."""
+                began = time.perf_counter()
+                for s in servers:
+                    await s.stop()
+                    await s.start()
+                roll.seconds = round(time.perf_counter() - began, 3)  # type: ignore[attr-defined]
+                return current()
+
+            result = await run_storm(current(), StormConfig(
+                sockets=args.storm_sockets, first_user=FIRST_USER["storm-rolling"], timeout=args.timeout,
+                restart=roll, rolling=True, sends_per_s=20.0,
+            ))
+            result["through"] = "nginx" if nginx_url else "clients trying the next process"
+            return result
     config = DeliveryConfig(
         workload=job.workload, receivers=args.receivers, messages=args.messages, concurrency=args.concurrency,
         senders=args.senders, rate=job.rate or args.rate, first_user=FIRST_USER[job.workload], timeout=args.timeout,

@@ -14,9 +14,11 @@ import importlib.machinery
 import importlib.util
 import shutil
 import subprocess
+import time
 from typing import Iterator
 
 import pytest
+from tornado.httpclient import HTTPClientError
 
 from tests.helpers import Socket, User, eventually
 from tests.processes import REPO, ChatProcess, Deployment, collect
@@ -107,3 +109,41 @@ async def test_two_processes_behind_nginx_are_one_chat(through_nginx: Deployment
         if n not in closed:
             assert [m["message"] for m in await collect(socket, 1)] == ["during"]
     await a.start()  # back in the pool
+
+
+async def test_a_rolling_restart_through_nginx_brings_every_socket_back_at_once(through_nginx: Deployment):
+    """Both processes restarted one after the other: every socket back through nginx within seconds.
+
+    With a process marked down after a refused connect (max_fails=1), nginx let
+    one new socket per fail_timeout through to a process back from its restart
+    (a WebSocket counts as a success only when it ends), and answered the rest
+    502 "no live upstreams" while the other process restarted.
+    """
+    a, b = await through_nginx.start(2)
+    nginx = Nginx(through_nginx, [a.port, b.port])
+    through_nginx.processes.append(nginx)
+    await nginx.start()
+    users = {user_id: User(nginx, user_id) for user_id in range(1, 101)}
+    sockets = {user_id: await user.connect() for user_id, user in users.items()}
+
+    async def come_back(user_id: int) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket, first = await users[user_id].resume(sockets[user_id].position)
+            except HTTPClientError as refused:  # 502 from nginx, 503 from a process shutting down
+                assert time.monotonic() < deadline, f"user {user_id} still refused: {refused}"
+                await asyncio.sleep(0.1)
+                continue
+            assert first["event"] == "resumed", first
+            sockets[user_id] = socket
+            return
+
+    for process in (a, b):
+        await process.terminate()  # its sockets are closed with 1001 before it exits
+        await asyncio.sleep(0.3)  # the close frames arrive
+        closed = [user_id for user_id, socket in sockets.items() if socket.close_code is not None]
+        assert closed and all(sockets[user_id].close_code == 1001 for user_id in closed)
+        await asyncio.gather(*(come_back(user_id) for user_id in closed))
+        await process.start()
+    assert all(socket.close_code is None for socket in sockets.values())
