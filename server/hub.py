@@ -53,8 +53,8 @@ from server.resume import RecentEntries, ResumeFailed, replay
 from server.settings import Settings
 from storage.bus import HEARTBEAT_SECS, Bus
 from storage.entries import (
-    ALL, CONVERSATION, GLOBAL, RESYNC, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS, Entry, EntryBatch, id_key, resync,
-    sockets_closed, subscription,
+    ALL, CONVERSATION, GLOBAL, RESYNC, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS, Entry, EntryBatch, id_key,
+    process_started, resync, sockets_closed, subscription,
 )
 from storage.cache import SOCKET_REFRESH_SECS, Cache
 from storage.database import Database
@@ -118,7 +118,12 @@ class Hub:
     # Lifetime
 
     async def start(self) -> None:
-        self._mark_applied(await self.bus.start(self._apply))
+        started = await self.bus.start(self._apply)
+        # The reader starts after this process's own first entry: remember it as
+        # applied, or a resume that reads up to it while the next entries arrive
+        # would find no link from Redis's part to memory's ("history trimmed").
+        self.recent.add(started, process_started(self.bus.process_id))
+        self._mark_applied(started)
         self.peers, _, _ = await self.bus.beat()
         self._beating = asyncio.ensure_future(self._beat_forever())
 
