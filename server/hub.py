@@ -422,7 +422,7 @@ class Hub:
                 old, start, old_socket = await self._resumable(user_id, resume)
                 # Read before the socket is registered: from then on nothing
                 # may wait, or live entries would pass by it.
-                fetched = self.recent.between(start, self._applied_id) or await self.bus.read(start, self._applied_id)
+                fetched = self.recent.between(start, self._applied_id) or await self._read_older(start)
                 if not fetched:
                     raise ResumeFailed("history trimmed: the position is no longer in the log")
             except ResumeFailed as error:
@@ -500,6 +500,21 @@ class Hub:
             raise ResumeFailed("unknown position")  # past the log's head: made up
         await self.applied(entry_id)  # the position may come from a process ahead of this one
         return record, entry_id, old_socket
+
+    async def _read_older(self, start: str) -> EntryBatch | None:
+        """The log from ``start`` on, read from Redis only as far as memory does not reach, and kept.
+
+        After a restart every resume starts before this process did: the
+        first one reads the log back to its position, and memory keeps what
+        it read, so the others (whose positions are mostly newer) read
+        nothing or only the part before it, instead of each the whole range.
+        """
+        oldest = self.recent.oldest_id()
+        upto = oldest if oldest is not None and id_key(oldest) > id_key(start) else self._applied_id
+        fetched = await self.bus.read(start, upto)
+        if fetched:
+            self.recent.extend_back(fetched)
+        return fetched
 
     def _extended(self, fetched: EntryBatch, upto: str) -> EntryBatch:
         """``fetched`` followed by what the log brought from memory since, up to ``upto``."""

@@ -92,6 +92,28 @@ class RecentEntries:
     def clear(self) -> None:
         self._entries.clear()
 
+    def oldest_id(self) -> str | None:
+        return self._entries[0][0] if self._entries else None
+
+    def extend_back(self, batch: EntryBatch) -> None:
+        """Keep a range read from the log that reaches the oldest entry held: memory then starts at its start.
+
+        A range that does not reach it (memory moved on meanwhile) would leave
+        a hole, and is not kept. Only as much as there is room for is kept,
+        the newest of it: memory never drops its newest entries for older ones.
+        """
+        if not self._entries or not batch:
+            return
+        oldest = self._entries[0][0]
+        oldest_key = id_key(oldest)
+        if not any(entry_id == oldest for entry_id, _ in batch):
+            return
+        older = [(entry_id, entry) for entry_id, entry in batch if id_key(entry_id) < oldest_key]
+        room = (self._entries.maxlen or 0) - len(self._entries)
+        if room <= 0 or not older:
+            return
+        self._entries.extendleft(reversed(older[-room:]))
+
     def newest_first(self) -> Iterator[tuple[str, Entry]]:
         return reversed(self._entries)
 
@@ -100,9 +122,14 @@ class RecentEntries:
         if not self._entries or id_key(self._entries[0][0]) > id_key(first):
             return None
         first_key, upto_key = id_key(first), id_key(upto)
+        # From the newest back to ``first``: a resume's position is mostly
+        # recent, and memory may hold thousands of entries older than it.
         batch = []
-        for entry_id, entry in self._entries:
+        for entry_id, entry in reversed(self._entries):
             key = id_key(entry_id)
-            if first_key <= key <= upto_key:
+            if key < first_key:
+                break
+            if key <= upto_key:
                 batch.append((entry_id, entry))
+        batch.reverse()
         return batch if batch and batch[0][0] == first else None

@@ -302,6 +302,47 @@ async def test_resume_after_the_process_restarts(server: ServerUnderTest):
         assert texts(await socket.drain()) == ["live"]
 
 
+@pytest.mark.parametrize("backend", ["mysql", "two-processes"])
+async def test_resumes_from_before_a_restart_each_get_exactly_what_they_missed(server: ServerUnderTest):
+    """After a restart every position is older than the process: the first resume reads the log back
+    from Redis and the process keeps it, so the others (newer, older, in between) read little; each
+    still gets exactly its own missed frames."""
+    alice, _ = await server.connected_user(1)
+    conversation_id = await alice.create("staggered")
+    members = {user_id: await server.connected_user(user_id) for user_id in (2, 3, 4)}
+    for user, _ in members.values():
+        await user.join(conversation_id)
+    for _, socket in members.values():
+        await socket.drain()
+    positions = {}
+    stops_after = {2: 1, 3: 3, 4: 5}  # user 2 processed up to m1, user 3 up to m3, user 4 up to m5
+    for n in range(6):
+        await alice.send(f"m{n}", conversation_id)
+        for user_id, (_, socket) in members.items():
+            if user_id not in positions:
+                assert texts(await socket.drain()) == [f"m{n}"]
+                if n == stops_after[user_id]:
+                    positions[user_id] = socket.position
+
+    old = server.chat_server
+    await old.stop()
+    restarted = ChatServer(old.settings)
+    port = await restarted.start(port=0)
+    server.chat_server = restarted
+    server.ws_url = f"ws://127.0.0.1:{port}"
+    if server.http_chat_server is old:
+        server.http_chat_server = restarted
+        server.base_url = f"http://127.0.0.1:{port}"
+    await alice.connect()
+    await alice.send("after", conversation_id)
+
+    expected = {2: ["m2", "m3", "m4", "m5", "after"], 3: ["m4", "m5", "after"], 4: ["after"]}
+    for user_id in (3, 4, 2):  # a middle position first, then the newest, then the oldest
+        socket, first = await members[user_id][0].resume(positions[user_id])
+        assert first["event"] == "resumed", first
+        assert texts(await socket.drain()) == expected[user_id], user_id
+
+
 @pytest.mark.parametrize("backend", ["two-processes"])
 async def test_resume_lands_on_another_process(server: ServerUnderTest):
     """The reconnect goes to another process than the one the socket was on."""
