@@ -806,6 +806,7 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         raise AssertionError("unreachable")
 
     first = await gather_limited(config.connect_concurrency, (lambda uid=uid: first_connect(uid) for uid in user_ids))
+    setup_ms = percentiles_ms([outcome[0] for outcome in first if not isinstance(outcome, BaseException)])
     failures = [r for r in first if isinstance(r, BaseException)]
     if failures:
         for outcome in first:
@@ -869,6 +870,8 @@ async def run_storm(target: Target, config: StormConfig) -> dict[str, Any]:
         "failures": len(failures),
         "drop": "restart" if config.restart is not None else "client",
         "setup_retries": len(setup_retries),
+        # The burst of first-time users the setup is (connect_concurrency in flight): their handshakes.
+        "setup_handshake_ms": setup_ms,
     }
     if gaps:
         result["without_socket_ms"] = percentiles_ms(gaps)

@@ -282,7 +282,8 @@ export class ChatClient {
 
   _scheduleReconnect(hintedMs) {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** this.attempts);
-    const delay = hintedMs !== undefined ? hintedMs : base / 2 + Math.random() * (base / 2);
+    // Full jitter: a crowd of clients that lost the server at once comes back spread over the whole interval.
+    const delay = hintedMs !== undefined ? hintedMs : Math.random() * base;
     this.attempts += 1;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = setTimeout(() => this._connect(), delay);
