@@ -558,9 +558,10 @@ class Hub:
             self._closed.popitem(last=False)
         end = self._applied_id  # nothing after this entry reaches them
         try:
-            ending = [self._end_views(c, u, socket_ids) for (c, u), socket_ids in ended_views.items()]
+            ending = list(ended_views.items())
             for first in range(0, len(ending), VIEWS_ENDED_AT_ONCE):
-                await asyncio.gather(*ending[first:first + VIEWS_ENDED_AT_ONCE])
+                await asyncio.gather(*(self._end_views(c, u, socket_ids)
+                                       for (c, u), socket_ids in ending[first:first + VIEWS_ENDED_AT_ONCE]))
         finally:
             self.closing.difference_update(connection.socket_id for connection in known)
         try:
