@@ -163,11 +163,12 @@ class ChatSocketHandler(JsonErrorsMixin, BoundedRequestMixin, tornado.websocket.
             self._refusal = (wire.CLOSE_BUSY, wire.busy_reason(RETRY_AFTER_SECS))
             return
         self._admitted = True
-        address = client_address(self.request.remote_ip, headers.get("X-Real-IP"), self.config)
-        if not self.addresses.take(address):
-            self._refusal = (wire.CLOSE_TOO_MANY_SOCKETS, wire.TOO_MANY_FROM_ADDRESS_REASON)
-            return
-        self._address = address
+        if self.addresses.cap:  # off by default: no address to work out
+            address = client_address(self.request.remote_ip, headers.get("X-Real-IP"), self.config)
+            if not self.addresses.take(address):
+                self._refusal = (wire.CLOSE_TOO_MANY_SOCKETS, wire.TOO_MANY_FROM_ADDRESS_REASON)
+                return
+            self._address = address
         reserved, cached = await self.chat.reserve_socket(user.user_id, self.socket_id, self._resume is not None)
         if reserved is False:
             self._refusal = (wire.CLOSE_TOO_MANY_SOCKETS, wire.too_many_sockets_reason(self.config.max_sockets_per_user))

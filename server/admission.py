@@ -36,7 +36,7 @@ class HandshakeAdmission:
 
 
 class AddressCounts:
-    """Open sockets per client address in this process, at most ``cap`` each (0: no cap)."""
+    """Open sockets per client address in this process, at most ``cap`` each (callers skip it when 0: no cap)."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -44,8 +44,6 @@ class AddressCounts:
 
     def take(self, address: str) -> bool:
         """Count one more socket from ``address``; False (and nothing counted) if it holds ``cap`` already."""
-        if not self.cap:
-            return True
         count = self._open.get(address, 0)
         if count >= self.cap:
             return False
@@ -53,8 +51,6 @@ class AddressCounts:
         return True
 
     def give_back(self, address: str) -> None:
-        if not self.cap:
-            return
         count = self._open.get(address, 0) - 1
         if count > 0:
             self._open[address] = count

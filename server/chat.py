@@ -159,7 +159,7 @@ class ChatService:
         A launch that carries the cached profile (or none) changes nothing:
         no database call, which is most reconnects, and all of a restart's.
         """
-        if cached is not None and name in (None, cached.name) and avatar in (None, cached.avatar):
+        if cached is not None and cached.kept_by(name, avatar):
             return cached
         profile = await self.profile_writes.submit(user_id % PROFILE_WRITERS, (user_id, name, avatar))
         try:

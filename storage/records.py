@@ -28,6 +28,10 @@ class Profile:
     name: str
     avatar: str
 
+    def kept_by(self, name: str | None, avatar: str | None) -> bool:
+        """Whether a launch carrying ``name`` and ``avatar`` (None: not carried) leaves this profile as it is."""
+        return name in (None, self.name) and avatar in (None, self.avatar)
+
 
 def default_profile(user_id: int) -> Profile:
     """The profile of a user whose launch carried none."""

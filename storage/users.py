@@ -29,12 +29,11 @@ class UserStore(DatabaseEngine):
         """
         ids = sorted({user_id for user_id, _, _ in launches})
         async with self._read() as session:
-            rows = await session.execute(select(User.id, User.name, User.avatar).where(User.id.in_(ids)))
-            stored = {row.id: Profile(name=row.name, avatar=row.avatar) for row in rows}
+            stored = await self._profiles_of(session, ids)
         wanted: dict[int, dict[str, str]] = {}  # user → the fields a launch changes, the latest launch last
         for user_id, name, avatar in launches:
             current = stored.get(user_id)
-            if current is not None and name in (None, current.name) and avatar in (None, current.avatar):
+            if current is not None and current.kept_by(name, avatar):
                 continue
             changes = wanted.setdefault(user_id, {})
             changes.update({key: value for key, value in (("name", name), ("avatar", avatar)) if value})
@@ -48,11 +47,13 @@ class UserStore(DatabaseEngine):
             async with self._write() as session:
                 for changed, rows in shapes.items():
                     await session.execute(self._upsert(rows, changed))
-                written = await session.execute(
-                    select(User.id, User.name, User.avatar).where(User.id.in_(sorted(wanted)))
-                )
-                stored.update({row.id: Profile(name=row.name, avatar=row.avatar) for row in written})
+                stored.update(await self._profiles_of(session, sorted(wanted)))
         return [stored[user_id] for user_id, _, _ in launches]
+
+    @staticmethod
+    async def _profiles_of(session: Any, user_ids: Sequence[int]) -> dict[int, Profile]:
+        rows = await session.execute(select(User.id, User.name, User.avatar).where(User.id.in_(user_ids)))
+        return {row.id: Profile(name=row.name, avatar=row.avatar) for row in rows}
 
     def _upsert(self, rows: list[dict[str, Any]], changed: tuple[str, ...]) -> Any:
         """INSERT the rows; a row whose user exists sets only the ``changed`` fields (spelled per dialect)."""

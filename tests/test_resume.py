@@ -265,6 +265,19 @@ async def test_redis_losing_its_data_resyncs_sockets_and_fails_old_resumes(serve
     assert alice_socket.close_code is None
 
 
+async def restart_socket_server(server: ServerUnderTest) -> None:
+    """Stop the server that holds the sockets and start it again on a new port (a deploy of that process)."""
+    old = server.chat_server
+    await old.stop()
+    restarted = ChatServer(old.settings)
+    port = await restarted.start(port=0)
+    server.chat_server = restarted  # the fixture stops it (stopping the old one again is a no-op)
+    server.ws_url = f"ws://127.0.0.1:{port}"
+    if server.http_chat_server is old:
+        server.http_chat_server = restarted
+        server.base_url = f"http://127.0.0.1:{port}"
+
+
 async def test_resume_after_the_process_restarts(server: ServerUnderTest):
     """With Redis the log outlives the process: a restarted process resumes its old sockets.
 
@@ -278,16 +291,8 @@ async def test_resume_after_the_process_restarts(server: ServerUnderTest):
     await bob_socket.drain()
     position = bob_socket.position
 
-    old = server.chat_server
-    await old.stop()  # every socket of it closes (1001)
+    await restart_socket_server(server)  # every socket of it closes (1001)
     assert await bob_socket.wait_closed() == 1001
-    restarted = ChatServer(old.settings)
-    port = await restarted.start(port=0)
-    server.chat_server = restarted  # the fixture stops it (stopping the old one again is a no-op)
-    server.ws_url = f"ws://127.0.0.1:{port}"
-    if server.http_chat_server is old:
-        server.http_chat_server = restarted
-        server.base_url = f"http://127.0.0.1:{port}"
     await alice.connect()
     await alice.send("during the restart", conversation_id)
 
@@ -324,15 +329,7 @@ async def test_resumes_from_before_a_restart_each_get_exactly_what_they_missed(s
                 if n == stops_after[user_id]:
                     positions[user_id] = socket.position
 
-    old = server.chat_server
-    await old.stop()
-    restarted = ChatServer(old.settings)
-    port = await restarted.start(port=0)
-    server.chat_server = restarted
-    server.ws_url = f"ws://127.0.0.1:{port}"
-    if server.http_chat_server is old:
-        server.http_chat_server = restarted
-        server.base_url = f"http://127.0.0.1:{port}"
+    await restart_socket_server(server)
     await alice.connect()
     await alice.send("after", conversation_id)
 
