@@ -37,11 +37,12 @@ class ChainPublisher:
 
     def __init__(
         self, bus: Bus, database: Database, applied: Callable[[str], Awaitable[None]],
-        spawn: Callable[[Coroutine[Any, Any, Any]], None], peers: Callable[[], int], window_secs: float,
+        reach: Callable[[str], Awaitable[None]], spawn: Callable[[Coroutine[Any, Any, Any]], None], peers: Callable[[], int], window_secs: float,
     ) -> None:
         self.bus = bus
         self.database = database
-        self.applied = applied  # returns once this process applied an entry
+        self.applied = applied  # returns once this process applied an entry it reads
+        self.reach = reach  # returns once this process applied what came before an entry anywhere in the log
         self.spawn = spawn  # runs background work the hub waits for when stopping
         self.peers = peers
         self.window_secs = window_secs
@@ -109,11 +110,11 @@ class ChainPublisher:
             if head is None and await self.bus.chain_closed(name):
                 return  # the conversation was deleted meanwhile: nothing of it is announced any more
             if head is not None and head[0] >= order.seq:
-                await self.applied(head[2])  # released by the predecessor's append (ours came with it)
+                await self.reach(head[2])  # released by the predecessor's append (ours came with it)
                 return
         head = await self.bus.chain_head(name)
         if head is not None and head[0] >= order.seq:
-            await self.applied(head[2])
+            await self.reach(head[2])
             return
         missing: list[StoredMessage] = []
         if head is not None:

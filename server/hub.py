@@ -50,8 +50,9 @@ from server.open_sockets import OpenSockets
 from server.profiles import Profiles
 from server.registry import Connection, Registry
 from server.resume import RecentEntries, ResumeFailed, replay
+from server.routes import Routes
 from server.settings import Settings
-from storage.bus import HEARTBEAT_SECS, Bus
+from storage.bus import HEARTBEAT_SECS, PROCESS_ID_CHARS, ROUTE_LINGER_EXTRA_SECS, Bus
 from storage.entries import (
     ALL, CONVERSATION, GLOBAL, RESYNC, SOCKETS_CLOSED, STARTED, SUBSCRIPTION, VIEWERS, Entry, EntryBatch, id_key,
     process_started, resync, sockets_closed, subscription,
@@ -106,7 +107,12 @@ class Hub:
         self.closing: set[str] = set()  # sockets closed whose views are still being ended
         self.open_sockets = OpenSockets(registry, cache, bus, lambda: self.peers)
         self.profiles = Profiles(registry, database)
-        self.chains = ChainPublisher(bus, database, self.applied, self._spawn, lambda: self.peers, self.window_secs)
+        self.chains = ChainPublisher(bus, database, self.applied, self.reach, self._spawn, lambda: self.peers,
+                                     self.window_secs)
+        self.routes = Routes(bus, self.window_secs + ROUTE_LINGER_EXTRA_SECS, self._spawn)
+        # What resumes here read of other processes' part of the log (after a restart, every resume
+        # reads the old process's): process → its entries lately read, so the next resumes read less.
+        self._foreign: dict[str, RecentEntries] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unsaved: set[str] = set()  # sockets whose records changed since the last save (_save_record)
         self._saving = False
@@ -178,6 +184,9 @@ class Hub:
         for process_id in dead:
             self.open_sockets.process_died(process_id)
             await self._reap(process_id)
+        self.routes.prune()
+        if len(self._foreign) > 4:  # the old processes of a few restarts at most
+            self._foreign = dict(list(self._foreign.items())[-4:])
 
     async def history_lost(self) -> None:
         """Redis lost the log (it restarted, or was flushed): resync this process's sockets, closing none.
@@ -194,6 +203,9 @@ class Hub:
         connections = self.registry.connections()
         log.warning("Redis lost the event log (restarted or flushed): resyncing %d sockets", len(connections))
         await self.cache.refresh_sockets(self.registry.connected_users())
+        self.routes.rehold(self.registry.connected_users())
+        await self.routes.flush()
+        self._foreign.clear()
         viewing: dict[tuple[int, int], list[str]] = collections.defaultdict(list)
         for connection in connections:
             for conversation_id in self.registry.socket_state(connection.socket_id)[1]:
@@ -236,8 +248,15 @@ class Hub:
             if not waiter.done():
                 waiter.set_result(None)
 
+    async def reach(self, entry_id: str) -> None:
+        """Return once this process applied everything up to that entry, wherever it is in the log (the
+        entry may be in another process's inbox: a MARK of this one's, appended after it, is waited for)."""
+        if entry_id and id_key(entry_id) > self._applied:
+            await self.applied(await self.bus.mark())
+
     async def applied(self, entry_id: str) -> None:
-        """Return once this process has applied the entry (or after APPLIED_WAIT_SECS)."""
+        """Return once this process has applied the entry (or after APPLIED_WAIT_SECS): one it reads,
+        as an append returns it ("" when every entry went to other processes: nothing to wait for)."""
         if not entry_id or id_key(entry_id) <= self._applied:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -417,14 +436,20 @@ class Hub:
         old: dict[str, Any] | None = None
         failure = start = old_socket = ""
         fetched: EntryBatch = []
+        covered = ""
         if resume is not None:
             try:
                 old, start, old_socket = await self._resumable(user_id, resume)
+            except ResumeFailed as error:
+                old, failure = None, str(error)
+        # From its first position on, the socket's entries (and the old one's views') must reach this
+        # process: routed here, and applied up to a point after that.
+        await self.applied(await self.routes.hold(user_id, old["h"][-1][2] if old is not None else ()))
+        if old is not None:
+            try:
                 # Read before the socket is registered: from then on nothing
                 # may wait, or live entries would pass by it.
-                fetched = self.recent.between(start, self._applied_id) or await self._read_older(start)
-                if not fetched:
-                    raise ResumeFailed("history trimmed: the position is no longer in the log")
+                fetched, covered = await self._history(start, old_socket)
             except ResumeFailed as error:
                 old, failure = None, str(error)
         self.registry.add(connection, profile)
@@ -434,7 +459,7 @@ class Hub:
         if old is not None:
             try:
                 history, frames = replay(
-                    old, old_socket, self._extended(fetched, at), self.bus.epoch, connection.position_tail
+                    old, old_socket, self._extended(fetched, covered, at), self.bus.epoch, connection.position_tail
                 )
             except ResumeFailed as error:
                 old, failure = None, str(error)
@@ -498,29 +523,64 @@ class Hub:
             raise ResumeFailed("unknown position")  # never sent to that socket
         if entry_key > self._applied and entry_key > id_key(await self.bus.last_id()):
             raise ResumeFailed("unknown position")  # past the log's head: made up
-        await self.applied(entry_id)  # the position may come from a process ahead of this one
+        await self.reach(entry_id)  # the position may come from a process ahead of this one
         return record, entry_id, old_socket
 
-    async def _read_older(self, start: str) -> EntryBatch | None:
-        """The log from ``start`` on, read from Redis only as far as memory does not reach, and kept.
+    async def _history(self, start: str, old_socket: str) -> tuple[EntryBatch, str]:
+        """What the old socket's process read of the log from ``start`` on, and the entry it reaches: one
+        this process applied (what follows it, this process read too: the socket's routes are here)."""
+        upto = self._applied_id
+        source = old_socket[:PROCESS_ID_CHARS]
+        if source == self.bus.process_id:
+            fetched = self.recent.between(start, upto)
+            if fetched is None:
+                fetched, upto = await self._read_older(start)
+        else:
+            fetched = await self._read_foreign(source, start, upto)
+        if not fetched:
+            raise ResumeFailed("history trimmed: the position is no longer in the log")
+        return fetched, upto
 
-        After a restart every resume starts before this process did: the
-        first one reads the log back to its position, and memory keeps what
-        it read, so the others (whose positions are mostly newer) read
-        nothing or only the part before it, instead of each the whole range.
-        """
+    async def _read_older(self, start: str) -> tuple[EntryBatch | None, str]:
+        """This process's part of the log from ``start`` on, read from Redis only as far as memory does
+        not reach (kept in memory), and the entry it reaches."""
         oldest = self.recent.oldest_id()
         upto = oldest if oldest is not None and id_key(oldest) > id_key(start) else self._applied_id
         fetched = await self.bus.read(start, upto)
         if fetched:
             self.recent.extend_back(fetched)
+        return fetched, upto
+
+    async def _read_foreign(self, source: str, start: str, upto: str) -> EntryBatch | None:
+        """Another process's part of the log from ``start`` up to ``upto``, read from Redis only as far as
+        what resumes here read of it lately does not reach.
+
+        After a restart every resume is of the old process's sockets: the
+        first one reads its part back to its position, the others (whose
+        positions are mostly newer) only what was appended since.
+        """
+        kept = self._foreign.get(source)
+        if kept is not None and kept.holds(start):
+            newest = kept.newest_id()
+            if newest is not None and id_key(newest) < id_key(upto):
+                newer = await self.bus.read(newest, upto, source)
+                for entry_id, entry in (newer or [])[1:]:
+                    kept.add(entry_id, entry)
+            fetched = kept.between(start, upto)
+            if fetched:
+                return fetched
+        fetched = await self.bus.read(start, upto, source)
+        if fetched and (kept is None or not kept.holds(start)):
+            kept = self._foreign[source] = RecentEntries()
+            for entry_id, entry in fetched:
+                kept.add(entry_id, entry)
         return fetched
 
-    def _extended(self, fetched: EntryBatch, upto: str) -> EntryBatch:
-        """``fetched`` followed by what the log brought from memory since, up to ``upto``."""
-        if fetched[-1][0] == upto:
+    def _extended(self, fetched: EntryBatch, covered: str, upto: str) -> EntryBatch:
+        """``fetched`` (the log up to ``covered``) followed by what this process applied since, up to ``upto``."""
+        if covered == upto:
             return fetched
-        rest = self.recent.between(fetched[-1][0], upto)  # the log moved on while it was read
+        rest = self.recent.between(covered, upto)  # the log moved on while it was read
         if rest is None:
             raise ResumeFailed("history trimmed: the position is no longer in the log")
         return fetched + rest[1:]
@@ -554,6 +614,7 @@ class Hub:
                 ended_views.setdefault((conversation_id, connection.user_id), []).append(socket_id)
         if not known:
             return known
+        gone = {c.user_id for c in known if not self.registry.user_sockets(c.user_id)}
         while next(iter(self._closed.values())) < now - CLOSED_MEMORY_SECS:
             self._closed.popitem(last=False)
         end = self._applied_id  # nothing after this entry reaches them
@@ -570,6 +631,8 @@ class Hub:
             await self.bus.end_sockets({connection.socket_id: end for connection in known}, self.window_secs)
         except Exception as error:
             log.warning("%d socket records not ended: %s", len(known), error)
+        if gone:
+            await self.routes.release(gone)
         return known
 
     async def retire_remote(self, user_id: int, socket_id: str) -> None:

@@ -95,6 +95,13 @@ class RecentEntries:
     def oldest_id(self) -> str | None:
         return self._entries[0][0] if self._entries else None
 
+    def newest_id(self) -> str | None:
+        return self._entries[-1][0] if self._entries else None
+
+    def holds(self, entry_id: str) -> bool:
+        """Whether memory reaches back to that entry (it may hold it: ``between`` says)."""
+        return bool(self._entries) and id_key(self._entries[0][0]) <= id_key(entry_id)
+
     def extend_back(self, batch: EntryBatch) -> None:
         """Keep a range read from the log that reaches the oldest entry held: memory then starts at its start.
 

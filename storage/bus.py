@@ -1,10 +1,11 @@
 """The bus: the chat's ordered log of events, and what several processes must share to apply it.
 
 Every event (a new message, a join, a viewer count, a subscription change) is
-an entry (``storage/entries.py``) appended to one log; every process reads the log in the
-same order and applies each entry to its own sockets (``server/hub.py``).
-An entry's id in the log is its position: the same order everywhere, and a
-place a reconnecting client can resume from.
+an entry (``storage/entries.py``) appended to the log; each process reads, in
+log order, the part of the log with an audience on it and applies each entry
+to its own sockets (``server/hub.py``). An entry's id in the log is its
+position: one order everywhere, and a place a reconnecting client can resume
+from.
 
 Order within a chat. A chat's events are numbered by ``seq`` in the database,
 under the chat's row lock, so their commit order is known; but processes
@@ -19,9 +20,10 @@ before its commit.
 
 Two implementations with one interface, like the cache: :class:`MemoryBus`
 (one process, no Redis: a log in memory, applied as it is appended) and
-:class:`RedisBus` (a Redis stream read by every process, Lua scripts for the
-steps that must be atomic, process heartbeats so the survivors clean up after
-a process that died).
+:class:`RedisBus` (Redis streams partitioned by audience: a shared lane every
+process reads and an inbox per process, Lua scripts for the steps that must be
+atomic, process heartbeats so the survivors clean up after a process that
+died).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ import secrets
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from storage.entries import Entry, EntryBatch, id_key, process_started, process_stopped, subscription, viewer_count
+from storage.entries import (
+    PROCESS_ID_CHARS, Entry, EntryBatch, id_key, mark, process_started, process_stopped, subscription, viewer_count,
+)
 from storage.redis_client import bounded_client, connection_generation, dedicated_client, read_retried, server_info
 from storage.redis_keys import BUS_TAG, checked_prefix, slot_key
 from storage.token_buckets import RateLimiter
@@ -52,10 +56,11 @@ PEER_TIMEOUT_SECS = 15.0
 # Entries read per round trip by each process's reader.
 READ_COUNT = 1000
 READ_BLOCK_MS = 5000
+# A process's route of a user (or view) lingers this long past the resume window after its last socket
+# closed: a resume on another process reads this one's inbox for what that socket missed.
+ROUTE_LINGER_EXTRA_SECS = 60
 # The part of Redis's run id an epoch starts with.
 RUN_ID_CHARS = 8
-# A process id is this many hex characters; a socket id starts with its process's id.
-PROCESS_ID_CHARS = 12
 
 
 class Bus(abc.ABC):
@@ -101,8 +106,21 @@ class Bus(abc.ABC):
         """Whether the chat was closed (a deleted conversation)."""
 
     @abc.abstractmethod
-    async def read(self, first: str, upto: str) -> EntryBatch | None:
-        """The entries from ``first`` (itself included) up to ``upto``; None if ``first`` is not (or no longer) in the log."""
+    async def read(self, first: str, upto: str, process_id: str | None = None) -> EntryBatch | None:
+        """What process ``process_id`` (this one by default) reads of the log from ``first`` (itself
+        included) up to ``upto``, in order; None if ``first`` is not (or no longer) in it."""
+
+    @abc.abstractmethod
+    async def mark(self) -> str:
+        """Append an entry only this process reads; return its id (once applied, so is all before it)."""
+
+    @abc.abstractmethod
+    async def route(self, users: Mapping[int, bool], views: Sequence[int], wait: bool) -> str:
+        """Say which users' conversation entries reach this process: held (True: it has a socket of
+        theirs) or lingering (False: for the resume window after its last one closed); ``views``
+        linger too, until a view holds them. With ``wait``, return the id of a MARK after the change:
+        once applied here, every entry for them appended since reaches this process ("" if nothing
+        needs waiting for)."""
 
     @abc.abstractmethod
     async def last_id(self) -> str:
@@ -286,7 +304,7 @@ class MemoryBus(Bus):
     async def chain_closed(self, chain: str) -> bool:
         return chain in self._heads and self._heads[chain] is None
 
-    async def read(self, first: str, upto: str) -> EntryBatch | None:
+    async def read(self, first: str, upto: str, process_id: str | None = None) -> EntryBatch | None:
         index = self._ids.get(first)
         if index is None:
             return None
@@ -295,6 +313,12 @@ class MemoryBus(Bus):
 
     async def last_id(self) -> str:
         return self._log[-1][0] if self._log else "0-0"
+
+    async def mark(self) -> str:
+        return await self.last_id()  # applied as appended: everything before is applied already
+
+    async def route(self, users: Mapping[int, bool], views: Sequence[int], wait: bool) -> str:
+        return ""  # one process reads everything
 
     async def change_viewers(
         self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
@@ -370,50 +394,122 @@ class MemoryBus(Bus):
 
 # ---------------------------------------------------------------- Redis
 
-# Appends the entries ARGV[from..] (triples kind, meta, frame) to the log, trimming entries older than
-# the resume window; `drain` then releases the chat's held-back successors, and `close` ends a chat.
+# The log is partitioned by audience. Entries for everyone (the global chat,
+# conversations created, joined, left, deleted; processes starting) go to the
+# shared lane, which every process reads. A conversation's entries go to the
+# inbox of each process that holds a socket of one of its members or viewers
+# (or held one within the resume window, so a socket closed there can still
+# be resumed anywhere): a process reads the shared lane and its own inbox,
+# nothing of conversations it has no audience for. Which users and views a
+# process holds are its routes ("uroute:<user>", "vroute:<conversation>":
+# process → 0 while held, else the Redis time in ms its lingering ends),
+# written by RedisBus.route and the viewers script.
+#
+# Every entry's id comes from one clock (``clock``), whatever its lane: ids
+# are unique and ordered across lanes, so a process merges its two lanes into
+# one order, a position is one id, and a resume can read any process's lanes.
+#
+# Common to the scripts that append. ARGV[1] the bus's key prefix (every key
+# here is in its slot, so the keys are built here and a cluster allows it),
+# ARGV[2] the calling process, ARGV[3] the trim bound (MINID), ARGV[4] how long
+# an inbox lives without appends (ms). An entry is five values: lane, where
+# (Entry.lane), kind, meta, frame. own() is the id of the last entry the caller
+# reads itself (the shared lane or its inbox: what it may wait to apply), '' if
+# every entry went to other processes' inboxes (or nowhere).
 _LUA_HELPERS = """
-local function publish(log, minid, entries)
-  local last = false
-  for _, e in ipairs(entries) do
-    last = redis.call('XADD', log, 'MINID', '~', minid, '*', 'k', e[1], 'm', e[2], 'f', e[3])
+local B, ME, MINID, INBOX_MS = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local now_ms, clock_ms, clock_seq
+do
+  local t = redis.call('TIME')
+  now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  clock_ms, clock_seq = 0, 0
+  local c = redis.call('GET', B .. 'clock')
+  if c then
+    local m, s = string.match(c, '^(%d+)-(%d+)$')
+    clock_ms, clock_seq = tonumber(m), tonumber(s)
   end
-  return last
 end
-local function close(log, minid, head, held, viewers, c, members)
-  local last = false
-  if redis.call('HLEN', viewers) > 0 then
-    local meta = '{"c":' .. c .. ',"n":0,"m":' .. members .. '}'
-    last = redis.call('XADD', log, 'MINID', '~', minid, '*', 'k', 'viewers', 'm', meta, 'f', '')
-  end
-  redis.call('DEL', viewers, held)
-  redis.call('SET', head, 'x', 'EX', %(head_ttl)d)
-  return last
+local own_last, any_last = false, false
+local touched = {}
+local function next_id()
+  if now_ms > clock_ms then clock_ms, clock_seq = now_ms, 0 else clock_seq = clock_seq + 1 end
+  local id = string.format('%.0f-%.0f', clock_ms, clock_seq)
+  redis.call('SET', B .. 'clock', id)
+  return id
 end
-local function run(log, minid, head, held, viewers, seq, lm, closes, entries, members, c)
-  local last = false
-  while true do
-    if closes == '1' then
-      -- The viewers' count of 0 goes just before the last entry (the delete).
-      last = publish(log, minid, {unpack(entries, 1, #entries - 1)}) or last
-      last = close(log, minid, head, held, viewers, c, members) or last
-      return publish(log, minid, {entries[#entries]}) or last
-    end
-    last = publish(log, minid, entries) or last
-    local nxt = redis.call('HGET', held, tostring(seq))
-    if not nxt then
-      redis.call('SET', head, seq .. ':' .. lm .. ':' .. (last or ''), 'EX', %(head_ttl)d)
-      return last
-    end
-    redis.call('HDEL', held, tostring(seq))
-    local h = cmsgpack.unpack(nxt)
-    seq, lm, closes, entries, members = h[1], h[2], h[3], h[4], h[5]
+local function xadd(key, id, e)
+  redis.call('XADD', key, 'MINID', '~', MINID, id, 'k', e[3], 'm', e[4], 'f', e[5])
+end
+local function to_inbox(process, id, e)
+  local key = B .. 'inbox:' .. process
+  xadd(key, id, e)
+  if not touched[process] then
+    touched[process] = true
+    redis.call('PEXPIRE', key, INBOX_MS)
   end
+  if process == ME then own_last = id end
+end
+local function live_routes(hash, targets)
+  local routes = redis.call('HGETALL', hash)
+  for i = 1, #routes, 2 do
+    local till = tonumber(routes[i + 1])
+    if till == 0 or till > now_ms then targets[routes[i]] = true else redis.call('HDEL', hash, routes[i]) end
+  end
+end
+local function add(e)
+  local id = next_id()
+  any_last = id
+  if e[1] == 's' then
+    xadd(B .. 'log', id, e)
+    own_last = id
+  elseif e[1] == 'p' then
+    for process in string.gmatch(e[2], '[^,]+') do to_inbox(process, id, e) end
+  else
+    local c, users = string.match(e[2], '^([^|]*)|(.*)$')
+    local targets = {}
+    for user in string.gmatch(users, '[^,]+') do live_routes(B .. 'uroute:' .. user, targets) end
+    live_routes(B .. 'vroute:' .. c, targets)
+    for process in pairs(targets) do to_inbox(process, id, e) end
+  end
+end
+local function publish(entries)
+  for _, e in ipairs(entries) do add(e) end
 end
 local function entries_from(first)
   local entries = {}
-  for i = first, #ARGV, 3 do entries[#entries + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]} end
+  for i = first, #ARGV, 5 do entries[#entries + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]} end
   return entries
+end
+local function own() return own_last or '' end
+local function until_ms(linger_ms) return string.format('%.0f', now_ms + linger_ms) end
+"""
+
+# A chat's events: appended in order, `close` ends a chat (its viewers' count of 0, prebuilt by the
+# caller, goes just before the last entry, the delete), and the successors held back are released.
+_CHAIN_HELPERS = """
+local function close(head, held, viewers, count, c)
+  if redis.call('HLEN', viewers) > 0 and count[1] ~= '' then add(count) end
+  redis.call('DEL', viewers, held, B .. 'vroute:' .. c)
+  redis.call('SET', head, 'x', 'EX', %(head_ttl)d)
+end
+local function run(head, held, viewers, seq, lm, closes, entries, count, c)
+  while true do
+    if closes == '1' then
+      publish({unpack(entries, 1, #entries - 1)})
+      close(head, held, viewers, count, c)
+      publish({entries[#entries]})
+      return
+    end
+    publish(entries)
+    local nxt = redis.call('HGET', held, tostring(seq))
+    if not nxt then
+      redis.call('SET', head, seq .. ':' .. lm .. ':' .. (any_last or ''), 'EX', %(head_ttl)d)
+      return
+    end
+    redis.call('HDEL', held, tostring(seq))
+    local h = cmsgpack.unpack(nxt)
+    seq, lm, closes, entries, count = h[1], h[2], h[3], h[4], h[5]
+  end
 end
 """ % {"head_ttl": HEAD_TTL_SECS}
 
@@ -425,71 +521,129 @@ _EPOCH_CHECK = """
 if redis.call('GET', KEYS[5]) ~= ARGV[EPOCH_ARG] then return {'epoch', ''} end
 """
 
-# KEYS: log, head, held, viewers, epoch. ARGV: prev, seq, last message id, closes, minid, members (JSON), chat,
-# alone (1/0: an unknown head is no gap), epoch, entries…
-_APPEND_IN_ORDER_LUA = _LUA_HELPERS + _EPOCH_CHECK.replace("EPOCH_ARG", "9") + """
+# KEYS: log, head, held, viewers, epoch. ARGV: the common four, prev, seq, last message id, closes,
+# chat, alone (1/0: an unknown head is no gap), epoch, the closing count (an entry, lane '' if none),
+# entries…
+_APPEND_IN_ORDER_LUA = _LUA_HELPERS + _CHAIN_HELPERS + _EPOCH_CHECK.replace("EPOCH_ARG", "11") + """
 local head = redis.call('GET', KEYS[2])
 if head == 'x' then return {'closed', ''} end
-local prev, seq = tonumber(ARGV[1]), tonumber(ARGV[2])
+local prev, seq = tonumber(ARGV[5]), tonumber(ARGV[6])
 local head_seq = nil
 if head then head_seq = tonumber(string.match(head, '^(%d+)')) end
-local entries = entries_from(10)
-if (head_seq == nil and (prev == 0 or ARGV[8] == '1')) or head_seq == prev then
-  return {'ok', run(KEYS[1], ARGV[5], KEYS[2], KEYS[3], KEYS[4], seq, ARGV[3], ARGV[4], entries, ARGV[6], ARGV[7]) or ''}
+local count = {ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]}
+local entries = entries_from(17)
+if (head_seq == nil and (prev == 0 or ARGV[10] == '1')) or head_seq == prev then
+  run(KEYS[2], KEYS[3], KEYS[4], seq, ARGV[7], ARGV[8], entries, count, ARGV[9])
+  return {'ok', own()}
 end
 if head_seq ~= nil and head_seq >= seq then return {'dup', ''} end
-redis.call('HSET', KEYS[3], ARGV[1], cmsgpack.pack({seq, ARGV[3], ARGV[4], entries, ARGV[6]}))
+redis.call('HSET', KEYS[3], ARGV[5], cmsgpack.pack({seq, ARGV[7], ARGV[8], entries, count}))
 redis.call('EXPIRE', KEYS[3], %(held_ttl)d)
 return {'held', ''}
 """.replace("%(held_ttl)d", str(HELD_TTL_SECS))
 
-# KEYS: log, head, held, viewers, epoch. ARGV: seq, last message id, minid, chat, epoch, entries…
-_FILL_GAP_LUA = _LUA_HELPERS + _EPOCH_CHECK.replace("EPOCH_ARG", "5") + """
+# KEYS: log, head, held, viewers, epoch. ARGV: the common four, seq, last message id, chat, epoch, entries…
+_FILL_GAP_LUA = _LUA_HELPERS + _CHAIN_HELPERS + _EPOCH_CHECK.replace("EPOCH_ARG", "8") + """
 local head = redis.call('GET', KEYS[2])
 if head == 'x' then return {'closed', ''} end
 local head_seq = nil
 if head then head_seq = tonumber(string.match(head, '^(%d+)')) end
-if head_seq ~= nil and head_seq >= tonumber(ARGV[1]) then return {'dup', ''} end
-return {'ok', run(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[1]), ARGV[2], '0', entries_from(6), '[]', ARGV[4]) or ''}
+if head_seq ~= nil and head_seq >= tonumber(ARGV[5]) then return {'dup', ''} end
+run(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[5]), ARGV[6], '0', entries_from(9), {''}, ARGV[7])
+return {'ok', own()}
+"""
+
+# KEYS[1] the log (for the slot). ARGV: the common four, entries…
+_APPEND_LUA = _LUA_HELPERS + """
+publish(entries_from(5))
+return own()
+"""
+
+# This process's routes. KEYS[1] the log (for the slot). ARGV: the common four, how long a route
+# lingers (ms), mark (1/0: append a MARK entry, prebuilt, to wait for), the mark (5 values),
+# then pairs: a route's key (after the prefix) and 0 (held), 1 (lingering from now) or 2 (lingering
+# from now unless held: a view's, which the viewers script holds).
+_ROUTE_LUA = _LUA_HELPERS + """
+local linger = tonumber(ARGV[5])
+local index = B .. 'routes:' .. ME
+for i = 12, #ARGV, 2 do
+  local key, state = B .. ARGV[i], ARGV[i + 1]
+  if state == '0' then
+    redis.call('HSET', key, ME, '0')
+  elseif state == '1' or redis.call('HGET', key, ME) ~= '0' then
+    redis.call('HSET', key, ME, until_ms(linger))
+  end
+  redis.call('SADD', index, key)
+end
+redis.call('PEXPIRE', index, INBOX_MS)
+if ARGV[6] == '1' then add({ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]}) end
+return own()
+"""
+
+# A dead process's routes linger (its sockets may be resumed elsewhere for the window), then lapse.
+# KEYS[1] the log (for the slot). ARGV: the common four, the dead process, how long they linger (ms).
+_REAP_ROUTES_LUA = _LUA_HELPERS + """
+local index = B .. 'routes:' .. ARGV[5]
+for _, key in ipairs(redis.call('SMEMBERS', index)) do
+  if redis.call('HGET', key, ARGV[5]) == '0' then redis.call('HSET', key, ARGV[5], until_ms(tonumber(ARGV[6]))) end
+end
+redis.call('DEL', index)
+return 1
 """
 
 # KEYS: log, viewers (socket → user), head of the conversation, the prefix of the views each process's
 # sockets hold (a socket id starts with its process's id: OWNER_CHARS characters). The views keys are
 # built here, not declared: a cluster allows that because they are in the slot of the others ({bus}).
-# ARGV: conversation, user, viewing (1/0), minid, members (JSON), closed (1/0: the sockets closed), process, sockets…
-_CHANGE_VIEWERS_LUA = """
-if redis.call('GET', KEYS[3]) == 'x' then return 0 end
+# ARGV: the common four, conversation, user, viewing (1/0), members (JSON), members (comma-separated),
+# closed (1/0: the sockets closed), how long a process's route lingers after its last view (ms), sockets…
+# A process holds the conversation's view route while one of its sockets views it.
+_CHANGE_VIEWERS_LUA = _LUA_HELPERS + """
+if redis.call('GET', KEYS[3]) == 'x' then return '' end
 local function distinct()
   local users, n = {}, 0
-  for _, u in ipairs(redis.call('HVALS', KEYS[1 + 1])) do
+  for _, u in ipairs(redis.call('HVALS', KEYS[2])) do
     if not users[u] then users[u] = true n = n + 1 end
   end
   return n
 end
-local c, user, viewing = ARGV[1], ARGV[2], ARGV[3]
+local c, user, viewing = ARGV[5], ARGV[6], ARGV[7]
+local vroute = B .. 'vroute:' .. c
 local before = distinct()
-local changed = {}
+local changed, owners = {}, {}
 if viewing == '1' then
-  for i = 8, #ARGV do
+  for i = 12, #ARGV do
+    local owner = string.sub(ARGV[i], 1, OWNER_CHARS)
     if redis.call('HSETNX', KEYS[2], ARGV[i], user) == 1 then
       changed[#changed + 1] = ARGV[i]
-      redis.call('SADD', KEYS[4] .. string.sub(ARGV[i], 1, OWNER_CHARS), c .. ':' .. user .. ':' .. ARGV[i])
+      owners[owner] = true
+      redis.call('SADD', KEYS[4] .. owner, c .. ':' .. user .. ':' .. ARGV[i])
+      redis.call('HSET', vroute, owner, '0')
+      redis.call('SADD', B .. 'routes:' .. owner, vroute)
     end
   end
 else
   local targets = {}
-  if #ARGV >= 8 then
-    for i = 8, #ARGV do targets[#targets + 1] = ARGV[i] end
+  if #ARGV >= 12 then
+    for i = 12, #ARGV do targets[#targets + 1] = ARGV[i] end
   else
     local all = redis.call('HGETALL', KEYS[2])
     for i = 1, #all, 2 do if all[i + 1] == user then targets[#targets + 1] = all[i] end end
   end
   for _, s in ipairs(targets) do
+    local owner = string.sub(s, 1, OWNER_CHARS)
     if redis.call('HGET', KEYS[2], s) == user then
       redis.call('HDEL', KEYS[2], s)
       changed[#changed + 1] = s
+      owners[owner] = true
     end
-    redis.call('SREM', KEYS[4] .. string.sub(s, 1, OWNER_CHARS), c .. ':' .. user .. ':' .. s)
+    redis.call('SREM', KEYS[4] .. owner, c .. ':' .. user .. ':' .. s)
+  end
+  local still = {}
+  for _, s in ipairs(redis.call('HKEYS', KEYS[2])) do still[string.sub(s, 1, OWNER_CHARS)] = true end
+  for owner in pairs(owners) do
+    if not still[owner] and redis.call('HGET', vroute, owner) == '0' then
+      redis.call('HSET', vroute, owner, until_ms(tonumber(ARGV[11])))
+    end
   end
 end
 local after = distinct()
@@ -497,15 +651,15 @@ if #changed == 0 then return '' end
 local op = 'unview'
 if viewing == '1' then op = 'view' end
 local closed = ''
-if ARGV[6] == '1' then closed = ',"closed":true' end
-local last = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[4], '*', 'k', 'subscription',
-  'm', '{"op":"' .. op .. '","c":' .. c .. ',"u":' .. user .. ',"s":' .. cjson.encode(changed) .. closed .. ',"p":"' .. ARGV[7] .. '"}',
-  'f', '')
+if ARGV[10] == '1' then closed = ',"closed":true' end
+local to = {}
+for owner in pairs(owners) do to[#to + 1] = owner end
+add({'p', table.concat(to, ','), 'subscription',
+  '{"op":"' .. op .. '","c":' .. c .. ',"u":' .. user .. ',"s":' .. cjson.encode(changed) .. closed .. ',"p":"' .. ME .. '"}', ''})
 if after ~= before then
-  last = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[4], '*', 'k', 'viewers',
-    'm', '{"c":' .. c .. ',"n":' .. after .. ',"m":' .. ARGV[5] .. '}', 'f', '')
+  add({'c', c .. '|' .. ARGV[9], 'viewers', '{"c":' .. c .. ',"n":' .. after .. ',"m":' .. ARGV[8] .. '}', ''})
 end
-return last
+return own()
 """.replace("OWNER_CHARS", str(PROCESS_ID_CHARS))
 
 # KEYS[1] the user's bucket. ARGV: rate, burst, now (s). Returns the wait in ms (0: taken).
@@ -544,11 +698,33 @@ def _decode(fields: Mapping[bytes, bytes]) -> Entry:
     return Entry(fields[b"k"].decode(), meta, fields.get(b"f", b""))
 
 
-class RedisBus(Bus):
-    """The log is a Redis stream; every process reads it with a blocking XREAD on its own connection.
+def _merged(reply: Sequence[Any]) -> EntryBatch:
+    """One XREAD of several lanes as one batch in log order (ids come from one clock).
 
-    On a Redis Cluster the log and every key its scripts touch with it share
-    one hash slot (``{bus}``, storage/redis_keys.py).
+    A lane that returned a full COUNT may hold more: entries of the other
+    lanes after its last are left for the next read (which starts after the
+    batch's last entry), or they would be applied before entries of that lane
+    that come first.
+    """
+    bound: tuple[int, int] | None = None
+    raw: list[tuple[tuple[int, int], str, Any]] = []
+    for _, lane in reply or ():
+        if len(lane) >= READ_COUNT:
+            last = id_key(lane[-1][0].decode())
+            bound = last if bound is None or last < bound else bound
+        for entry_id, fields in lane:
+            entry_id = entry_id.decode()
+            raw.append((id_key(entry_id), entry_id, fields))
+    raw.sort(key=lambda item: item[0])
+    return [(entry_id, _decode(fields)) for key, entry_id, fields in raw if bound is None or key <= bound]
+
+
+class RedisBus(Bus):
+    """The log is Redis streams: the shared lane and one inbox per process (see _LUA_HELPERS). Each
+    process reads the two that are its with one blocking XREAD on its own connection.
+
+    On a Redis Cluster the lanes and every key their scripts touch share one
+    hash slot (``{bus}``, storage/redis_keys.py).
     """
 
     def __init__(self, url: str, prefix: str, window_secs: float, timeout_secs: float = 1.0) -> None:
@@ -560,10 +736,14 @@ class RedisBus(Bus):
         # The reader blocks on its own connection, never on the pool's.
         self.reader = dedicated_client(url, READ_BLOCK_MS / 1000 + timeout_secs, timeout_secs)
         self.log_key = self._bus_key("log")
+        self.inbox_key = self._inbox_key(self.process_id)
         self.epoch_key = self._bus_key("epoch")
+        self._append = self.client.register_script(_APPEND_LUA)
         self._append_in_order = self.client.register_script(_APPEND_IN_ORDER_LUA)
         self._fill_gap = self.client.register_script(_FILL_GAP_LUA)
         self._change_viewers = self.client.register_script(_CHANGE_VIEWERS_LUA)
+        self._route = self.client.register_script(_ROUTE_LUA)
+        self._reap_routes = self.client.register_script(_REAP_ROUTES_LUA)
         self._take_token = self.client.register_script(_TAKE_TOKEN_LUA)
         self._epoch = self.client.register_script(_EPOCH_LUA)
         self._reading: asyncio.Task[None] | None = None
@@ -575,11 +755,14 @@ class RedisBus(Bus):
 
     # Keys. A chat's head and held events are per epoch: after Redis lost its
     # data, old heads would hold back events that can never be released.
-    # The scripts touch the log, heads, held events, viewers and the views of
-    # processes in one step: all of them are in the bus's slot.
+    # The scripts touch the lanes, heads, held events, viewers, routes and the
+    # views of processes in one step: all of them are in the bus's slot.
 
     def _bus_key(self, name: str) -> str:
         return slot_key(self.prefix, BUS_TAG, name)
+
+    def _inbox_key(self, process_id: str) -> str:
+        return self._bus_key(f"inbox:{process_id}")
 
     def _head_key(self, chain: str) -> str:
         return self._bus_key(f"head:{self.epoch}:{chain}")
@@ -599,6 +782,14 @@ class RedisBus(Bus):
 
     def _min_id(self) -> str:
         return str(int((time.time() - self.window_secs - 60) * 1000))
+
+    def _common(self) -> list[Any]:
+        """The first arguments of every appending script (_LUA_HELPERS)."""
+        return [self._bus_key(""), self.process_id, self._min_id(), int(self._linger_secs() * 2000)]
+
+    def _linger_secs(self) -> float:
+        # As long as a closed socket's record can be resumed (its expiry, with margin).
+        return self.window_secs + ROUTE_LINGER_EXTRA_SECS
 
     async def _sync_epoch(self) -> None:
         """Learn the epoch every process shares, renewed when Redis lost the log (see _EPOCH_LUA)."""
@@ -633,7 +824,13 @@ class RedisBus(Bus):
         failing = False
         while not self._stopping:
             try:
-                reply = await self.reader.xread({self.log_key: self._last_read}, count=READ_COUNT, block=READ_BLOCK_MS)
+                lanes = {self.log_key: self._last_read, self.inbox_key: self._last_read}
+                reply = await self.reader.xread(lanes, count=READ_COUNT, block=READ_BLOCK_MS)
+                if len(reply or ()) == 1:
+                    # A read that blocked is answered with the lane that woke it alone (Redis
+                    # before 7.2), though the script that woke it may have appended to both:
+                    # read both again, in one step, for one order.
+                    reply = await self.reader.xread(lanes, count=READ_COUNT)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -644,9 +841,9 @@ class RedisBus(Bus):
             if failing:
                 failing = False
                 self._answering_again.set()  # beat now: Redis may have come back without the log
-            if not reply:
+            batch = _merged(reply)
+            if not batch:
                 continue
-            batch = [(entry_id.decode(), _decode(fields)) for entry_id, fields in reply[0][1]]
             self._last_read = batch[-1][0]
             try:
                 apply(batch)
@@ -657,28 +854,42 @@ class RedisBus(Bus):
     def _flatten(entries: Sequence[Entry]) -> list[Any]:
         args: list[Any] = []
         for entry in entries:
-            args += (entry.kind, _encode_meta(entry.meta), entry.frame)
+            args += (*entry.lane(), entry.kind, _encode_meta(entry.meta), entry.frame)
         return args
 
     async def append(self, entries: Sequence[Entry]) -> str:
-        min_id = self._min_id()
-        async with self.client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.xadd(self.log_key, {"k": entry.kind, "m": _encode_meta(entry.meta), "f": entry.frame},
-                          minid=min_id, approximate=True)
-            ids = await pipe.execute()
-        return ids[-1].decode() if ids else ""
+        if not entries:
+            return ""
+        return (await self._append(keys=[self.log_key], args=[*self._common(), *self._flatten(entries)])).decode()
+
+    async def mark(self) -> str:
+        return await self.append([mark(self.process_id)])
+
+    async def route(self, users: Mapping[int, bool], views: Sequence[int], wait: bool) -> str:
+        routes: list[Any] = []
+        for user_id, held in users.items():
+            routes += (f"uroute:{user_id}", "0" if held else "1")
+        for conversation_id in views:
+            routes += (f"vroute:{conversation_id}", "2")
+        last = await self._route(
+            keys=[self.log_key],
+            args=[*self._common(), int(self._linger_secs() * 1000), "1" if wait else "0",
+                  *self._flatten([mark(self.process_id)]), *routes],
+        )
+        return last.decode()
 
     async def append_in_order(
         self, chain: str, prev: int, seq: int, last_message_id: int, entries: Sequence[Entry],
         closes: bool = False, members: Sequence[int] = (), alone: bool = False,
     ) -> str | None:
+        # A deleted conversation's viewers hear their count fall to 0 (appended only if it had viewers).
+        count = self._flatten([viewer_count(int(chain), 0, members)]) if closes else ["", "", "", "", ""]
         outcome, last = await self._in_epoch(
             self._append_in_order,
             lambda: [self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain),
                      self.epoch_key],
-            lambda: [prev, seq, last_message_id, "1" if closes else "0", self._min_id(), json.dumps(list(members)),
-                     chain, "1" if alone else "0", self.epoch, *self._flatten(entries)],
+            lambda: [*self._common(), prev, seq, last_message_id, "1" if closes else "0", chain,
+                     "1" if alone else "0", self.epoch, *count, *self._flatten(entries)],
         )
         return None if outcome == b"held" else last.decode()
 
@@ -687,7 +898,7 @@ class RedisBus(Bus):
             self._fill_gap,
             lambda: [self.log_key, self._head_key(chain), self._held_key(chain), self._viewers_key(chain),
                      self.epoch_key],
-            lambda: [seq, last_message_id, self._min_id(), chain, self.epoch, *self._flatten(entries)],
+            lambda: [*self._common(), seq, last_message_id, chain, self.epoch, *self._flatten(entries)],
         )
         return last.decode()
 
@@ -701,18 +912,26 @@ class RedisBus(Bus):
     async def chain_closed(self, chain: str) -> bool:
         return await self.client.get(self._head_key(chain)) == b"x"
 
-    async def read(self, first: str, upto: str) -> EntryBatch | None:
-        found = await self.client.xrange(self.log_key, min=first, max=first)
-        if not found:
+    async def read(self, first: str, upto: str, process_id: str | None = None) -> EntryBatch | None:
+        keys = [self.log_key, self._inbox_key(process_id or self.process_id)]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xrange(key, min=first, max=first)
+            found = await pipe.execute()
+        if not any(found):
             return None
-        batch: EntryBatch = [(entry_id.decode(), _decode(fields)) for entry_id, fields in found]
-        start = "(" + first
-        while True:
-            chunk = await self.client.xrange(self.log_key, min=start, max=upto, count=READ_COUNT)
-            batch += [(entry_id.decode(), _decode(fields)) for entry_id, fields in chunk]
-            if len(chunk) < READ_COUNT:
-                return batch
-            start = "(" + batch[-1][0]
+        lanes = []
+        for key in keys:
+            lane, start = [], first
+            while True:
+                chunk = await self.client.xrange(key, min=start, max=upto, count=READ_COUNT)
+                lane += chunk
+                if len(chunk) < READ_COUNT:
+                    break
+                start = "(" + chunk[-1][0].decode()
+            lanes.append(lane)
+        return sorted(((entry_id.decode(), _decode(fields)) for lane in lanes for entry_id, fields in lane),
+                      key=lambda pair: id_key(pair[0]))
 
     async def change_viewers(
         self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
@@ -721,8 +940,9 @@ class RedisBus(Bus):
         last = await self._change_viewers(
             keys=[self.log_key, self._viewers_key(conversation_id), self._head_key(str(conversation_id)),
                   self._views_key("")],
-            args=[conversation_id, user_id, "1" if viewing else "0", self._min_id(), json.dumps(list(members)),
-                  "1" if closed else "0", self.process_id, *socket_ids],
+            args=[*self._common(), conversation_id, user_id, "1" if viewing else "0", json.dumps(list(members)),
+                  ",".join(map(str, members)), "1" if closed else "0", int(self._linger_secs() * 1000),
+                  *socket_ids],
         )
         return last.decode() if isinstance(last, bytes) else ""
 
@@ -739,8 +959,8 @@ class RedisBus(Bus):
         return {cid: len(set(users)) for cid, users in zip(conversation_ids, values)}
 
     async def last_id(self) -> str:
-        last = await self.client.xrevrange(self.log_key, count=1)
-        return last[0][0].decode() if last else "0-0"
+        last = await self.client.get(self._bus_key("clock"))
+        return last.decode() if last else "0-0"
 
     # A socket's record is a hash: "r" what it listened to (rewritten as it
     # changes), "e" its end (written once, at its close).
@@ -786,7 +1006,9 @@ class RedisBus(Bus):
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {self.process_id: now})
             pipe.zrange(key, 0, -1, withscores=True)
-            _, processes = await pipe.execute()
+            # What this process routes to itself is found by its reaper through this index.
+            pipe.pexpire(self._bus_key(f"routes:{self.process_id}"), int(self._linger_secs() * 2000))
+            _, processes, _ = await pipe.execute()
         await self._sync_epoch()
         lost, self._lost = self._lost, False
         live = dead = 0
@@ -813,6 +1035,9 @@ class RedisBus(Bus):
         return views
 
     async def forget_process(self, process_id: str) -> None:
+        # Its routes linger: its closed sockets can be resumed elsewhere within the window.
+        await self._reap_routes(keys=[self.log_key],
+                                args=[*self._common(), process_id, int(self._linger_secs() * 1000)])
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.zrem(f"{self.prefix}procs", process_id)
             pipe.delete(self._views_key(process_id))

@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Collection, Iterable, Sequence
 
+# A process id is this many hex characters; a socket id starts with its process's id.
+PROCESS_ID_CHARS = 12
+
 # Kinds, and who gets them.
 ALL = "all"  # every socket: conversations created, joined, left, deleted
 GLOBAL = "global"  # sockets subscribed to the global chat
@@ -26,6 +29,13 @@ STARTED = "started"  # a process started: the log is never empty, so every posit
 STOPPED = "stopped"  # a process stopped cleanly (it also wakes that process's own reader, to end it)
 SOCKETS_CLOSED = "closed"  # sockets closed on their process: the others stop taking them as open (not delivered)
 RESYNC = "resync"  # Redis lost the log: the publishing process's sockets are told their view may be stale
+MARK = "mark"  # a point in the log one process waits to reach (not delivered)
+
+# Where the bus keeps an entry so that every process with an audience for it reads it
+# (Entry.lane), and nothing else: each process reads the shared lane and its own inbox.
+SHARED = "s"  # the lane every process reads
+PROCESSES = "p"  # the inboxes of the processes named
+AUDIENCE = "c"  # the inboxes of the processes holding a socket of a member or a viewer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +58,26 @@ class Entry:
         if self.kind in (CONVERSATION, VIEWERS):
             return user_id in self.meta.get("m", ()) or self.meta["c"] in views
         return False
+
+
+    def lane(self) -> tuple[str, str]:
+        """Where the log keeps this entry: SHARED, PROCESSES and their ids (comma-separated), or
+        AUDIENCE and "<conversation>|<member>,<member>,...".
+
+        The counterpart of ``reaches`` for storage: an entry goes to every
+        process that may hold a socket it reaches, whether open or closed
+        within the resume window (storage/bus.py routes AUDIENCE by the
+        users and views each process holds), and a SUBSCRIPTION only to the
+        processes of its sockets, the only ones that act on it.
+        """
+        kind = self.kind
+        if kind in (CONVERSATION, VIEWERS):
+            return AUDIENCE, f"{self.meta['c']}|{','.join(map(str, self.meta['m']))}"
+        if kind == SUBSCRIPTION:
+            return PROCESSES, ",".join(sorted({socket_id[:PROCESS_ID_CHARS] for socket_id in self.meta["s"]}))
+        if kind in (RESYNC, STOPPED, MARK):
+            return PROCESSES, self.meta["p"]
+        return SHARED, ""
 
 
 EntryBatch = list[tuple[str, Entry]]  # (entry id, entry), in log order
@@ -121,6 +151,11 @@ def process_started(process_id: str) -> Entry:
 
 def process_stopped(process_id: str) -> Entry:
     return Entry(STOPPED, {"p": process_id})
+
+
+def mark(process_id: str) -> Entry:
+    """A point in process "p"'s own inbox: once it applied this, it applied everything appended before."""
+    return Entry(MARK, {"p": process_id})
 
 
 def resync(process_id: str) -> Entry:

@@ -9,7 +9,7 @@ import json
 import sqlite3
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import pymysql
 from sqlalchemy.engine import make_url
@@ -68,8 +68,13 @@ def delete_event(conversation_id: int) -> dict:
 class Socket:
     """An open WebSocket of a user; frames are collected in the background."""
 
-    def __init__(self, connection: WebSocketClientConnection, socket_id: str, user_id: int) -> None:
+    def __init__(
+        self, connection: WebSocketClientConnection, socket_id: str, user_id: int,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.connection = connection
+        # Awaited before a drain: with HTTP on another process, until that process applied the log.
+        self.settle = settle
         self.socket_id = socket_id
         self.user_id = user_id
         self.frames: asyncio.Queue[tuple[dict, str | None] | None] = asyncio.Queue()
@@ -111,13 +116,19 @@ class Socket:
         The server writes a socket's frames in order and sends an action's
         events before its HTTP response, so once the response is in, a pong
         arriving first proves no event of that action was sent here.
+        With HTTP on another process than the socket's, the socket's
+        process first applies the log up to now (``ServerUnderTest.settle``).
         """
+        if self.settle is not None:
+            await self.settle()
         await self.connection.write_message(json.dumps({"event": "ping"}))
         frame = await self.next_frame()
         assert frame == {"event": "pong"}, f"unexpected frame {frame}"
 
     async def drain(self) -> list[dict]:
         """Every frame received so far (up to a ping round trip)."""
+        if self.settle is not None:
+            await self.settle()
         await self.connection.write_message(json.dumps({"event": "ping"}))
         frames = []
         while True:
@@ -155,7 +166,7 @@ class User:
         first = json.loads(await connection.read_message())
         assert first["event"] == "connected", first
         assert first["data"]["user_id"] == self.user_id
-        socket = Socket(connection, first["data"]["socket_id"], self.user_id)
+        socket = Socket(connection, first["data"]["socket_id"], self.user_id, self.server.settle_hook())
         socket.position = first["pos"]
         self.sockets.append(socket)
         self.server.sockets.append(socket)
@@ -171,7 +182,7 @@ class User:
         first = json.loads(await connection.read_message())
         assert first["event"] in ("resumed", "resume_failed"), first
         assert first["data"]["user_id"] == self.user_id
-        socket = Socket(connection, first["data"]["socket_id"], self.user_id)
+        socket = Socket(connection, first["data"]["socket_id"], self.user_id, self.server.settle_hook())
         socket.position = first["pos"]
         self.sockets.append(socket)
         self.server.sockets.append(socket)
@@ -254,6 +265,27 @@ class ServerUnderTest:
         self.ws_url = f"ws://127.0.0.1:{port}"
         self.sockets: list[Socket] = []
         self.http = AsyncHTTPClient(force_instance=True, max_clients=200)
+
+    def settle_hook(self) -> Callable[[], Awaitable[None]] | None:
+        """What a socket awaits before a drain: nothing when one process answers HTTP and holds the sockets."""
+        return self.settle if self.http_chat_server is not self.chat_server else None
+
+    async def settle(self) -> None:
+        """Every process here applied what the log holds now.
+
+        Over HTTP a process answers after its own sockets were sent the events
+        it announces; a socket on another process reads them independently
+        (the log is partitioned: the answering process may not read them at
+        all). Tests that drain such a socket right after an answer wait for
+        its process to catch up first, instead of for luck.
+        """
+        servers = [self.chat_server] + ([self.http_chat_server] if self.http_chat_server is not self.chat_server else [])
+        try:
+            last = await self.chat_server.bus.last_id()
+            for chat_server in servers:
+                await chat_server.hub.reach(last)
+        except Exception:
+            pass  # Redis away (an outage test): nothing to catch up with
 
     @property
     def registry(self):
