@@ -156,10 +156,12 @@ class User:
         self.launch = sign_launch_params(server.secret, user_id)
         self.sockets: list[Socket] = []
 
-    async def connect(self, name: str | None = None, avatar: str | None = None, query: str | None = None) -> Socket:
-        """Open a socket and wait for its ``connected`` event."""
+    async def connect(
+        self, name: str | None = None, avatar: str | None = None, query: str | None = None, ws_url: str | None = None,
+    ) -> Socket:
+        """Open a socket (to another server if ``ws_url``) and wait for its ``connected`` event."""
         extra = {k: v for k, v in (("name", name), ("avatar", avatar)) if v is not None}
-        url = f"{self.server.ws_url}/v1/ws?{query if query is not None else self.launch}"
+        url = f"{ws_url or self.server.ws_url}/v1/ws?{query if query is not None else self.launch}"
         if extra:
             url += "&" + urllib.parse.urlencode(extra)
         connection = await websocket_connect(url)
@@ -268,7 +270,9 @@ class ServerUnderTest:
 
     def settle_hook(self) -> Callable[[], Awaitable[None]] | None:
         """What a socket awaits before a drain: nothing when one process answers HTTP and holds the sockets."""
-        return self.settle if self.http_chat_server is not self.chat_server else None
+        # A process of its own (tests/processes.py: no chat_server here) cannot be settled from here.
+        http_chat_server = getattr(self, "http_chat_server", None)
+        return self.settle if http_chat_server is not None and http_chat_server is not self.chat_server else None
 
     async def settle(self) -> None:
         """Every process here applied what the log holds now.
