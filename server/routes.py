@@ -49,6 +49,8 @@ class Routes:
         """Route the user's entries (and these conversations') here; return the id of an entry to apply
         before relying on it ("" if they already come here, or Redis did not answer: fail open, as a
         socket opens without Redis, and retried in the background)."""
+        if not self.bus.partitioned:
+            return ""  # one log read whole: every entry comes here
         views = set(views)
         state = self._held.get(user_id)
         self._held[user_id] = 0.0
@@ -63,6 +65,8 @@ class Routes:
 
     async def release(self, user_ids: Iterable[int]) -> None:
         """Users with no socket here any more: their entries keep coming for the resume window."""
+        if not self.bus.partitioned:
+            return
         until = time.monotonic() + self.linger_secs
         for user_id in user_ids:
             self._held[user_id] = until

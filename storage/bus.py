@@ -68,6 +68,7 @@ class Bus(abc.ABC):
 
     process_id: str  # this process, in the heartbeats and in what it owns
     epoch: str  # changes whenever the log's history may have been lost (a new Redis, a restart)
+    partitioned = False  # whether a process reads only its audiences' part of the log (then it keeps routes)
 
     @abc.abstractmethod
     async def start(self, apply: Callable[[EntryBatch], None]) -> str:
@@ -727,6 +728,8 @@ class RedisBus(Bus):
     hash slot (``{bus}``, storage/redis_keys.py).
     """
 
+    partitioned = True
+
     def __init__(self, url: str, prefix: str, window_secs: float, timeout_secs: float = 1.0) -> None:
         self.process_id = secrets.token_hex(PROCESS_ID_CHARS // 2)
         self.epoch = ""
@@ -825,8 +828,13 @@ class RedisBus(Bus):
         while not self._stopping:
             try:
                 lanes = {self.log_key: self._last_read, self.inbox_key: self._last_read}
-                reply = await self.reader.xread(lanes, count=READ_COUNT, block=READ_BLOCK_MS)
-                if len(reply or ()) == 1:
+                if failing:
+                    # Without blocking: if Redis answers again, the heartbeat must learn now
+                    # whether it lost the log, not once something arrives in this process's lanes.
+                    reply = await self.reader.xread(lanes, count=READ_COUNT)
+                else:
+                    reply = await self.reader.xread(lanes, count=READ_COUNT, block=READ_BLOCK_MS)
+                if not failing and len(reply or ()) == 1:
                     # A read that blocked is answered with the lane that woke it alone (Redis
                     # before 7.2), though the script that woke it may have appended to both:
                     # read both again, in one step, for one order.

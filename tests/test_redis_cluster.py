@@ -53,17 +53,19 @@ async def test_what_the_bus_scripts_touch_is_in_one_slot(redis_cluster: RedisClu
     bus = RedisBus(redis_cluster.url, prefix, window_secs=120)
     try:
         await bus.start(lambda batch: None)  # the epoch script
-        entry = Entry(CONVERSATION, {"c": 7}, b"{}")
-        assert await bus.append_in_order("7", 0, 1, 1, [entry])  # head, log
+        assert await bus.route({1: True}, [], True)  # the user's route, the process's routes, its inbox
+        entry = Entry(CONVERSATION, {"c": 7, "m": [1]}, b"{}")
+        assert await bus.append_in_order("7", 0, 1, 1, [entry])  # head, clock, the inbox of user 1's process
         assert await bus.append_in_order("7", 4, 5, 5, [entry]) is None  # held back: its predecessor is missing
         assert await bus.fill_gap("8", 1, 1, [entry])
         socket_id = bus.process_id + "s" * 20  # a socket id starts with its process's id
-        assert await bus.change_viewers(7, 1, [socket_id], True, [1])  # viewers, and the process's views
+        assert await bus.change_viewers(7, 1, [socket_id], True, [1])  # viewers, views, the view's route
         assert await bus.viewer_counts([7]) == {7: 1}
         assert await bus.read(await bus.last_id(), await bus.last_id())
         slots = _slots(redis_cluster, prefix + "{bus}:*")
         names = {key.removeprefix(prefix + "{bus}:").split(":")[0] for key in slots}
-        assert names == {"log", "epoch", "head", "held", "viewers", "procviews"}
+        assert names == {"log", "epoch", "clock", "inbox", "uroute", "vroute", "routes", "head", "held", "viewers",
+                         "procviews"}
         assert len(set(slots.values())) == 1, slots
         # Stopping with no socket ids finds the user's sockets, and their views keys, in the script.
         assert await bus.change_viewers(7, 1, [], False, [1])
