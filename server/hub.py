@@ -99,7 +99,8 @@ class Hub:
         self.recent = RecentEntries()
         # Local socket → its record for a resume: "u" user, "k" its key, "s" the
         # entry of its first frame, "h" [[entry id, global, views], ...] what it
-        # listened to from each entry on (saved to the bus as it changes).
+        # listened to from each entry on (saved to the bus as it changes), "o"
+        # where its history before its process's own part lies (see _history).
         self._records: dict[str, dict[str, Any]] = {}
         # Sockets of this process closed lately: a view appended while one
         # closed arrives after its close, and must be undone (see _apply_subscription).
@@ -437,6 +438,7 @@ class Hub:
         failure = start = old_socket = ""
         fetched: EntryBatch = []
         covered = ""
+        sources: list[Any] = []
         if resume is not None:
             try:
                 old, start, old_socket = await self._resumable(user_id, resume)
@@ -449,7 +451,7 @@ class Hub:
             try:
                 # Read before the socket is registered: from then on nothing
                 # may wait, or live entries would pass by it.
-                fetched, covered = await self._history(start, old_socket)
+                fetched, covered, sources = await self._history(start, old_socket, old)
             except ResumeFailed as error:
                 old, failure = None, str(error)
         self.registry.add(connection, profile)
@@ -472,6 +474,8 @@ class Hub:
             "u": user_id, "k": connection.position_key, "s": start if old is not None else at,
             "h": history[-HISTORY_STATES:],
         }
+        if old is not None and sources:
+            self._records[socket_id]["o"] = sources  # its replayed part is in other processes' lanes
         self._save_record(socket_id)
         if views:
             # Before the first frame: the user never stops viewing, so no
@@ -526,20 +530,49 @@ class Hub:
         await self.reach(entry_id)  # the position may come from a process ahead of this one
         return record, entry_id, old_socket
 
-    async def _history(self, start: str, old_socket: str) -> tuple[EntryBatch, str]:
-        """What the old socket's process read of the log from ``start`` on, and the entry it reaches: one
-        this process applied (what follows it, this process read too: the socket's routes are here)."""
+    async def _history(self, start: str, old_socket: str, old: dict[str, Any]) -> tuple[EntryBatch, str, list[Any]]:
+        """What the old socket was sent from ``start`` on, as its processes read the log; the entry it
+        reaches (one this process applied: what follows it, this process read too, the socket's routes
+        being here); and where the new socket's history lies (its record's "o").
+
+        A socket's entries are in its process's lanes, except those a resume
+        replayed to it: these are in the lanes of the process it resumed, up
+        to where its own took over (the record's "o": [[process, up to entry],
+        ...], oldest first). So a resumed socket is resumed again exactly,
+        wherever each part of its history was read.
+        """
         upto = self._applied_id
         source = old_socket[:PROCESS_ID_CHARS]
+        start_key = id_key(start)
+        parts = [(process_id, until) for process_id, until in old.get("o", ()) if id_key(until) >= start_key]
+        fetched: EntryBatch = []
+        after = ""  # the entry the previous part ended at (the next part reads what follows it)
+        for process_id, until in parts:
+            if after:
+                fetched += await self.bus.read(after, until, process_id, exclusive=True) or []
+            else:
+                fetched = await self.bus.read(start, until, process_id) or []
+                if not fetched:
+                    raise ResumeFailed("history trimmed: the position is no longer in the log")
+            after = until
         if source == self.bus.process_id:
-            fetched = self.recent.between(start, upto)
-            if fetched is None:
-                fetched, upto = await self._read_older(start)
+            if after:
+                rest = self.recent.between(after, upto) if self.recent.holds(after) else None
+                rest = rest[1:] if rest else await self.bus.read(after, upto, exclusive=True) or []
+            else:
+                rest = self.recent.between(start, upto)
+                if rest is None:
+                    rest, upto = await self._read_older(start)
+        elif after:
+            rest = await self.bus.read(after, upto, source, exclusive=True) or []
         else:
-            fetched = await self._read_foreign(source, start, upto)
-        if not fetched:
+            rest = await self._read_foreign(source, start, upto)
+        if not after and not rest:
             raise ResumeFailed("history trimmed: the position is no longer in the log")
-        return fetched, upto
+        history = [list(part) for part in parts]
+        if source != self.bus.process_id:
+            history.append([source, upto])
+        return fetched + (rest or []), upto, history
 
     async def _read_older(self, start: str) -> tuple[EntryBatch | None, str]:
         """This process's part of the log from ``start`` on, read from Redis only as far as memory does

@@ -107,9 +107,12 @@ class Bus(abc.ABC):
         """Whether the chat was closed (a deleted conversation)."""
 
     @abc.abstractmethod
-    async def read(self, first: str, upto: str, process_id: str | None = None) -> EntryBatch | None:
+    async def read(
+        self, first: str, upto: str, process_id: str | None = None, exclusive: bool = False,
+    ) -> EntryBatch | None:
         """What process ``process_id`` (this one by default) reads of the log from ``first`` (itself
-        included) up to ``upto``, in order; None if ``first`` is not (or no longer) in it."""
+        included) up to ``upto``, in order; None if ``first`` is not (or no longer) in it. With
+        ``exclusive``, what follows ``first``, which need not be in it."""
 
     @abc.abstractmethod
     async def mark(self) -> str:
@@ -305,12 +308,15 @@ class MemoryBus(Bus):
     async def chain_closed(self, chain: str) -> bool:
         return chain in self._heads and self._heads[chain] is None
 
-    async def read(self, first: str, upto: str, process_id: str | None = None) -> EntryBatch | None:
+    async def read(
+        self, first: str, upto: str, process_id: str | None = None, exclusive: bool = False,
+    ) -> EntryBatch | None:
         index = self._ids.get(first)
         if index is None:
             return None
         upto_key = id_key(upto)
-        return [(i, e) for i, e in itertools.islice(self._log, index - self._first_index, None) if id_key(i) <= upto_key]
+        skip = index - self._first_index + (1 if exclusive else 0)
+        return [(i, e) for i, e in itertools.islice(self._log, skip, None) if id_key(i) <= upto_key]
 
     async def last_id(self) -> str:
         return self._log[-1][0] if self._log else "0-0"
@@ -920,17 +926,20 @@ class RedisBus(Bus):
     async def chain_closed(self, chain: str) -> bool:
         return await self.client.get(self._head_key(chain)) == b"x"
 
-    async def read(self, first: str, upto: str, process_id: str | None = None) -> EntryBatch | None:
+    async def read(
+        self, first: str, upto: str, process_id: str | None = None, exclusive: bool = False,
+    ) -> EntryBatch | None:
         keys = [self.log_key, self._inbox_key(process_id or self.process_id)]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.xrange(key, min=first, max=first)
-            found = await pipe.execute()
-        if not any(found):
-            return None
+        if not exclusive:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.xrange(key, min=first, max=first)
+                found = await pipe.execute()
+            if not any(found):
+                return None
         lanes = []
         for key in keys:
-            lane, start = [], first
+            lane, start = [], "(" + first if exclusive else first
             while True:
                 chunk = await self.client.xrange(key, min=start, max=upto, count=READ_COUNT)
                 lane += chunk

@@ -16,7 +16,7 @@ import asyncio
 import pytest
 
 from server import metrics
-from tests.helpers import ServerUnderTest, close_and_wait
+from tests.helpers import ServerUnderTest, close_and_wait, eventually
 from tests.test_resume import bob_goes_away, texts
 
 pytestmark = [pytest.mark.gen_test, pytest.mark.parametrize("backend", ["two-processes"])]
@@ -131,3 +131,29 @@ async def test_a_process_stopped_cleanly_keeps_its_sockets_resumable_elsewhere(s
     resumed, first = await bob.resume(position, ws_url=other_ws)
     assert first["event"] == "resumed", first
     assert texts(await resumed.drain()) == ["during the deploy"]
+
+
+async def test_a_socket_resumed_on_another_process_resumes_again_from_a_replayed_frame(server: ServerUnderTest):
+    """Bob's socket on A closes; he resumes on B, which replays from A's lanes; that socket closes
+    before anything new reaches it, and he resumes from the first replayed frame, on A again: the
+    rest of the replay (from A's lanes) and what came since (from B's: its part of the history)."""
+    alice, bob, conversation_id, position = await bob_goes_away(server, "twice")
+    for text in ("m1", "m2", "m3"):
+        await alice.send(text, conversation_id)
+    other_ws = server.base_url.replace("http://", "ws://")
+    on_b, first = await bob.resume(position, ws_url=other_ws)
+    assert first["event"] == "resumed" and first["data"]["missed"] == 3
+    assert texts([await on_b.next_frame()]) == ["m1"]
+    after_m1 = on_b.position
+    assert texts(await on_b.drain()) == ["m2", "m3"]
+    on_b.close()
+    hub_b = server.http_chat_server.hub
+    await eventually(lambda: not server.http_chat_server.registry.user_sockets(2, on_b.socket_id)
+                     and on_b.socket_id not in hub_b.closing)
+    await alice.send("m4", conversation_id)
+
+    on_a, first = await bob.resume(after_m1)
+    assert first["event"] == "resumed", first
+    assert texts(await on_a.drain()) == ["m2", "m3", "m4"]
+    await alice.send("live", conversation_id)
+    assert texts(await on_a.drain()) == ["live"]
