@@ -2,11 +2,13 @@
 records, opens (and resumes) and closes them, and holds the parts that know the other processes.
 
 Every event goes through the log (``storage/bus.py``), also with one process:
-a process applies the log in order to its registry, so every socket on every
-process gets every event in the same order, and a socket's every frame
-carries its position in the log. ``publish`` returns once this process has
-applied the entry (or after APPLIED_WAIT_SECS, if its reader is cut off), so
-an HTTP answer follows its own events on this process's sockets. An event
+a process applies its part of the log (the shared lane and its own inbox,
+where only its audiences' conversation entries come: ``server/routes.py``)
+in log order to its registry, so every socket on every process gets its
+events in the same order, and a socket's every frame carries its position in
+the log. ``publish`` returns once this process has applied what it reads of
+the entries (or after APPLIED_WAIT_SECS, if its reader is cut off), so an
+HTTP answer follows its own events on this process's sockets. An event
 committed while Redis is away is announced in the background once it is
 back; the request that committed it does not wait.
 
@@ -18,7 +20,8 @@ meanwhile is in what the client refetches, what comes after flows live.
 The parts, each in its module: chats' events in commit order
 (``server/chain_order.py``: ``hub.chains``), open sockets on any process
 (``server/open_sockets.py``: ``hub.open_sockets``), senders' profiles
-(``server/profiles.py``: ``hub.profiles``) and the resume's replay
+(``server/profiles.py``: ``hub.profiles``), the users whose entries come
+here (``server/routes.py``: ``hub.routes``) and the resume's replay
 (``server/resume.py``). The hub itself keeps the heartbeat, applying the
 log, the socket records, and distinct viewers and the send rate. A process
 that believes it is alone (no other heartbeat) answers from its own

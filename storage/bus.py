@@ -59,6 +59,8 @@ READ_BLOCK_MS = 5000
 # A process's route of a user (or view) lingers this long past the resume window after its last socket
 # closed: a resume on another process reads this one's inbox for what that socket missed.
 ROUTE_LINGER_EXTRA_SECS = 60
+# Stands in an entry's meta for what only a script knows (viewers: the sockets that changed, the count).
+PLACEHOLDER = "@@filled-in-by-the-script@@"
 # The part of Redis's run id an epoch starts with.
 RUN_ID_CHARS = 8
 
@@ -601,9 +603,10 @@ return 1
 # KEYS: log, viewers (socket → user), head of the conversation, the prefix of the views each process's
 # sockets hold (a socket id starts with its process's id: OWNER_CHARS characters). The views keys are
 # built here, not declared: a cluster allows that because they are in the slot of the others ({bus}).
-# ARGV: the common four, conversation, user, viewing (1/0), members (JSON), members (comma-separated),
-# closed (1/0: the sockets closed), how long a process's route lingers after its last view (ms), sockets…
-# A process holds the conversation's view route while one of its sockets views it.
+# ARGV: the common four, conversation, user, viewing (1/0), the SUBSCRIPTION entry's meta and the VIEWERS
+# entry's meta and lane (built by storage/entries.py, each with a placeholder for what only this step
+# knows: the sockets that changed, the count), how long a process's route lingers after its last view
+# (ms), sockets… A process holds the conversation's view route while one of its sockets views it.
 _CHANGE_VIEWERS_LUA = _LUA_HELPERS + """
 if redis.call('GET', KEYS[3]) == 'x' then return '' end
 local function distinct()
@@ -614,6 +617,10 @@ local function distinct()
   return n
 end
 local c, user, viewing = ARGV[5], ARGV[6], ARGV[7]
+local function filled(template, placeholder, value)
+  local i, j = string.find(template, placeholder, 1, true)
+  return string.sub(template, 1, i - 1) .. value .. string.sub(template, j + 1)
+end
 local vroute = B .. 'vroute:' .. c
 local before = distinct()
 local changed, owners = {}, {}
@@ -655,19 +662,12 @@ else
 end
 local after = distinct()
 if #changed == 0 then return '' end
-local op = 'unview'
-if viewing == '1' then op = 'view' end
-local closed = ''
-if ARGV[10] == '1' then closed = ',"closed":true' end
 local to = {}
 for owner in pairs(owners) do to[#to + 1] = owner end
-add({'p', table.concat(to, ','), 'subscription',
-  '{"op":"' .. op .. '","c":' .. c .. ',"u":' .. user .. ',"s":' .. cjson.encode(changed) .. closed .. ',"p":"' .. ME .. '"}', ''})
-if after ~= before then
-  add({'c', c .. '|' .. ARGV[9], 'viewers', '{"c":' .. c .. ',"n":' .. after .. ',"m":' .. ARGV[8] .. '}', ''})
-end
+add({'p', table.concat(to, ','), 'subscription', filled(ARGV[8], '["PLACEHOLDER"]', cjson.encode(changed)), ''})
+if after ~= before then add({'c', ARGV[10], 'viewers', filled(ARGV[9], '"PLACEHOLDER"', tostring(after)), ''}) end
 return own()
-""".replace("OWNER_CHARS", str(PROCESS_ID_CHARS))
+""".replace("OWNER_CHARS", str(PROCESS_ID_CHARS)).replace("PLACEHOLDER", PLACEHOLDER)
 
 # KEYS[1] the user's bucket. ARGV: rate, burst, now (s). Returns the wait in ms (0: taken).
 _TAKE_TOKEN_LUA = """
@@ -954,12 +954,14 @@ class RedisBus(Bus):
         self, conversation_id: int, user_id: int, socket_ids: Sequence[str], viewing: bool, members: Sequence[int],
         closed: bool = False,
     ) -> str:
+        count = viewer_count(conversation_id, PLACEHOLDER, members)
         last = await self._change_viewers(
             keys=[self.log_key, self._viewers_key(conversation_id), self._head_key(str(conversation_id)),
                   self._views_key("")],
-            args=[*self._common(), conversation_id, user_id, "1" if viewing else "0", json.dumps(list(members)),
-                  ",".join(map(str, members)), "1" if closed else "0", int(self._linger_secs() * 1000),
-                  *socket_ids],
+            args=[*self._common(), conversation_id, user_id, "1" if viewing else "0",
+                  _encode_meta(subscription("view" if viewing else "unview", user_id, [PLACEHOLDER], conversation_id,
+                                            self.process_id, closed).meta),
+                  _encode_meta(count.meta), count.lane()[1], int(self._linger_secs() * 1000), *socket_ids],
         )
         return last.decode() if isinstance(last, bytes) else ""
 

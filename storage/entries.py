@@ -6,9 +6,11 @@ frame, encoded once. Every entry is built by one of the functions below, so
 what each kind carries is written down once; :meth:`Entry.reaches` is the
 one audience rule, used by the resume's replay and position check
 (``server/resume.py``) and by live delivery (``server/hub.py``, through
-``Registry.conversation_audience`` and the global subscription). Two kinds
-are also written by the bus's Lua scripts (VIEWERS and SUBSCRIPTION, with
-the same keys: storage/bus.py), where the count is taken atomically.
+``Registry.conversation_audience`` and the global subscription), and
+:meth:`Entry.lane` says where the partitioned log keeps it. The bus's Lua
+scripts store and order the encoded entries; for VIEWERS and SUBSCRIPTION,
+built here too, a script fills in the one fact only its atomic step knows
+(the count, the sockets that changed: storage/bus.py's PLACEHOLDER).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def room_change(change: str, conversation_id: int, user_id: int | None, frame: b
     return Entry(ALL, meta, frame)
 
 
-def viewer_count(conversation_id: int, count: int, members: Sequence[int]) -> Entry:
+def viewer_count(conversation_id: int, count: int | str, members: Sequence[int]) -> Entry:
     """Distinct viewers of a conversation: "n" the count, "m" the members who hear it (the frame is made on delivery)."""
     return Entry(VIEWERS, {"c": conversation_id, "n": count, "m": list(members)})
 
