@@ -117,6 +117,8 @@ class Hub:
         # What resumes here read of other processes' part of the log (after a restart, every resume
         # reads the old process's): process → its entries lately read, so the next resumes read less.
         self._foreign: dict[str, RecentEntries] = {}
+        self._foreign_upto: dict[str, str] = {}  # process → the entry up to which what is kept is complete
+        self._foreign_reads: dict[str, asyncio.Task[None]] = {}  # process → the read extending what is kept
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unsaved: set[str] = set()  # sockets whose records changed since the last save (_save_record)
         self._saving = False
@@ -147,11 +149,12 @@ class Hub:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _spawn(self, coroutine) -> None:
+    def _spawn(self, coroutine) -> asyncio.Task[Any]:
         # A fresh context: a request's storage deadline (storage/deadline.py) must not bound work it leaves behind.
         task = asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _beat_forever(self) -> None:
         failing = False
@@ -597,20 +600,32 @@ class Hub:
         """
         kept = self._foreign.get(source)
         if kept is not None and kept.holds(start):
-            newest = kept.newest_id()
-            if newest is not None and id_key(newest) < id_key(upto):
-                newer = await self.bus.read(newest, upto, source)
-                for entry_id, entry in (newer or [])[1:]:
-                    kept.add(entry_id, entry)
+            # One read at a time extends what is kept: the resumes of a storm wait for it together.
+            while id_key(self._foreign_upto[source]) < id_key(upto):
+                reading = self._foreign_reads.get(source)
+                if reading is None or reading.done():  # a done one may not have been popped yet
+                    reading = self._foreign_reads[source] = self._spawn(self._extend_foreign(source, kept))
+                    reading.add_done_callback(lambda _: self._foreign_reads.pop(source, None))
+                await asyncio.shield(reading)
             fetched = kept.between(start, upto)
             if fetched:
                 return fetched
         fetched = await self.bus.read(start, upto, source)
-        if fetched and (kept is None or not kept.holds(start)):
+        if fetched and (kept is None or not kept.holds(start)) and source not in self._foreign_reads:
             kept = self._foreign[source] = RecentEntries()
             for entry_id, entry in fetched:
                 kept.add(entry_id, entry)
+            self._foreign_upto[source] = upto
         return fetched
+
+    async def _extend_foreign(self, source: str, kept: RecentEntries) -> None:
+        """Add to what is kept of another process's part of the log what it gained up to this process's
+        applied entry."""
+        covered, upto = self._foreign_upto[source], self._applied_id
+        for entry_id, entry in await self.bus.read(covered, upto, source, exclusive=True) or []:
+            kept.add(entry_id, entry)
+        if self._foreign.get(source) is kept:
+            self._foreign_upto[source] = upto
 
     def _extended(self, fetched: EntryBatch, covered: str, upto: str) -> EntryBatch:
         """``fetched`` (the log up to ``covered``) followed by what this process applied since, up to ``upto``."""

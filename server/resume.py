@@ -10,8 +10,9 @@ been, sent. Anything that makes this inexact raises :class:`ResumeFailed`.
 
 from __future__ import annotations
 
+import bisect
 import collections
-from typing import Any, Iterator
+from typing import Any
 
 from server import wire
 from storage.bus import PROCESS_ID_CHARS
@@ -81,15 +82,28 @@ def replay(
 
 
 class RecentEntries:
-    """The entries this process applied lately, in log order (a resume here reads no Redis for them)."""
+    """The entries this process applied lately, in log order (a resume here reads no Redis for them).
+
+    Kept with their ids' sort keys, so a resume's range is found by bisection:
+    after a restart thousands of resumes each ask for a range of it at once.
+    Up to twice ``size`` entries are held between trims (the older half goes
+    at once: trimming one by one would cost a shift each).
+    """
 
     def __init__(self, size: int = RECENT_ENTRIES) -> None:
-        self._entries: collections.deque[tuple[str, Entry]] = collections.deque(maxlen=size)
+        self._size = size
+        self._keys: list[tuple[int, int]] = []
+        self._entries: list[tuple[str, Entry]] = []
 
     def add(self, entry_id: str, entry: Entry) -> None:
+        self._keys.append(id_key(entry_id))
         self._entries.append((entry_id, entry))
+        if len(self._entries) > 2 * self._size:
+            del self._keys[:-self._size]
+            del self._entries[:-self._size]
 
     def clear(self) -> None:
+        self._keys.clear()
         self._entries.clear()
 
     def oldest_id(self) -> str | None:
@@ -100,7 +114,7 @@ class RecentEntries:
 
     def holds(self, entry_id: str) -> bool:
         """Whether memory reaches back to that entry (it may hold it: ``between`` says)."""
-        return bool(self._entries) and id_key(self._entries[0][0]) <= id_key(entry_id)
+        return bool(self._keys) and self._keys[0] <= id_key(entry_id)
 
     def extend_back(self, batch: EntryBatch) -> None:
         """Keep a range read from the log that reaches the oldest entry held: memory then starts at its start.
@@ -112,31 +126,21 @@ class RecentEntries:
         if not self._entries or not batch:
             return
         oldest = self._entries[0][0]
-        oldest_key = id_key(oldest)
+        oldest_key = self._keys[0]
         if not any(entry_id == oldest for entry_id, _ in batch):
             return
         older = [(entry_id, entry) for entry_id, entry in batch if id_key(entry_id) < oldest_key]
-        room = (self._entries.maxlen or 0) - len(self._entries)
+        room = 2 * self._size - len(self._entries)
         if room <= 0 or not older:
             return
-        self._entries.extendleft(reversed(older[-room:]))
-
-    def newest_first(self) -> Iterator[tuple[str, Entry]]:
-        return reversed(self._entries)
+        older = older[-room:]
+        self._keys[:0] = [id_key(entry_id) for entry_id, _ in older]
+        self._entries[:0] = older
 
     def between(self, first: str, upto: str) -> EntryBatch | None:
         """The entries from ``first`` (included) up to ``upto``, if memory still holds ``first``."""
-        if not self._entries or id_key(self._entries[0][0]) > id_key(first):
+        first_key = id_key(first)
+        start = bisect.bisect_left(self._keys, first_key)
+        if start == len(self._keys) or self._keys[start] != first_key:
             return None
-        first_key, upto_key = id_key(first), id_key(upto)
-        # From the newest back to ``first``: a resume's position is mostly
-        # recent, and memory may hold thousands of entries older than it.
-        batch = []
-        for entry_id, entry in reversed(self._entries):
-            key = id_key(entry_id)
-            if key < first_key:
-                break
-            if key <= upto_key:
-                batch.append((entry_id, entry))
-        batch.reverse()
-        return batch if batch and batch[0][0] == first else None
+        return self._entries[start:bisect.bisect_right(self._keys, id_key(upto))]

@@ -930,23 +930,21 @@ class RedisBus(Bus):
         self, first: str, upto: str, process_id: str | None = None, exclusive: bool = False,
     ) -> EntryBatch | None:
         keys = [self.log_key, self._inbox_key(process_id or self.process_id)]
-        if not exclusive:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.xrange(key, min=first, max=first)
-                found = await pipe.execute()
-            if not any(found):
-                return None
-        lanes = []
-        for key in keys:
-            lane, start = [], "(" + first if exclusive else first
-            while True:
-                chunk = await self.client.xrange(key, min=start, max=upto, count=READ_COUNT)
+        start = "(" + first if exclusive else first
+        # Both lanes in one round trip (a resume is one of thousands after a restart); a lane that
+        # returned a full COUNT is read on.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xrange(key, min=start, max=upto, count=READ_COUNT)
+            lanes = [list(chunk) for chunk in await pipe.execute()]
+        if not exclusive and not any(lane and lane[0][0].decode() == first for lane in lanes):
+            return None
+        for key, lane in zip(keys, lanes):
+            while len(lane) % READ_COUNT == 0 and lane:
+                chunk = await self.client.xrange(key, min="(" + lane[-1][0].decode(), max=upto, count=READ_COUNT)
                 lane += chunk
                 if len(chunk) < READ_COUNT:
                     break
-                start = "(" + chunk[-1][0].decode()
-            lanes.append(lane)
         return sorted(((entry_id.decode(), _decode(fields)) for lane in lanes for entry_id, fields in lane),
                       key=lambda pair: id_key(pair[0]))
 
