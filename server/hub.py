@@ -605,7 +605,8 @@ class Hub:
                 reading = self._foreign_reads.get(source)
                 if reading is None or reading.done():  # a done one may not have been popped yet
                     reading = self._foreign_reads[source] = self._spawn(self._extend_foreign(source, kept))
-                    reading.add_done_callback(lambda _: self._foreign_reads.pop(source, None))
+                    reading.add_done_callback(
+                        lambda done: self._foreign_reads.pop(source) if self._foreign_reads.get(source) is done else None)
                 await asyncio.shield(reading)
             fetched = kept.between(start, upto)
             if fetched:
@@ -622,8 +623,10 @@ class Hub:
         """Add to what is kept of another process's part of the log what it gained up to this process's
         applied entry."""
         covered, upto = self._foreign_upto[source], self._applied_id
+        newest = id_key(kept.newest_id() or "0-0")
         for entry_id, entry in await self.bus.read(covered, upto, source, exclusive=True) or []:
-            kept.add(entry_id, entry)
+            if id_key(entry_id) > newest:  # never twice, whatever read came first
+                kept.add(entry_id, entry)
         if self._foreign.get(source) is kept:
             self._foreign_upto[source] = upto
 
