@@ -11,13 +11,11 @@ another process by a resume.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from server import metrics
 from tests.helpers import ServerUnderTest, close_and_wait, eventually
-from tests.test_resume import bob_goes_away, texts
+from tests.test_resume import bob_goes_away, resume_while_messages_keep_coming, texts, texts_of_next
 
 pytestmark = [pytest.mark.gen_test, pytest.mark.parametrize("backend", ["two-processes"])]
 
@@ -51,12 +49,7 @@ async def test_a_process_without_an_audience_reads_nothing_until_a_socket_there_
 
     read_before = conversation_entries_read()
     await flood()
-    received: list[str] = []
-    while len(received) < len(sent):
-        frame = await vera_socket.next_frame()
-        assert frame is not None
-        received += texts([frame])
-    assert received == sent
+    assert await texts_of_next(vera_socket, len(sent)) == sent
     await server.settle()
     assert conversation_entries_read() - read_before == 2 * len(sent)  # now both processes read them
 
@@ -66,27 +59,7 @@ async def test_a_resume_on_another_process_while_messages_keep_coming_has_no_gap
 ):
     """The old socket's process keeps Bob's entries for the window; the new one reads them from its
     inbox, then live from its own: the seam has no gap and no duplicate."""
-    alice, bob, conversation_id, position = await bob_goes_away(server, "seam")
-    sent: list[str] = []
-
-    async def keep_sending() -> None:
-        for n in range(40):
-            sent.append(f"n{n}")
-            await alice.send(f"n{n}", conversation_id)
-
-    sender = asyncio.ensure_future(keep_sending())
-    await asyncio.sleep(0.05)
-    other_ws = server.base_url.replace("http://", "ws://")
-    resumed, first = await bob.resume(position, ws_url=other_ws)
-    assert first["event"] == "resumed"
-    await sender
-    received: list[str] = []
-    while len(received) < 40:
-        frame = await resumed.next_frame()
-        assert frame is not None
-        received += texts([frame])
-    assert received == sent
-    await resumed.assert_silent()
+    await resume_while_messages_keep_coming(server, "seam", ws_url=server.base_url.replace("http://", "ws://"))
 
 
 async def test_a_viewer_resumed_on_another_process_gets_what_the_conversation_said_meanwhile(

@@ -14,7 +14,7 @@ import pytest
 
 from server import wire
 from server.app import ChatServer
-from tests.helpers import ServerUnderTest, User, close_and_wait, eventually
+from tests.helpers import ServerUnderTest, Socket, User, close_and_wait, eventually
 from tests.redis_access import async_client, delete_matching
 
 pytestmark = pytest.mark.gen_test
@@ -356,7 +356,12 @@ async def test_resume_lands_on_another_process(server: ServerUnderTest):
 
 
 async def test_resume_while_messages_keep_coming_has_no_gap_and_no_duplicate(server: ServerUnderTest):
-    alice, bob, conversation_id, position = await bob_goes_away(server, "firehose")
+    await resume_while_messages_keep_coming(server, "firehose")
+
+
+async def resume_while_messages_keep_coming(server: ServerUnderTest, name: str, ws_url: str | None = None) -> None:
+    """Bob resumes (on another server if ``ws_url``) while Alice sends 40 messages: he gets each once, in order."""
+    alice, bob, conversation_id, position = await bob_goes_away(server, name)
 
     sent: list[str] = []
 
@@ -367,13 +372,18 @@ async def test_resume_while_messages_keep_coming_has_no_gap_and_no_duplicate(ser
 
     sender = asyncio.ensure_future(keep_sending())
     await asyncio.sleep(0.05)
-    resumed, first = await bob.resume(position)
+    resumed, first = await bob.resume(position, ws_url=ws_url)
     assert first["event"] == "resumed"
     await sender
+    assert await texts_of_next(resumed, 40) == sent
+    await resumed.assert_silent()
+
+
+async def texts_of_next(socket: Socket, count: int) -> list[str]:
+    """The texts of the socket's next ``count`` messages (other frames skipped)."""
     received: list[str] = []
-    while len(received) < 40:
-        frame = await resumed.next_frame()
+    while len(received) < count:
+        frame = await socket.next_frame()
         assert frame is not None
         received += texts([frame])
-    assert received == sent
-    await resumed.assert_silent()
+    return received
