@@ -114,7 +114,8 @@ class Bus(abc.ABC):
     ) -> EntryBatch | None:
         """What process ``process_id`` (this one by default) reads of the log from ``first`` (itself
         included) up to ``upto``, in order; None if ``first`` is not (or no longer) in it. With
-        ``exclusive``, what follows ``first``, which need not be in it."""
+        ``exclusive``, what follows ``first`` (in Redis ``first`` need not be in that process's part:
+        it may end another process's part of a resumed socket's history; in memory there is one part)."""
 
     @abc.abstractmethod
     async def mark(self) -> str:
